@@ -1,0 +1,91 @@
+"""Tokenization as a streaming Ray Data ``map_batches`` stage, and dynamic-padding collation.
+
+Rows leave the tokenizer unpadded (a list<int32> column plus its length); each training or
+scoring batch is padded to its own longest row by ``pad_batch``. Reviews have a median of
+~49 characters, so padding to a fixed 128 would waste most of the arithmetic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+
+def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    if not tokenizer.is_fast:
+        raise ValueError(f"{name_or_path}: a fast (Rust) tokenizer is required for batch tokenization")
+    return tokenizer
+
+
+class TokenizeBatch:
+    """Callable class for ``Dataset.map_batches(..., batch_format="pyarrow")``.
+
+    The tokenizer is loaded once per actor. Output: the ``keep_columns``, ``input_ids``
+    (list<int32>, truncated to ``max_length``), ``num_tokens`` and ``truncated`` (the text was
+    longer than ``max_length`` tokens and was cut, not dropped).
+    """
+
+    def __init__(self, tokenizer_path: str, text_column: str, max_length: int,
+                 keep_columns: Sequence[str] = ()):
+        self.tokenizer = load_tokenizer(tokenizer_path)
+        self.text_column = text_column
+        self.max_length = max_length
+        self.keep_columns = tuple(keep_columns)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        texts = batch.column(self.text_column).to_pylist()
+        encoded = self.tokenizer(texts, truncation=False, add_special_tokens=True,
+                                 return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        truncated = [len(ids) > self.max_length for ids in encoded]
+        if any(truncated):  # rare: re-encode only the long rows, letting the tokenizer place [SEP]
+            long_rows = [i for i, cut in enumerate(truncated) if cut]
+            recut = self.tokenizer([texts[i] for i in long_rows], truncation=True, max_length=self.max_length,
+                                   return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+            for i, ids in zip(long_rows, recut):
+                encoded[i] = ids
+        columns = {name: batch.column(name) for name in self.keep_columns}
+        columns["input_ids"] = pa.array(encoded, type=pa.list_(pa.int32()))
+        columns["num_tokens"] = pa.array([len(ids) for ids in encoded], type=pa.int32())
+        columns["truncated"] = pa.array(truncated, type=pa.bool_())
+        return pa.table(columns)
+
+
+class PadCollate(NumpyBatchCollateFn):
+    """``iter_torch_batches`` collate: dynamic padding, plus the row ids as a list when asked."""
+
+    def __init__(self, pad_id: int, label_column: str | None = "label", keep_ids: bool = False):
+        self.pad_id = pad_id
+        self.label_column = label_column
+        self.keep_ids = keep_ids
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict:
+        out = pad_batch(batch, self.pad_id, self.label_column)
+        if self.keep_ids:
+            out["ids"] = batch["id"].tolist()
+        return out
+
+
+def pad_batch(batch: dict[str, np.ndarray], pad_id: int = 0,
+              label_column: str | None = "label") -> dict[str, torch.Tensor]:
+    """Collate a numpy batch of ragged ``input_ids`` into padded tensors.
+
+    Returns ``input_ids`` and ``attention_mask`` of shape (B, T_max) where T_max is the longest
+    row of this batch, plus ``labels`` (B,) when ``label_column`` is present.
+    """
+    rows = batch["input_ids"]
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    width = int(lengths.max()) if len(rows) else 0
+    input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    for i, row in enumerate(rows):
+        input_ids[i, : lengths[i]] = row
+    attention_mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
+    out = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention_mask)}
+    if label_column is not None and label_column in batch:
+        out["labels"] = torch.as_tensor(np.asarray(batch[label_column], dtype=np.int64))
+    return out

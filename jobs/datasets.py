@@ -1,0 +1,73 @@
+"""Ray Data pipelines for the jobs: read validated Parquet, tokenize in a streaming stage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import pyarrow.parquet as pq
+import ray.data
+import ray.train
+
+from data_pipeline.paths import ParquetFiles
+from data_pipeline.schema import label_names_from_schema
+from data_pipeline.tokenization import TokenizeBatch
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageResources:
+    read_cpus: float = 0.25  # per read task
+    tokenize_cpus: float = 0.25  # per tokenizer actor
+    tokenize_concurrency: int = 1  # tokenizer actors
+    tokenize_batch_rows: int = 1024
+    min_blocks: int = 4  # small files are read as one block; split them so stages overlap
+
+
+def read_parquet(files: ParquetFiles, columns: list[str] | None, resources: StageResources):
+    # Ray 2.60's default Parquet reader (DataSourceV2) lists files in a task that needs one whole
+    # CPU; with training workers and a tokenizer actor holding fractions of a 2-CPU node it never
+    # gets scheduled and the job hangs. The V1 reader honours num_cpus for all of its tasks.
+    context = ray.data.DataContext.get_current()
+    previous, context.use_datasource_v2 = context.use_datasource_v2, False
+    try:
+        return ray.data.read_parquet(files.uris() if files.uri_prefix else list(files.paths),
+                                     filesystem=files.filesystem, columns=columns, num_cpus=resources.read_cpus,
+                                     override_num_blocks=resources.min_blocks)
+    finally:
+        context.use_datasource_v2 = previous
+
+
+def tokenized(dataset, tokenizer_path: str, text_column: str, max_length: int, keep_columns: list[str],
+              resources: StageResources):
+    return dataset.map_batches(
+        TokenizeBatch, fn_constructor_kwargs={"tokenizer_path": tokenizer_path, "text_column": text_column,
+                                              "max_length": max_length, "keep_columns": keep_columns},
+        batch_format="pyarrow", batch_size=resources.tokenize_batch_rows,
+        compute=ray.data.ActorPoolStrategy(size=resources.tokenize_concurrency), num_cpus=resources.tokenize_cpus)
+
+
+def label_names_of(files: ParquetFiles) -> list[str] | None:
+    with files.filesystem.open_input_file(files.paths[0]) as handle:
+        return label_names_from_schema(pq.read_schema(handle))
+
+
+class EvalShardingDataConfig(ray.train.DataConfig):
+    """Shards training data equally and evaluation data without dropping rows.
+
+    ``streaming_split(equal=True)`` (Ray's default) may drop up to world_size-1 rows so every
+    worker runs the same number of steps: right for training, wrong for metrics.
+    """
+
+    def __init__(self, eval_splits: list[str]):
+        super().__init__()
+        self.eval_splits = list(eval_splits)
+
+    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+        train = {k: v for k, v in datasets.items() if k not in self.eval_splits}
+        output = super().configure(train, world_size, worker_handles, worker_node_ids, **kwargs)
+        for name in self.eval_splits:
+            if name not in datasets:
+                continue
+            ds = datasets[name].copy(datasets[name])
+            ds.context.execution_options = self._resolve_execution_options(name)
+            for rank, split in enumerate(ds.streaming_split(world_size, equal=False)):
+                output[rank][name] = split
+        return output

@@ -1,0 +1,294 @@
+"""Fine-tune a BERT-style classifier (MiniRBT-H256 by default) with Ray Train DDP.
+
+    python -m jobs.finetune_classifier --config configs/finetune_classifier.local-cpu.yaml
+
+Parses the config, validates the Parquet splits, measures two baselines, trains with
+``TorchTrainer``, then logs, registers and aliases the model in MLflow.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from data_pipeline.paths import ParquetFiles, resolve_parquet_files
+from data_pipeline.schema import classification_spec
+from data_pipeline.tokenization import PadCollate
+from data_pipeline.validation import validate_files
+from jobs import config as config_lib
+from jobs.datasets import EvalShardingDataConfig, StageResources, label_names_of, read_parquet, tokenized
+from jobs.ray_runtime import RayConfig, init_ray
+from jobs.tracking import TrackingConfig, TrackingTarget, environment_tags, prepare_tracking
+from jobs.training import (EXPORT_DIR, LoopContext, OptimSettings, RunSettings, ScalingSettings, iterate_shard,
+                           run_training, worker_env)
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClassifierData:
+    train: str = "data/corpus/train.parquet"
+    val: str = "data/corpus/val.parquet"
+    test: str = "data/corpus/test.parquet"
+    text_column: str = "text"
+    max_length: int = 128  # tokens; longer texts are truncated
+    stages: StageResources = field(default_factory=StageResources)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClassifierModel:
+    # A hub id (hfl/minirbt-h256, where the hub is reachable) or a local save_pretrained directory;
+    # `python -m jobs.init_offline_model` writes the default one.
+    name_or_path: str = "artifacts/minirbt-h256-random"
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetuneConfig:
+    data: ClassifierData = field(default_factory=ClassifierData)
+    model: ClassifierModel = field(default_factory=ClassifierModel)
+    optim: OptimSettings = field(default_factory=lambda: OptimSettings(lr=1e-4))
+    scaling: ScalingSettings = field(default_factory=ScalingSettings)
+    run: RunSettings = field(default_factory=lambda: RunSettings(checkpoint_metric="val_accuracy",
+                                                                 checkpoint_mode="max"))
+    tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(
+        experiment="finetune-classifier", registered_model="review-sentiment"))
+    ray: RayConfig = field(default_factory=RayConfig)
+    baselines: bool = True
+
+    def __post_init__(self) -> None:
+        if self.optim.precision != "fp32" and not self.scaling.use_gpu:
+            raise ValueError("optim.precision bf16/fp16 is a GPU setting; CPU runs stay fp32")
+
+
+class ClassifierTask:
+    """The classifier's part of the shared training loop (runs inside each Ray Train worker)."""
+
+    primary_metric = "accuracy"
+
+    def __init__(self, model_path: str, label_names: list[str], optim: OptimSettings, pad_id: int):
+        self.model_path = model_path
+        self.label_names = label_names
+        self.optim = optim
+        self.pad_id = pad_id
+
+    def build_model(self) -> torch.nn.Module:
+        from model.classifier import load_classifier
+
+        return load_classifier(self.model_path, self.label_names).model
+
+    def batches(self, split: str, epoch: int, seed: int, shuffle: bool):
+        import ray.train
+
+        return iterate_shard(ray.train.get_dataset_shard(split), self.optim.batch_size,
+                             PadCollate(self.pad_id, keep_ids=split == "train"), seed, epoch,
+                             shuffle, self.optim.shuffle_buffer_rows)
+
+    def train_loss(self, model, batch):
+        device = next(model.parameters()).device
+        mask = batch["attention_mask"].to(device)
+        out = model(input_ids=batch["input_ids"].to(device), attention_mask=mask, labels=batch["labels"].to(device))
+        return out.loss, int(mask.shape[0]), int(mask.sum())
+
+    def eval_sums(self, model, batch):
+        device = next(model.parameters()).device
+        labels = batch["labels"].to(device)
+        logits = model(input_ids=batch["input_ids"].to(device),
+                       attention_mask=batch["attention_mask"].to(device)).logits.float()
+        n = len(self.label_names)
+        predicted = logits.argmax(dim=-1)
+        confusion = torch.bincount(labels * n + predicted, minlength=n * n).reshape(n, n)  # (true, predicted)
+        return {"loss_sum": torch.nn.functional.cross_entropy(logits, labels, reduction="sum"),
+                "confusion": confusion}
+
+    def eval_metrics(self, sums):
+        confusion = sums["confusion"]
+        count = confusion.sum()
+        true_pos = confusion.diagonal()
+        precision = true_pos / confusion.sum(dim=0).clamp(min=1)
+        recall = true_pos / confusion.sum(dim=1).clamp(min=1)
+        f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+        return {"loss": float(sums["loss_sum"] / count), "accuracy": float(true_pos.sum() / count),
+                "macro_f1": float(f1.mean()), "rows": float(count)}
+
+    def export(self, model, directory: Path) -> None:
+        from transformers import AutoTokenizer
+
+        model.save_pretrained(directory)
+        AutoTokenizer.from_pretrained(self.model_path).save_pretrained(directory)
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    config: FinetuneConfig = loop_config["config"]
+    run_training(loop_config["task"], config.optim, config.scaling, loop_config["context"], loop_config["config_dict"])
+
+
+def _resolve_model_path(name_or_path: str) -> str:
+    """Local directories become absolute (workers run elsewhere); anything else is a hub id."""
+    if os.path.isdir(name_or_path):
+        return str(Path(name_or_path).resolve())
+    if name_or_path.startswith((".", "/")) or name_or_path.count("/") > 1:
+        raise FileNotFoundError(f"model.name_or_path: {name_or_path} is not a directory "
+                                "(run `python -m jobs.init_offline_model` to create the offline model)")
+    return name_or_path
+
+
+def _texts_and_labels(files: ParquetFiles, text_column: str) -> tuple[list[str], list[int]]:
+    import pyarrow.parquet as pq
+
+    texts, labels = [], []
+    for path in files.paths:
+        with files.filesystem.open_input_file(path) as handle:
+            table = pq.read_table(handle, columns=[text_column, "label"])
+        texts.extend(table.column(text_column).to_pylist())
+        labels.extend(table.column("label").to_pylist())
+    return texts, labels
+
+
+def measure_baselines(files: dict[str, ParquetFiles], text_column: str) -> dict[str, float]:
+    from jobs.baselines import char_ngram_accuracy, majority_accuracy
+
+    train_texts, train_labels = _texts_and_labels(files["train"], text_column)
+    test_texts, test_labels = _texts_and_labels(files["test"], text_column)
+    return {"baseline_majority_test_accuracy": majority_accuracy(train_labels, test_labels),
+            "baseline_char_ngram_test_accuracy": char_ngram_accuracy(train_texts, train_labels, test_texts,
+                                                                     test_labels)}
+
+
+@dataclass(frozen=True)
+class FinetuneOutcome:
+    run_id: str
+    metrics: dict[str, float]
+    model_uri: str
+    registered_name: str | None
+    registered_version: str | None
+    checkpoint_path: str
+    run_name: str
+
+
+def run(config: FinetuneConfig) -> FinetuneOutcome:
+    import mlflow
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from data_pipeline.tokenization import load_tokenizer
+    from jobs.model_registry import TextClassifierModel, log_and_register
+
+    # 1. Everything that can be wrong with the inputs fails here, before any compute.
+    files = {split: resolve_parquet_files(getattr(config.data, split)) for split in SPLITS}
+    label_names = label_names_of(files["train"])
+    if label_names is None:
+        raise ValueError(f"{files['train'].uris()[0]}: no label_names in the Parquet metadata "
+                         "(write corpora with `python -m jobs.prepare_corpus`)")
+    spec = classification_spec(config.data.text_column)
+    rows = {split: validate_files(files[split], spec, range(len(label_names))).rows for split in SPLITS}
+    model_path = _resolve_model_path(config.model.name_or_path)
+    tokenizer = load_tokenizer(model_path)
+    target: TrackingTarget = prepare_tracking(config.tracking)
+
+    # 2. Baselines on the same split, in the same run.
+    baselines = measure_baselines(files, config.data.text_column) if config.baselines else {}
+
+    init_ray(config.ray)
+    world = max(config.scaling.num_workers, 1)
+    steps_per_epoch = -(-(rows["train"] // world) // config.optim.batch_size)
+    run_name = config.run.name or f"finetune-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    storage_path = config.run.storage_path if "://" in config.run.storage_path \
+        else str(Path(config.run.storage_path).resolve())
+    config_dict = config_lib.to_dict(config)
+
+    client = mlflow.MlflowClient(target.tracking_uri)
+    mlflow_run = client.create_run(target.experiment_id, run_name=run_name, tags={
+        **environment_tags(), "num_workers": str(world), "job": "finetune_classifier",
+        "ray_run_name": run_name, "model_source": config.model.name_or_path})
+    run_id = mlflow_run.info.run_id
+    mlflow.set_tracking_uri(target.tracking_uri)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_params(config_lib.flatten(config_dict))
+        mlflow.log_params({f"rows_{k}": v for k, v in rows.items()})
+        mlflow.log_dict({"label_names": label_names}, "labels.json")
+        if baselines:
+            mlflow.log_metrics(baselines)
+
+    datasets = {}
+    for split in SPLITS:
+        ds = read_parquet(files[split], ["id", config.data.text_column, "label"], config.data.stages)
+        datasets[split] = tokenized(ds, model_path, config.data.text_column, config.data.max_length,
+                                    ["id", "label"], config.data.stages)
+    audit_dir = str(Path(storage_path) / run_name / "audit") if config.run.audit_shards else None
+    context = LoopContext(tracking=target, mlflow_run_id=run_id, steps_per_epoch=steps_per_epoch,
+                          audit_dir=audit_dir)
+    task = ClassifierTask(model_path, label_names, config.optim, tokenizer.pad_token_id)
+    scaling = config.scaling
+    resources = {"CPU": scaling.cpus_per_worker}
+    if scaling.use_gpu:
+        resources["GPU"] = scaling.gpus_per_worker
+    backend = None if scaling.backend == "auto" else scaling.backend
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": config, "task": task, "context": context, "config_dict": config_dict},
+        torch_config=TorchConfig(backend=backend),
+        scaling_config=ray.train.ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=run_name, storage_path=storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=config.run.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=config.run.keep_checkpoints, checkpoint_score_attribute=config.run.checkpoint_metric,
+                checkpoint_score_order=config.run.checkpoint_mode),
+            worker_runtime_env={"env_vars": worker_env()}),
+        datasets=datasets,
+        dataset_config=EvalShardingDataConfig(["val", "test"]),
+    )
+    try:
+        result = trainer.fit()
+    except Exception:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+
+    # 3. The model of the last epoch (the one the test metrics measure) goes to the registry.
+    metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    with result.checkpoint.as_directory() as checkpoint_dir:
+        import pandas as pd
+
+        registered = log_and_register(target, run_id, TextClassifierModel(), Path(checkpoint_dir) / EXPORT_DIR,
+                                      config.tracking.registered_model, config.tracking.alias,
+                                      input_example=pd.DataFrame({"text": ["质量很好，物流也快"]}))
+    client.set_terminated(run_id)
+    metrics.update(baselines)
+    return FinetuneOutcome(run_id=run_id, metrics=metrics, model_uri=registered.model_uri,
+                           registered_name=registered.name, registered_version=registered.version,
+                           checkpoint_path=result.checkpoint.path, run_name=run_name)
+
+
+def report(outcome: FinetuneOutcome, config: FinetuneConfig) -> None:
+    m = outcome.metrics
+    print("\n=== fine-tuning finished ===")
+    print(f"MLflow run      : {outcome.run_id} (experiment '{config.tracking.experiment}')")
+    if outcome.registered_name:
+        print(f"registered model: {outcome.registered_name} version {outcome.registered_version} "
+              f"(alias @{config.tracking.alias})")
+    print(f"checkpoint      : {outcome.checkpoint_path}")
+    print("test accuracy, same split, same run:")
+    print(f"  model ({config.model.name_or_path}): {m.get('test_accuracy', float('nan')):.4f} "
+          f"(macro-F1 {m.get('test_macro_f1', float('nan')):.4f})")
+    if "baseline_majority_test_accuracy" in m:
+        print(f"  majority class             : {m['baseline_majority_test_accuracy']:.4f}")
+        print(f"  char 1-3-gram TF-IDF + LR  : {m['baseline_char_ngram_test_accuracy']:.4f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    config, _ = config_lib.parse_args(FinetuneConfig, __doc__.splitlines()[0], argv)
+    outcome = run(config)
+    report(outcome, config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

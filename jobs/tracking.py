@@ -1,0 +1,146 @@
+"""MLflow plumbing shared by the jobs: where to track, run tags, and rank-0 metric logging.
+
+Default store: ``sqlite:///<cwd>/mlflow.db`` with artifacts in ``<cwd>/mlartifacts``, both
+resolved to absolute paths on the driver (a Ray worker's current directory is a Ray session
+folder). ``MLFLOW_TRACKING_URI`` or the job config's ``tracking_uri`` override it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DB = "mlflow.db"
+DEFAULT_ARTIFACTS = "mlartifacts"
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrackingConfig:
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else a sqlite store in the working directory
+    experiment: str = "text-jobs"
+    registered_model: str | None = None  # register the trained model under this name
+    alias: str = "candidate"  # alias given to the newly registered version
+    check_timeout_s: float = 10.0  # an unreachable server fails the job before any compute
+
+
+@dataclass(frozen=True)
+class TrackingTarget:
+    """Resolved, absolute tracking location; safe to ship to Ray workers."""
+    tracking_uri: str
+    experiment_id: str
+    registry_uri: str
+
+
+def resolve_tracking_uri(config: TrackingConfig) -> str:
+    uri = config.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return f"sqlite:///{Path(DEFAULT_DB).resolve()}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+    if "://" not in uri:  # a bare folder path: MLflow's file store
+        return Path(uri).resolve().as_uri()
+    return uri
+
+
+def check_reachable(uri: str, timeout_s: float) -> None:
+    """Fail fast with a clear message when an HTTP tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            if response.status != 200:
+                raise ConnectionError(f"status {response.status}")
+    except (OSError, urllib.error.URLError, ConnectionError) as exc:
+        raise RuntimeError(f"MLflow tracking server {uri} is unreachable ({exc}); "
+                           "start it or set MLFLOW_TRACKING_URI, nothing was run") from None
+
+
+def prepare_tracking(config: TrackingConfig) -> TrackingTarget:
+    """Resolve the store, check it answers, and get or create the experiment."""
+    import mlflow
+
+    uri = resolve_tracking_uri(config)
+    check_reachable(uri, config.check_timeout_s)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = mlflow.MlflowClient(uri, uri)
+    experiment = client.get_experiment_by_name(config.experiment)
+    if experiment is not None:
+        experiment_id = experiment.experiment_id
+    else:
+        artifact_location = None
+        if uri.startswith("sqlite:///"):  # keep artifacts beside the database, not in the cwd of whoever runs
+            artifact_location = (Path(uri[len("sqlite:///"):]).parent / DEFAULT_ARTIFACTS).as_uri()
+        experiment_id = client.create_experiment(config.experiment, artifact_location=artifact_location)
+    return TrackingTarget(tracking_uri=uri, experiment_id=experiment_id, registry_uri=uri)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment_tags() -> dict[str, str]:
+    import ray
+    import torch
+    import transformers
+
+    return {"git_commit": git_commit(), "ray_version": ray.__version__, "torch_version": torch.__version__,
+            "transformers_version": transformers.__version__}
+
+
+def client_for(target: TrackingTarget):
+    import mlflow
+
+    return mlflow.MlflowClient(target.tracking_uri, target.registry_uri)
+
+
+class MetricLog:
+    """Rank-0 metric logger that sends buffered metrics in one batch at each checkpoint.
+
+    Buffering until a checkpoint keeps the MLflow history aligned with what a restart resumes
+    from; ``skip_through_step`` drops points a previous attempt already logged, so a step is
+    never logged twice whatever restarts happened.
+    """
+
+    def __init__(self, target: TrackingTarget, run_id: str, enabled: bool):
+        self.run_id = run_id
+        self.enabled = enabled
+        self._client = client_for(target) if enabled else None
+        self._pending: list[Any] = []
+        self.skip_through_step = -1
+
+    def resume_after(self, metric_key: str) -> int:
+        """Highest step of ``metric_key`` already in the run (-1 when none)."""
+        if not self.enabled:
+            return -1
+        history = self._client.get_metric_history(self.run_id, metric_key)
+        self.skip_through_step = max((m.step for m in history), default=-1)
+        return self.skip_through_step
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if not self.enabled or step <= self.skip_through_step:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._pending.extend(Metric(key, float(value), now, step) for key, value in metrics.items())
+
+    def flush(self) -> None:
+        if not self.enabled or not self._pending:
+            return
+        for start in range(0, len(self._pending), 1000):  # MLflow's per-request metric limit
+            self._client.log_batch(self.run_id, metrics=self._pending[start:start + 1000])
+        self._pending = []
