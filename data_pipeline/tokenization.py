@@ -40,7 +40,7 @@ class TokenizeBatch:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         texts = batch.column(self.text_column).to_pylist()
-        encoded = self.tokenizer(texts, truncation=False, add_special_tokens=True,
+        encoded = self.tokenizer(texts, truncation=False, add_special_tokens=True, verbose=False,
                                  return_attention_mask=False, return_token_type_ids=False)["input_ids"]
         truncated = [len(ids) > self.max_length for ids in encoded]
         if any(truncated):  # rare: re-encode only the long rows, letting the tokenizer place [SEP]
@@ -87,5 +87,5 @@ def pad_batch(batch: dict[str, np.ndarray], pad_id: int = 0,
     attention_mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
     out = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention_mask)}
     if label_column is not None and label_column in batch:
-        out["labels"] = torch.as_tensor(np.asarray(batch[label_column], dtype=np.int64))
+        out["labels"] = torch.from_numpy(np.array(batch[label_column], dtype=np.int64))  # a writable copy
     return out

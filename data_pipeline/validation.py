@@ -85,7 +85,7 @@ def bad_row_masks(batch: pa.RecordBatch | pa.Table, spec: TableSpec,
         if column.name == "label" and label_set is not None:
             allowed = pa.array(sorted(label_set), type=values.type)
             outside = pc.invert(pc.is_in(values, value_set=allowed)).fill_null(False)
-            outside = outside.to_numpy(zero_copy_only=False)
+            outside = outside.to_numpy(zero_copy_only=False) & ~is_null  # nulls are reported as nulls, once
             if outside.any():
                 masks[(column.name, f"have a label outside {sorted(label_set)}")] = outside
     return masks

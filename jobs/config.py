@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -21,6 +22,24 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config file or override that does not match its schema."""
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads exponent floats without a dot (``1e-4``), as YAML 1.2 and JSON do.
+
+    PyYAML follows YAML 1.1, where ``1e-4`` is the *string* "1e-4": ``lr: 1e-4`` would fail the
+    float check. Quoted strings stay strings, so the type checks below stay strict.
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:(?:0|[1-9][0-9_]*)(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"))
+
+
+def _parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 def _is_optional(tp: Any) -> bool:
@@ -90,7 +109,8 @@ def build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         where = f" in {prefix}" if prefix else ""
-        raise ConfigError(f"unknown key(s){where}: {', '.join(unknown)}; allowed: {', '.join(sorted(fields))}")
+        dotted = ", ".join(f"{prefix}.{name}" if prefix else name for name in unknown)
+        raise ConfigError(f"unknown key(s){where}: {dotted}; allowed: {', '.join(sorted(fields))}")
     kwargs = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
@@ -116,7 +136,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"--set {dotted}: {part} is not a section")
-    node[parts[-1]] = yaml.safe_load(raw)
+    node[parts[-1]] = _parse_yaml(raw)
 
 
 def load(cls: type[T], path: str | Path | None, overrides: typing.Sequence[str] = ()) -> T:
@@ -124,7 +144,7 @@ def load(cls: type[T], path: str | Path | None, overrides: typing.Sequence[str] 
     data: dict[str, Any] = {}
     if path is not None:
         text = Path(path).read_text(encoding="utf-8")
-        loaded = yaml.safe_load(text) or {}
+        loaded = _parse_yaml(text) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
         data = loaded

@@ -87,8 +87,8 @@ class ClassifierTask:
         import ray.train
 
         return iterate_shard(ray.train.get_dataset_shard(split), self.optim.batch_size,
-                             PadCollate(self.pad_id, keep_ids=split == "train"), seed, epoch,
-                             shuffle, self.optim.shuffle_buffer_rows)
+                             PadCollate(self.pad_id, keep_ids=split == "train"), seed, epoch, shuffle,
+                             self.optim.shuffle_buffer_rows, self.optim.length_grouping if shuffle else 0)
 
     def train_loss(self, model, batch):
         device = next(model.parameters()).device

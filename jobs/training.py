@@ -63,6 +63,7 @@ class OptimSettings:
     max_steps: int | None = None  # stop after this many optimiser steps (smoke runs)
     log_every_steps: int = 10
     shuffle_buffer_rows: int = 2048  # local shuffle buffer per worker
+    length_grouping: int = 16  # sort this many batches' worth of rows by length before batching; 0: off
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.grad_accum_steps < 1:
@@ -268,7 +269,7 @@ def run_training(task: TrainingTask, optim: OptimSettings, scaling: ScalingSetti
     model.train()
     last_epoch = optim.epochs - 1
     for epoch in range(start_epoch, optim.epochs):
-        epoch_start = time.perf_counter()
+        epoch_start = window_start = time.perf_counter()
         window = {"loss": torch.zeros(()), "samples": torch.zeros(()), "tokens": torch.zeros(()),
                   "micro": torch.zeros(())}
         epoch_counts = {"samples": torch.zeros(()), "tokens": torch.zeros(())}
@@ -306,9 +307,15 @@ def run_training(task: TrainingTask, optim: OptimSettings, scaling: ScalingSetti
             step += 1
             if step % optim.log_every_steps == 0:
                 totals = all_reduce_sum(window, device)
-                metrics_log.log({"train_loss": float(totals["loss"] / totals["micro"]),
-                                 "learning_rate": scheduler.get_last_lr()[0], "epoch": epoch}, step)
+                train_loss = float(totals["loss"] / totals["micro"])
+                metrics_log.log({"train_loss": train_loss, "learning_rate": scheduler.get_last_lr()[0],
+                                 "epoch": epoch}, step)
+                if rank == 0:
+                    rate = float(totals["samples"]) / (time.perf_counter() - window_start)
+                    print(f"[train] epoch {epoch} step {step}/{total_steps} loss {train_loss:.4f} "
+                          f"lr {scheduler.get_last_lr()[0]:.2e} {rate:.1f} samples/s", flush=True)
                 window = {k: torch.zeros(()) for k in window}
+                window_start = time.perf_counter()
             if optim.max_steps and step >= optim.max_steps:
                 break
         elapsed = time.perf_counter() - epoch_start
@@ -341,13 +348,32 @@ def run_training(task: TrainingTask, optim: OptimSettings, scaling: ScalingSetti
 
 
 def iterate_shard(shard, batch_size: int, collate, seed: int, epoch: int, shuffle: bool,
-                  shuffle_buffer_rows: int) -> Iterator[dict[str, Any]]:
-    """Batches of a worker's dataset shard, collated on Ray Data's prefetch thread."""
+                  shuffle_buffer_rows: int, group_by_length: int = 0) -> Iterator[dict[str, Any]]:
+    """Batches of a worker's dataset shard.
+
+    ``group_by_length > 1`` reads that many batches' worth of rows at a time, sorts them by
+    ``num_tokens`` and cuts batches from the sorted rows (in shuffled order), so each batch pads
+    to a similar length. The number of batches depends only on the shard's row count, so
+    workers with equal shards still take the same number of DDP steps.
+    """
     kwargs: dict[str, Any] = {}
     if shuffle and shuffle_buffer_rows > 0:
         kwargs = {"local_shuffle_buffer_size": shuffle_buffer_rows, "local_shuffle_seed": seed + epoch}
-    return shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate, drop_last=False,
-                                    prefetch_batches=2, **kwargs)
+    if group_by_length <= 1:
+        return shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate, drop_last=False,
+                                        prefetch_batches=2, **kwargs)
+    return _length_grouped(shard.iter_batches(batch_size=batch_size * group_by_length, batch_format="numpy",
+                                              prefetch_batches=1, **kwargs),
+                           batch_size, collate, np.random.default_rng(seed * 1_000_003 + epoch))
+
+
+def _length_grouped(chunks, batch_size: int, collate, rng: np.random.Generator) -> Iterator[dict[str, Any]]:
+    for chunk in chunks:
+        order = np.argsort(chunk["num_tokens"], kind="stable")
+        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        for index in rng.permutation(len(batches)):
+            rows = batches[index]
+            yield collate({key: values[rows] for key, values in chunk.items()})
 
 
 def worker_env() -> dict[str, str]:

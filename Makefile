@@ -1,0 +1,45 @@
+# Two commands set up and run everything on a fresh machine:
+#   make demo   - install, then prepare -> offline model -> fine-tune (Ray Train, 2 workers) -> batch-score
+#   make test   - install, then run the test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU wheel of torch 2.13.0 lies on this machine's disk; on a GPU cluster install the CUDA
+# build of the same version first (README, "Install on a GPU cluster").
+TORCH_SPEC ?= torch==2.13.0
+export MLFLOW_DISABLE_TELEMETRY := true
+export TOKENIZERS_PARALLELISM := false
+export RAY_DATA_DISABLE_PROGRESS_BARS ?= 0
+
+.PHONY: install demo test bench mlflow-ui clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e ".[dev]"
+	# bert-base-chinese's vocab.txt ships inside cn-clip; --no-deps skips its heavy, unused deps.
+	$(PY) -m pip install -q --no-deps cn-clip==1.6.0
+	touch $@
+
+demo: install
+	$(PY) -m jobs.prepare_corpus --config configs/prepare_corpus.yaml
+	$(PY) -m jobs.init_offline_model --config configs/init_offline_model.yaml
+	$(PY) -m jobs.finetune_classifier --config configs/finetune_classifier.local-cpu.yaml
+	$(PY) -m jobs.batch_infer --config configs/batch_infer.local-cpu.yaml
+	@echo
+	@echo "MLflow UI on these runs: make mlflow-ui   (then open http://127.0.0.1:5000)"
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) -m bench.run_all
+
+mlflow-ui: install
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf data artifacts runs mlruns mlartifacts mlflow.db

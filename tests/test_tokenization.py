@@ -1,0 +1,151 @@
+"""Tests for data_pipeline/tokenization.py with the bundled bert-base-chinese vocabulary."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from data_pipeline.tokenization import PadCollate, TokenizeBatch, load_tokenizer, pad_batch
+
+torch.set_num_threads(1)
+
+MAX_LEN = 16
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    from model.classifier import bundled_chinese_vocab, chinese_bert_tokenizer
+
+    directory = tmp_path_factory.mktemp("tokenizer")
+    chinese_bert_tokenizer(bundled_chinese_vocab()).save_pretrained(directory)
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tokenizer_dir):
+    return load_tokenizer(tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def tokenize(tokenizer_dir):
+    return TokenizeBatch(tokenizer_dir, "text", MAX_LEN, keep_columns=("id", "label"))
+
+
+def test_saved_tokenizer_has_the_full_chinese_vocab(tokenizer):
+    assert tokenizer.is_fast
+    assert tokenizer.vocab_size == 21128
+    assert len(tokenizer) == 21128
+    ids = tokenizer("这个手机很好用，推荐！", add_special_tokens=False)["input_ids"]
+    assert len(ids) == 11  # one token per CJK character and punctuation mark
+    assert tokenizer.unk_token_id not in ids
+    assert tokenizer.convert_ids_to_tokens(ids)[:4] == ["这", "个", "手", "机"]
+    assert tokenizer.pad_token_id == 0 and tokenizer.cls_token_id != tokenizer.sep_token_id
+
+
+def table(texts: list[str]) -> pa.Table:
+    return pa.table({"id": [f"r{i}" for i in range(len(texts))], "text": texts,
+                     "label": [i % 2 for i in range(len(texts))], "extra": [1.5] * len(texts)})
+
+
+def test_tokenize_batch_adds_special_tokens_and_counts(tokenize, tokenizer):
+    texts = ["好", "质量不错，物流很快", ""]
+    out = tokenize(table(texts))
+    assert out.column_names == ["id", "label", "input_ids", "num_tokens", "truncated"]
+    assert out.schema.field("input_ids").type == pa.list_(pa.int32())
+    assert out.schema.field("num_tokens").type == pa.int32()
+    rows = out.column("input_ids").to_pylist()
+    for text, ids, n in zip(texts, rows, out.column("num_tokens").to_pylist()):
+        assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
+        assert n == len(ids) == len(text) + 2
+    assert rows[2] == [tokenizer.cls_token_id, tokenizer.sep_token_id]
+    assert out.column("truncated").to_pylist() == [False, False, False]
+
+
+def test_kept_columns_pass_through_unchanged(tokenize):
+    source = table(["一", "二", "三"])
+    out = tokenize(source)
+    assert out.column("id").to_pylist() == ["r0", "r1", "r2"]
+    assert out.column("label").to_pylist() == [0, 1, 0]
+    assert "text" not in out.column_names and "extra" not in out.column_names
+
+
+def test_long_rows_are_truncated_to_max_length_and_flagged(tokenize, tokenizer):
+    fits = "好" * (MAX_LEN - 2)  # exactly MAX_LEN tokens with [CLS] and [SEP]
+    one_over = "差" * (MAX_LEN - 1)
+    long = "这家店的东西质量很好" * 20
+    out = tokenize(table([fits, one_over, "短", long]))
+    rows = out.column("input_ids").to_pylist()
+    assert out.column("truncated").to_pylist() == [False, True, False, True]
+    assert out.column("num_tokens").to_pylist() == [MAX_LEN, MAX_LEN, 3, MAX_LEN]
+    full = tokenizer(long)["input_ids"]
+    for ids in (rows[0], rows[1], rows[3]):
+        assert len(ids) == MAX_LEN
+        assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
+    assert rows[3][:-1] == full[: MAX_LEN - 1]  # the text is cut, not dropped or shuffled
+    assert rows[2] == tokenizer("短")["input_ids"]  # short rows keep the plain encoding
+
+
+def test_custom_text_column(tokenizer_dir, tokenizer):
+    out = TokenizeBatch(tokenizer_dir, "review", 8)(pa.table({"review": ["很好"]}))
+    assert out.column_names == ["input_ids", "num_tokens", "truncated"]
+    assert out.column("input_ids").to_pylist() == [tokenizer("很好")["input_ids"]]
+
+
+def ragged(rows: list[list[int]]) -> np.ndarray:
+    """What Ray Data hands a collate function for a list<int32> column: an object array of arrays."""
+    array = np.empty(len(rows), dtype=object)
+    for i, row in enumerate(rows):
+        array[i] = np.asarray(row, dtype=np.int32)
+    return array
+
+
+def test_pad_batch_pads_to_the_longest_row_of_the_batch():
+    rows = [[101, 5, 102], [101, 5, 6, 7, 8, 9, 102], [101, 102]]
+    out = pad_batch({"input_ids": ragged(rows), "label": np.array([1, 0, 1], dtype=np.int32)}, pad_id=99)
+    assert out["input_ids"].shape == (3, 7)  # not the tokenizer's max_length
+    assert out["input_ids"].dtype == torch.int64
+    assert out["input_ids"].tolist() == [[101, 5, 102, 99, 99, 99, 99], [101, 5, 6, 7, 8, 9, 102],
+                                         [101, 102, 99, 99, 99, 99, 99]]
+    assert out["attention_mask"].tolist() == [[1, 1, 1, 0, 0, 0, 0], [1] * 7, [1, 1, 0, 0, 0, 0, 0]]
+    assert out["attention_mask"].sum(dim=1).tolist() == [3, 7, 2]
+    assert out["labels"].dtype == torch.int64 and out["labels"].tolist() == [1, 0, 1]
+
+
+def test_pad_batch_without_labels():
+    batch = {"input_ids": ragged([[1, 2], [3]]), "label": np.array([0, 1])}
+    assert "labels" not in pad_batch(batch, label_column=None)
+    assert "labels" not in pad_batch({"input_ids": ragged([[1, 2], [3]])})
+
+
+def test_pad_batch_of_an_empty_batch():
+    out = pad_batch({"input_ids": ragged([])})
+    assert tuple(out["input_ids"].shape) == (0, 0) and tuple(out["attention_mask"].shape) == (0, 0)
+
+
+def test_tokenize_then_pad_round_trip(tokenize, tokenizer):
+    texts = ["好", "物流很快", "这家店的东西质量很好" * 5]
+    out = tokenize(table(texts))
+    batch = {name: out.column(name).to_numpy(zero_copy_only=False) for name in out.column_names}
+    padded = pad_batch(batch, tokenizer.pad_token_id)
+    lengths = out.column("num_tokens").to_pylist()
+    assert padded["input_ids"].shape == (3, max(lengths)) == (3, MAX_LEN)
+    assert padded["attention_mask"].sum(dim=1).tolist() == lengths
+    for row, mask, ids in zip(padded["input_ids"], padded["attention_mask"], out.column("input_ids").to_pylist()):
+        assert row[mask.bool()].tolist() == ids
+        assert (row[~mask.bool()] == tokenizer.pad_token_id).all()
+
+
+def test_pad_collate_returns_ids_only_when_asked():
+    batch = {"id": np.array(["a", "b"], dtype=object), "input_ids": ragged([[1, 2, 3], [4]]),
+             "label": np.array([1, 0])}
+    with_ids = PadCollate(pad_id=0, keep_ids=True)(batch)
+    assert with_ids["ids"] == ["a", "b"]
+    assert with_ids["input_ids"].tolist() == [[1, 2, 3], [4, 0, 0]]
+    assert with_ids["labels"].tolist() == [1, 0]
+    without = PadCollate(pad_id=0)(batch)
+    assert "ids" not in without and without["labels"].tolist() == [1, 0]
+    unlabelled = PadCollate(pad_id=7, label_column=None, keep_ids=True)(batch)
+    assert "labels" not in unlabelled and unlabelled["input_ids"].tolist() == [[1, 2, 3], [4, 7, 7]]
+
