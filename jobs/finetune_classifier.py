@@ -24,7 +24,7 @@ from data_pipeline.tokenization import PadCollate
 from data_pipeline.validation import validate_files
 from jobs import config as config_lib
 from jobs.datasets import EvalShardingDataConfig, StageResources, label_names_of, read_parquet, tokenized
-from jobs.ray_runtime import RayConfig, init_ray
+from jobs.ray_runtime import RayConfig, check_cpu_budget, init_ray
 from jobs.tracking import TrackingConfig, TrackingTarget, environment_tags, prepare_tracking
 from jobs.training import (EXPORT_DIR, LoopContext, OptimSettings, RunSettings, ScalingSettings, iterate_shard,
                            run_training, worker_env)
@@ -196,6 +196,10 @@ def run(config: FinetuneConfig) -> FinetuneOutcome:
     baselines = measure_baselines(files, config.data.text_column) if config.baselines else {}
 
     init_ray(config.ray)
+    stages = config.data.stages
+    check_cpu_budget({"training workers": config.scaling.num_workers * config.scaling.cpus_per_worker,
+                      "read tasks": stages.read_cpus,
+                      "tokenizer actors": stages.tokenize_concurrency * stages.tokenize_cpus})
     world = max(config.scaling.num_workers, 1)
     steps_per_epoch = -(-(rows["train"] // world) // config.optim.batch_size)
     run_name = config.run.name or f"finetune-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"

@@ -29,3 +29,22 @@ def init_ray(config: RayConfig) -> None:
     ray.init(num_cpus=config.num_cpus, num_gpus=config.num_gpus, include_dashboard=False,
              log_to_driver=True)
     log.info("started a local Ray: %s", ray.cluster_resources())
+
+
+def check_cpu_budget(demands: dict[str, float]) -> None:
+    """Fail before any compute when the job's own stages cannot all run at once on this Ray.
+
+    Training workers, read tasks and tokenizer actors run concurrently; if their CPU
+    reservations exceed the cluster's CPUs, Ray Data waits forever for a slot. On an
+    autoscaling cluster more nodes may come, so only a fixed (local) Ray is checked.
+    """
+    import ray
+
+    if os.environ.get("RAY_ADDRESS"):
+        return
+    total = ray.cluster_resources().get("CPU", 0.0)
+    need = sum(demands.values())
+    if need > total + 1e-9:
+        parts = ", ".join(f"{name} {cpus:g}" for name, cpus in demands.items())
+        raise ValueError(f"the job reserves {need:g} CPUs ({parts}) but this Ray has {total:g}: lower "
+                         "scaling.cpus_per_worker or the data stages' CPUs, or use fewer workers")
