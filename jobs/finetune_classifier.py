@@ -107,6 +107,10 @@ class ClassifierTask:
         return {"loss_sum": torch.nn.functional.cross_entropy(logits, labels, reduction="sum"),
                 "confusion": confusion}
 
+    def zero_eval_sums(self):
+        n = len(self.label_names)
+        return {"loss_sum": torch.zeros(()), "confusion": torch.zeros(n, n, dtype=torch.long)}
+
     def eval_metrics(self, sums):
         confusion = sums["confusion"]
         count = confusion.sum()

@@ -10,6 +10,7 @@ clipping, distributed evaluation, checkpoints through ``ray.train.report``, resu
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -25,6 +26,8 @@ import numpy as np
 import torch
 
 from jobs.tracking import MetricLog, TrackingTarget
+
+log = logging.getLogger(__name__)  # Ray Train forwards worker logs to the driver once
 
 STATE_FILE = "train_state.pt"
 EXPORT_DIR = "model"
@@ -104,6 +107,9 @@ class TrainingTask(Protocol):
 
     def eval_sums(self, model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Additive statistics of one batch (summed over batches and workers)."""
+
+    def zero_eval_sums(self) -> dict[str, torch.Tensor]:
+        """The statistics of no rows: a worker whose shard is empty still joins the all-reduce."""
 
     def eval_metrics(self, sums: dict[str, torch.Tensor]) -> dict[str, float]: ...
 
@@ -197,13 +203,11 @@ def autocast_for(precision: str, device: torch.device):
 def evaluate(task: TrainingTask, model: torch.nn.Module, split: str, device: torch.device,
              precision: str) -> dict[str, float]:
     model.eval()
-    sums: dict[str, torch.Tensor] = {}
+    sums = {key: value.double() for key, value in task.zero_eval_sums().items()}
     with torch.inference_mode(), autocast_for(precision, device):
         for batch in task.batches(split, epoch=0, seed=0, shuffle=False):
             for key, value in task.eval_sums(model, batch).items():
-                sums[key] = sums[key] + value.double().cpu() if key in sums else value.double().cpu()
-    if not sums:
-        raise RuntimeError(f"worker saw no '{split}' rows")
+                sums[key] = sums[key] + value.double().cpu()
     model.train()
     return {f"{split}_{k}": v for k, v in task.eval_metrics(all_reduce_sum(sums, device)).items()}
 
@@ -264,7 +268,7 @@ def run_training(task: TrainingTask, optim: OptimSettings, scaling: ScalingSetti
         restore_rng(state["rng"])
         metrics_log.resume_after("train_loss")
         if rank == 0:
-            print(f"[train] resumed from checkpoint at epoch {state['epoch']}, step {step}", flush=True)
+            log.info("[train] resumed from checkpoint at epoch %d, step %d", state["epoch"], step)
 
     model.train()
     last_epoch = optim.epochs - 1
@@ -312,8 +316,8 @@ def run_training(task: TrainingTask, optim: OptimSettings, scaling: ScalingSetti
                                  "epoch": epoch}, step)
                 if rank == 0:
                     rate = float(totals["samples"]) / (time.perf_counter() - window_start)
-                    print(f"[train] epoch {epoch} step {step}/{total_steps} loss {train_loss:.4f} "
-                          f"lr {scheduler.get_last_lr()[0]:.2e} {rate:.1f} samples/s", flush=True)
+                    log.info("[train] epoch %d step %d/%d loss %.4f lr %.2e %.1f samples/s", epoch, step,
+                             total_steps, train_loss, scheduler.get_last_lr()[0], rate)
                 window = {k: torch.zeros(()) for k in window}
                 window_start = time.perf_counter()
             if optim.max_steps and step >= optim.max_steps:
@@ -340,7 +344,7 @@ def run_training(task: TrainingTask, optim: OptimSettings, scaling: ScalingSetti
             ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch-{epoch:04d}-step-{step:07d}")
         if rank == 0:
             headline = {k: round(v, 4) for k, v in metrics.items() if k.startswith(("val_", "test_"))}
-            print(f"[train] epoch {epoch} step {step}: {headline} ({elapsed:.0f}s)", flush=True)
+            log.info("[train] epoch %d step %d: %s (%.0fs)", epoch, step, headline, elapsed)
         if finished:
             break
     if ctx.audit_dir is not None:
