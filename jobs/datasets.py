@@ -56,13 +56,22 @@ class EvalShardingDataConfig(ray.train.DataConfig):
     worker runs the same number of steps: right for training, wrong for metrics.
     """
 
-    def __init__(self, eval_splits: list[str]):
+    def __init__(self, eval_splits: list[str], deterministic_train: bool = False):
         super().__init__()
         self.eval_splits = list(eval_splits)
+        self.deterministic_train = deterministic_train
 
     def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
         train = {k: v for k, v in datasets.items() if k not in self.eval_splits}
-        output = super().configure(train, world_size, worker_handles, worker_node_ids, **kwargs)
+        if self.deterministic_train:
+            # Materialise, then split in block order: the same rows reach the same rank every run.
+            output = [{} for _ in range(world_size)]
+            for name, ds in train.items():
+                ds.context.execution_options.preserve_order = True
+                for rank, split in enumerate(ds.split(world_size, equal=True)):
+                    output[rank][name] = split.iterator()
+        else:
+            output = super().configure(train, world_size, worker_handles, worker_node_ids, **kwargs)
         for name in self.eval_splits:
             if name not in datasets:
                 continue

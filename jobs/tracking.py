@@ -130,6 +130,17 @@ class MetricLog:
         self.skip_through_step = max((m.step for m in history), default=-1)
         return self.skip_through_step
 
+    def record_restart(self, resumed_step: int) -> None:
+        """After a restart: skip points already logged and count the restart on the run."""
+        if not self.enabled:
+            return
+        self.resume_after("train_loss")
+        tags = self._client.get_run(self.run_id).data.tags
+        restarts = int(tags.get("restarts", "0")) + 1
+        steps = [s for s in tags.get("resumed_from_steps", "").split(",") if s] + [str(resumed_step)]
+        self._client.set_tag(self.run_id, "restarts", str(restarts))
+        self._client.set_tag(self.run_id, "resumed_from_steps", ",".join(steps))
+
     def log(self, metrics: dict[str, float], step: int) -> None:
         if not self.enabled or step <= self.skip_through_step:
             return

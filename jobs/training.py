@@ -30,6 +30,7 @@ from jobs.tracking import MetricLog, TrackingTarget
 log = logging.getLogger(__name__)  # Ray Train forwards worker logs to the driver once
 
 STATE_FILE = "train_state.pt"
+COMPLETE_MARKER = "COMPLETE"
 EXPORT_DIR = "model"
 
 
@@ -67,6 +68,7 @@ class OptimSettings:
     log_every_steps: int = 10
     shuffle_buffer_rows: int = 2048  # local shuffle buffer per worker
     length_grouping: int = 16  # sort this many batches' worth of rows by length before batching; 0: off
+    early_stopping_patience: int | None = None  # stop after this many epochs without a better run.checkpoint_metric
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.grad_accum_steps < 1:
@@ -84,6 +86,9 @@ class RunSettings:
     checkpoint_metric: str = "val_loss"
     checkpoint_mode: Literal["min", "max"] = "min"
     audit_shards: bool = False  # write per-rank row ids and final parameter digests (tests, audits)
+    # Same seed, config and worker count give the same loss curve: the training split is materialised
+    # and split in order (Ray Data's streaming split hands blocks to whichever worker asks first).
+    deterministic: bool = False
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,8 @@ class LoopContext:
     tracking: TrackingTarget
     mlflow_run_id: str
     steps_per_epoch: int
+    checkpoint_metric: str = "val_loss"
+    checkpoint_mode: str = "min"
     audit_dir: str | None = None
 
 
@@ -229,12 +236,53 @@ def _write_audit(directory: str, rank: int, name: str, payload: dict[str, Any]) 
 
 
 def _save_checkpoint(directory: Path, model, optimizer, scheduler, scaler, step: int, epoch: int,
-                     config_dict: dict[str, Any], task: TrainingTask) -> None:
+                     config_dict: dict[str, Any], task: TrainingTask, best: float | None, stale_epochs: int) -> None:
     torch.save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                "step": step, "epoch": epoch, "rng": rng_state()}, directory / STATE_FILE)
+                "step": step, "epoch": epoch, "rng": rng_state(), "best": best, "stale_epochs": stale_epochs},
+               directory / STATE_FILE)
     (directory / "job_config.json").write_text(json.dumps(config_dict, indent=2, default=str))
     task.export(unwrap(model), directory / EXPORT_DIR)
+    (directory / COMPLETE_MARKER).write_text(json.dumps({"step": step, "epoch": epoch}))  # written last
+
+
+def _load_state(directory: Path, device: torch.device) -> dict[str, Any] | None:
+    """The training state of a checkpoint directory, or None when it is incomplete or unreadable."""
+    if not (directory / COMPLETE_MARKER).is_file():
+        return None
+    try:
+        return torch.load(directory / STATE_FILE, map_location=device, weights_only=False)
+    except (OSError, RuntimeError, EOFError, ValueError):
+        return None
+
+
+def load_latest_valid_state(checkpoint, device: torch.device) -> dict[str, Any] | None:
+    """State of Ray's latest checkpoint; if that one is half-written, the newest complete sibling."""
+    with checkpoint.as_directory() as directory:
+        state = _load_state(Path(directory), device)
+    if state is not None:
+        return state
+    log.warning("checkpoint %s is incomplete or unreadable; looking for an earlier one", checkpoint.path)
+    run_dir = Path(checkpoint.path).parent
+    if not run_dir.is_dir():  # remote storage: no fallback scan
+        return None
+    for candidate in sorted(run_dir.glob("epoch-*"), reverse=True):
+        if candidate.name != Path(checkpoint.path).name:
+            state = _load_state(candidate, device)
+            if state is not None:
+                log.warning("resuming from %s instead", candidate)
+                return state
+    log.warning("no complete checkpoint found: starting from scratch")
+    return None
+
+
+def _improved(value: float, best: float | None, mode: str) -> bool:
+    return best is None or (value < best if mode == "min" else value > best)
+
+
+def _epoch_seed(seed: int, rank: int, epoch: int) -> int:
+    # Dropout differs between ranks and epochs but is reproducible, with or without a restart.
+    return (seed * 1_000_003 + rank * 10_007 + epoch) % 2**63
 
 
 def run_training(task: TrainingTask, optim: OptimSettings, scaling: ScalingSettings, ctx: LoopContext,
@@ -254,19 +302,19 @@ def run_training(task: TrainingTask, optim: OptimSettings, scaling: ScalingSetti
     scaler = torch.amp.GradScaler(device.type) if optim.precision == "fp16" else None
     metrics_log = MetricLog(ctx.tracking, ctx.mlflow_run_id, enabled=rank == 0)
 
-    step, start_epoch = 0, 0
+    step, start_epoch, best, stale_epochs = 0, 0, None, 0
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            state = torch.load(Path(directory) / STATE_FILE, map_location=device, weights_only=False)
+    state = load_latest_valid_state(checkpoint, device) if checkpoint is not None else None
+    if state is not None:
         unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if scaler is not None and state["scaler"]:
             scaler.load_state_dict(state["scaler"])
         step, start_epoch = state["step"], state["epoch"] + 1
+        best, stale_epochs = state.get("best"), state.get("stale_epochs", 0)
         restore_rng(state["rng"])
-        metrics_log.resume_after("train_loss")
+        metrics_log.record_restart(step)
         if rank == 0:
             log.info("[train] resumed from checkpoint at epoch %d, step %d", state["epoch"], step)
 
@@ -279,6 +327,8 @@ def run_training(task: TrainingTask, optim: OptimSettings, scaling: ScalingSetti
         epoch_counts = {"samples": torch.zeros(()), "tokens": torch.zeros(())}
         seen_ids: list[str] = []
         micro = 0
+        torch.manual_seed(_epoch_seed(optim.seed, rank, epoch))
+        optimizer.zero_grad(set_to_none=True)  # an epoch never inherits a partial accumulation
         for batch in task.batches("train", epoch=epoch, seed=optim.seed, shuffle=True):
             if ctx.audit_dir is not None and "ids" in batch:
                 seen_ids.extend(batch["ids"])
@@ -329,7 +379,16 @@ def run_training(task: TrainingTask, optim: OptimSettings, scaling: ScalingSetti
                    "train_tokens_per_s": float(totals["tokens"]) / elapsed,
                    "epoch_seconds": elapsed}
         metrics.update(evaluate(task, model, "val", device, optim.precision))
-        finished = epoch == last_epoch or bool(optim.max_steps and step >= optim.max_steps)
+        monitored = metrics[ctx.checkpoint_metric]
+        if _improved(monitored, best, ctx.checkpoint_mode):
+            best, stale_epochs = monitored, 0
+        else:
+            stale_epochs += 1
+        # Metrics are all-reduced, so every rank takes the same decision.
+        early_stop = optim.early_stopping_patience is not None and stale_epochs >= optim.early_stopping_patience
+        if early_stop and rank == 0:
+            log.info("[train] early stopping: %s did not improve for %d epochs", ctx.checkpoint_metric, stale_epochs)
+        finished = epoch == last_epoch or early_stop or bool(optim.max_steps and step >= optim.max_steps)
         if finished:
             metrics.update(evaluate(task, model, "test", device, optim.precision))
         if ctx.audit_dir is not None:
@@ -339,7 +398,8 @@ def run_training(task: TrainingTask, optim: OptimSettings, scaling: ScalingSetti
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
-                _save_checkpoint(Path(tmp), model, optimizer, scheduler, scaler, step, epoch, config_dict, task)
+                _save_checkpoint(Path(tmp), model, optimizer, scheduler, scaler, step, epoch, config_dict, task,
+                                 best, stale_epochs)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch-{epoch:04d}-step-{step:07d}")
         if rank == 0:

@@ -1,0 +1,316 @@
+"""Chinese -> tone-numbered pinyin pairs for the seq2seq model, a per-character baseline, and metrics.
+
+Pair construction (``segment_text`` + ``transliterate``), in order:
+
+1. NFKC-normalise the review (full-width ``ＡＢ１，`` become ``AB1,``; ``…`` becomes ``...``).
+2. Cut it into sentences at sentence punctuation (``。！？；…`` and their ASCII forms; an ASCII ``.``
+   only when it is not a decimal point) and at whitespace (reviews use spaces as clause breaks).
+3. A sentence longer than ``max_chars`` is cut into windows of at most ``max_chars`` characters,
+   at clause punctuation (``，,、：:``) where possible, otherwise into balanced hard cuts.
+4. Leading/trailing characters that are neither Chinese nor ASCII letters/digits are stripped,
+   control/format characters are removed; segments without a Chinese character are dropped.
+
+Target policy: the target has exactly one token per source character (1:1 alignment):
+a Chinese character becomes its TONE3 syllable from ``pypinyin.lazy_pinyin`` (phrase dictionary on,
+computed on the segment itself, so the target is a function of the source; neutral tone = 5,
+``ü`` written ``v``: ``lv4``); every other character (ASCII letters kept with their case, digits,
+punctuation such as ``,`` or ``(``) maps to itself. Tokens are joined by single spaces.
+
+Metrics (``score``) are position-wise over the reference: token i is correct when the prediction
+has a token at position i and it equals the reference's; a prediction's extra tokens cost nothing
+except exact match. "Syllable accuracy" counts only positions whose reference token is a pinyin
+syllable (Chinese characters); "token accuracy" counts all positions; "polyphonic accuracy" counts
+syllable positions whose source character has more than one reading in the train split; "exact
+match" is the share of rows whose whole predicted token sequence equals the reference.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HAN = re.compile(r"[\u3007\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")
+SYLLABLE = re.compile(r"^[a-z]+[1-5]$")  # TONE3 with neutral tone 5: zhong1, lv4, n2, de5
+# Sentence ends: Chinese and ASCII forms (after NFKC), an ASCII '.' unless between two digits, whitespace.
+_SENTENCE_BREAK = re.compile(r"[。！？；!?;…]+|\.{2,}|(?<!\d)\.|\.(?!\d)|\s+")
+_CLAUSE_END = re.compile(r"(?<=[，,、：:])")
+UNKNOWN = "<unk>"
+
+
+def normalise_source(text: str) -> str:
+    """NFKC, then drop whitespace and control/format characters (what the source tokenizer does)."""
+    text = unicodedata.normalize("NFKC", text)
+    return "".join(ch for ch in text if not ch.isspace() and unicodedata.category(ch)[0] != "C")
+
+
+def is_chinese(char: str) -> bool:
+    return HAN.match(char) is not None
+
+
+def is_syllable(token: str) -> bool:
+    return SYLLABLE.match(token) is not None
+
+
+def _keep_edge(char: str) -> bool:
+    return is_chinese(char) or (char.isascii() and char.isalnum())
+
+
+def _strip_edges(segment: str) -> str:
+    start, end = 0, len(segment)
+    while start < end and not _keep_edge(segment[start]):
+        start += 1
+    while end > start and not _keep_edge(segment[end - 1]):
+        end -= 1
+    return segment[start:end]
+
+
+def _balanced_cuts(text: str, max_chars: int) -> list[str]:
+    pieces = -(-len(text) // max_chars)
+    size = -(-len(text) // pieces)
+    return [text[i:i + size] for i in range(0, len(text), size)]
+
+
+def _windows(sentence: str, max_chars: int) -> list[str]:
+    """Pack clauses greedily into windows of at most ``max_chars``; hard-cut over-long clauses."""
+    if len(sentence) <= max_chars:
+        return [sentence]
+    windows: list[str] = []
+    current = ""
+    for clause in (c for c in _CLAUSE_END.split(sentence) if c):
+        if len(current) + len(clause) <= max_chars:
+            current += clause
+            continue
+        if current:
+            windows.append(current)
+        if len(clause) > max_chars:
+            *full, current = _balanced_cuts(clause, max_chars)
+            windows.extend(full)
+        else:
+            current = clause
+    if current:
+        windows.append(current)
+    return windows
+
+
+def segment_text(text: str, max_chars: int) -> list[str]:
+    """Review -> sentences/windows of 1..max_chars characters that contain Chinese (see module doc)."""
+    if max_chars < 1:
+        raise ValueError(f"max_chars must be >= 1, got {max_chars}")
+    text = unicodedata.normalize("NFKC", text)
+    segments = []
+    for sentence in _SENTENCE_BREAK.split(text):
+        sentence = "".join(ch for ch in sentence if unicodedata.category(ch)[0] != "C")
+        for window in _windows(_strip_edges(sentence), max_chars):
+            window = _strip_edges(window)
+            if window and any(is_chinese(ch) for ch in window):
+                segments.append(window)
+    return segments
+
+
+def transliterate(segment: str) -> list[str] | None:
+    """One target token per character of ``segment`` (see the module doc); None if pypinyin misaligns."""
+    from pypinyin import Style, lazy_pinyin
+
+    syllables = lazy_pinyin(segment, style=Style.TONE3, neutral_tone_with_five=True, errors=list)
+    if len(syllables) != len(segment):
+        return None
+    return [syl if is_chinese(ch) and is_syllable(syl) else ch for ch, syl in zip(segment, syllables)]
+
+
+# --------------------------------------------------------------------------- corpus
+
+
+@dataclass
+class PairStats:
+    reviews: int = 0
+    segments: int = 0
+    unaligned_dropped: int = 0  # pypinyin returned a different number of tokens than characters
+    duplicates_dropped: int = 0  # same source twice within a split
+    cross_split_dropped: int = 0  # source already in an earlier split (train < val < test)
+    rows_per_split: dict[str, int] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        return [f"pinyin pairs: {self.segments} segments from {self.reviews} reviews",
+                f"  dropped {self.duplicates_dropped} duplicates, {self.cross_split_dropped} sources already in an "
+                f"earlier split, {self.unaligned_dropped} unaligned",
+                "  " + ", ".join(f"{k}: {v} rows" for k, v in self.rows_per_split.items())]
+
+
+@dataclass(frozen=True)
+class Pair:
+    id: str
+    source: str
+    target: str
+
+
+def build_pairs(ids: Sequence[str], texts: Sequence[str], splits: dict[str, list[int]], max_chars: int,
+                stats: PairStats | None = None) -> dict[str, list[Pair]]:
+    """Pairs per split from the classifier corpus's rows; ids are ``<review id>-<segment index>``.
+
+    Each pair inherits its review's split. Sources are deduplicated within a split, and a source
+    already seen in an earlier split (in the order train, val, test) is dropped, so no sentence is
+    in two splits. Output rows are sorted by id.
+    """
+    stats = stats if stats is not None else PairStats()
+    cache: dict[str, list[str] | None] = {}
+    seen: set[str] = set()
+    out: dict[str, list[Pair]] = {}
+    order = [s for s in ("train", "val", "test") if s in splits] + [s for s in splits if s not in
+                                                                     ("train", "val", "test")]
+    for split in order:
+        pairs: list[Pair] = []
+        in_split: set[str] = set()
+        for row in splits[split]:
+            stats.reviews += 1
+            for k, segment in enumerate(segment_text(texts[row], max_chars)):
+                stats.segments += 1
+                if segment in in_split:
+                    stats.duplicates_dropped += 1
+                    continue
+                if segment in seen:
+                    stats.cross_split_dropped += 1
+                    continue
+                if segment not in cache:
+                    cache[segment] = transliterate(segment)
+                target = cache[segment]
+                if target is None:
+                    stats.unaligned_dropped += 1
+                    continue
+                in_split.add(segment)
+                pairs.append(Pair(f"{ids[row]}-{k}", segment, " ".join(target)))
+        seen |= in_split
+        out[split] = sorted(pairs, key=lambda p: p.id)
+        stats.rows_per_split[split] = len(pairs)
+    return out
+
+
+def write_pairs(path: Path, pairs: Sequence[Pair]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from data_pipeline.schema import SEQ2SEQ_SPEC
+
+    table = pa.table({"id": [p.id for p in pairs], "source": [p.source for p in pairs],
+                      "target": [p.target for p in pairs]}, schema=SEQ2SEQ_SPEC.arrow_schema())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+
+
+# --------------------------------------------------------------------------- baseline and metrics
+
+
+def aligned_chars(source: str, target_tokens: Sequence[str]) -> list[str] | None:
+    """The source characters position-aligned with the target tokens, or None if lengths differ."""
+    chars = list(normalise_source(source))
+    return chars if len(chars) == len(target_tokens) else None
+
+
+class ReadingTable:
+    """Per-character reading counts from aligned (source, target) pairs: the per-character baseline."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, Counter[str]] = {}
+        self.unaligned = 0
+
+    @classmethod
+    def fit(cls, pairs: Iterable[tuple[str, str]]) -> ReadingTable:
+        table = cls()
+        for source, target in pairs:
+            tokens = target.split()
+            chars = aligned_chars(source, tokens)
+            if chars is None:
+                table.unaligned += 1
+                continue
+            for char, token in zip(chars, tokens):
+                if is_syllable(token):
+                    table.counts.setdefault(char, Counter())[token] += 1
+        return table
+
+    def most_frequent(self, char: str) -> str | None:
+        counts = self.counts.get(char)
+        if not counts:
+            return None
+        return min(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0]  # ties: alphabetical, deterministic
+
+    def polyphonic(self) -> frozenset[str]:
+        """Characters seen with more than one reading."""
+        return frozenset(char for char, counts in self.counts.items() if len(counts) > 1)
+
+    def predict(self, source: str) -> list[str]:
+        """Most frequent reading per Chinese character (``<unk>`` if unseen); other characters map to themselves."""
+        out = []
+        for char in normalise_source(source):
+            reading = self.most_frequent(char)
+            out.append(reading if reading is not None else (UNKNOWN if is_chinese(char) else char))
+        return out
+
+
+@dataclass
+class Scores:
+    """Additive counts (sum over batches and workers) and the rates derived from them."""
+    rows: int = 0
+    exact: int = 0
+    tokens: int = 0
+    tokens_correct: int = 0
+    syllables: int = 0
+    syllables_correct: int = 0
+    polyphonic: int = 0
+    polyphonic_correct: int = 0
+    unaligned_rows: int = 0  # rows whose source/target lengths differ: no polyphonic positions
+
+    def add(self, other: Scores) -> Scores:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        return self
+
+    def as_counts(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+    @classmethod
+    def from_counts(cls, counts: dict[str, float]) -> Scores:
+        return cls(**{name: int(round(float(counts[name]))) for name in cls.__dataclass_fields__})
+
+    def rates(self) -> dict[str, float]:
+        ratio = lambda a, b: a / b if b else float("nan")  # noqa: E731
+        return {"syllable_accuracy": ratio(self.syllables_correct, self.syllables),
+                "polyphonic_accuracy": ratio(self.polyphonic_correct, self.polyphonic),
+                "token_accuracy": ratio(self.tokens_correct, self.tokens),
+                "exact_match": ratio(self.exact, self.rows)}
+
+
+def score(sources: Sequence[str], references: Sequence[Sequence[str]], predictions: Sequence[Sequence[str]],
+          polyphonic: frozenset[str] | set[str]) -> Scores:
+    """Position-wise scores of predicted token sequences against reference ones (see the module doc)."""
+    if not len(sources) == len(references) == len(predictions):
+        raise ValueError("sources, references and predictions must have the same length")
+    out = Scores()
+    for source, ref, pred in zip(sources, references, predictions):
+        ref, pred = list(ref), list(pred)
+        chars = aligned_chars(source, ref)
+        out.rows += 1
+        out.exact += int(pred == ref)
+        out.unaligned_rows += int(chars is None)
+        for i, token in enumerate(ref):
+            correct = i < len(pred) and pred[i] == token
+            out.tokens += 1
+            out.tokens_correct += correct
+            if not is_syllable(token):
+                continue
+            out.syllables += 1
+            out.syllables_correct += correct
+            if chars is not None and chars[i] in polyphonic:
+                out.polyphonic += 1
+                out.polyphonic_correct += correct
+    return out
+
+
+def baseline_scores(train: Iterable[tuple[str, str]], test: Sequence[tuple[str, str]]) -> tuple[Scores, ReadingTable]:
+    """Fit the per-character baseline on ``train`` pairs and score it on ``test`` pairs."""
+    table = ReadingTable.fit(train)
+    sources = [s for s, _ in test]
+    references = [t.split() for _, t in test]
+    return score(sources, references, [table.predict(s) for s in sources], table.polyphonic()), table

@@ -1,0 +1,62 @@
+"""Driver-side plumbing shared by the training jobs: run naming, the MLflow run, the TorchTrainer."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from jobs.datasets import EvalShardingDataConfig
+from jobs.tracking import TrackingTarget, client_for
+from jobs.training import RunSettings, ScalingSettings, worker_env
+
+RUN_NAME_TAG = "ray_run_name"
+
+
+def run_name_and_storage(run: RunSettings, prefix: str) -> tuple[str, str]:
+    """A fresh unique name unless one is configured (then an earlier run of that name resumes)."""
+    name = run.name or f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    storage = run.storage_path if "://" in run.storage_path else str(Path(run.storage_path).resolve())
+    return name, storage
+
+
+def start_or_resume_mlflow_run(target: TrackingTarget, run_name: str, tags: dict[str, str]) -> tuple[str, bool]:
+    """The MLflow run of this Ray Train run: the existing one when a rerun resumes, else a new one."""
+    client = client_for(target)
+    found = client.search_runs([target.experiment_id], filter_string=f"tags.{RUN_NAME_TAG} = '{run_name}'",
+                               max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        return run_id, True
+    run = client.create_run(target.experiment_id, run_name=run_name, tags={**tags, RUN_NAME_TAG: run_name})
+    return run.info.run_id, False
+
+
+def make_trainer(loop: Callable[[dict[str, Any]], None], loop_config: dict[str, Any], scaling: ScalingSettings,
+                 run: RunSettings, run_name: str, storage_path: str, datasets: dict[str, Any],
+                 eval_splits: list[str]):
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    resources = {"CPU": scaling.cpus_per_worker}
+    if scaling.use_gpu:
+        resources["GPU"] = scaling.gpus_per_worker
+    return TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend=None if scaling.backend == "auto" else scaling.backend),
+        scaling_config=ray.train.ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=run_name, storage_path=storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=run.keep_checkpoints, checkpoint_score_attribute=run.checkpoint_metric,
+                checkpoint_score_order=run.checkpoint_mode),
+            worker_runtime_env={"env_vars": worker_env()}),
+        datasets=datasets,
+        dataset_config=EvalShardingDataConfig(eval_splits, deterministic_train=run.deterministic),
+    )

@@ -1,0 +1,153 @@
+"""Faults injected for real on a real local Ray: a killed worker, a killed driver, a half-written checkpoint.
+
+Every run uses ``run.deterministic`` so a resumed run can be compared with an uninterrupted
+one: same seed, config and worker count give the same parameters and metrics on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from jobs.config import load
+from jobs.finetune_classifier import FinetuneConfig
+from jobs.finetune_classifier import run as run_finetune
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = REPO / "configs/finetune_classifier.tiny.yaml"
+TOLERANCE = 1e-4
+
+
+def tiny_config(corpus: Path, model_dir: Path, storage: Path, name: str, **extra: str) -> list[str]:
+    overrides = [f"data.train={corpus / 'train.parquet'}", f"data.val={corpus / 'val.parquet'}",
+                 f"data.test={corpus / 'test.parquet'}", f"model.name_or_path={model_dir}",
+                 f"run.storage_path={storage}", f"run.name={name}"]
+    return overrides + [f"{k}={v}" for k, v in extra.items()]
+
+
+def metric_steps(run_id: str, key: str) -> list[int]:
+    return [m.step for m in mlflow.MlflowClient().get_metric_history(run_id, key)]
+
+
+def assert_history_exactly_once(run_id: str) -> None:
+    for key in ("train_loss", "learning_rate", "val_accuracy", "val_loss"):
+        steps = metric_steps(run_id, key)
+        assert steps, key
+        assert len(steps) == len(set(steps)), f"{key} has duplicated steps: {sorted(steps)}"
+
+
+def wait_for(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def checkpoints(storage: Path, name: str) -> list[Path]:
+    return sorted((storage / name).glob("epoch-*/COMPLETE"))
+
+
+@pytest.fixture(scope="module")
+def reference(ray_local, mlflow_uri, tiny_corpus, tiny_model_dir, session_dir):
+    """An uninterrupted run: the numbers every faulted run must reproduce."""
+    storage = session_dir / "ft-ray"
+    config = load(FinetuneConfig, TINY, tiny_config(tiny_corpus, tiny_model_dir, storage, "reference"))
+    return run_finetune(config)
+
+
+def test_killed_worker_is_replaced_and_training_resumes(reference, tiny_corpus, tiny_model_dir, session_dir):
+    import psutil
+
+    storage = session_dir / "ft-ray"
+    config = load(FinetuneConfig, TINY, tiny_config(tiny_corpus, tiny_model_dir, storage, "worker-kill"))
+    killed: list[int] = []
+
+    def kill_a_worker_after_first_checkpoint() -> None:
+        wait_for(lambda: checkpoints(storage, "worker-kill"), 300, "the first checkpoint")
+        for proc in psutil.process_iter(["cmdline"]):
+            if "ray::RayTrainWorker" in " ".join(proc.info["cmdline"] or []):
+                proc.send_signal(signal.SIGKILL)
+                killed.append(proc.pid)
+                return
+
+    killer = threading.Thread(target=kill_a_worker_after_first_checkpoint, daemon=True)
+    killer.start()
+    outcome = run_finetune(config)
+    killer.join(timeout=5)
+    assert killed, "no training worker was found to kill"
+    run = mlflow.MlflowClient().get_run(outcome.run_id)
+    assert int(run.data.tags["restarts"]) >= 1
+    assert_history_exactly_once(outcome.run_id)
+    assert outcome.metrics["step"] == reference.metrics["step"]
+    assert abs(outcome.metrics["test_loss"] - reference.metrics["test_loss"]) < TOLERANCE
+    assert abs(outcome.metrics["val_loss"] - reference.metrics["val_loss"]) < TOLERANCE
+
+
+def _job_command(corpus, model_dir, storage, name, epochs: int) -> list[str]:
+    command = [sys.executable, "-m", "jobs.finetune_classifier", "--config", str(TINY)]
+    for item in tiny_config(corpus, model_dir, storage, name) + [f"optim.epochs={epochs}"]:
+        command += ["--set", item]
+    return command
+
+
+def _run_job(command, env, kill_when=None) -> int:
+    process = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        if kill_when is not None:
+            wait_for(lambda: kill_when() or process.poll() is not None, 300, "the kill condition")
+            os.killpg(process.pid, signal.SIGKILL)  # the driver and the local Ray it started
+            process.wait(timeout=30)
+            return -9
+        return process.wait(timeout=600)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_killed_driver_rerun_with_same_name_resumes_same_mlflow_run(reference, mlflow_uri, tiny_corpus,
+                                                                     tiny_model_dir, session_dir):
+    storage = session_dir / "driver-ray"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    command = _job_command(tiny_corpus, tiny_model_dir, storage, "driver-kill", epochs=3)
+    _run_job(command, env, kill_when=lambda: checkpoints(storage, "driver-kill"))
+    assert 1 <= len(checkpoints(storage, "driver-kill")) < 3, "the driver must die mid-run"
+    assert _run_job(command, env) == 0
+    client = mlflow.MlflowClient(mlflow_uri)
+    runs = client.search_runs([client.get_experiment_by_name("finetune-tiny").experiment_id],
+                              filter_string="tags.ray_run_name = 'driver-kill'")
+    assert len(runs) == 1, "the rerun must continue the same MLflow run"
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert int(run.data.tags["restarts"]) == 1
+    assert_history_exactly_once(run.info.run_id)
+    assert abs(run.data.metrics["test_loss"] - reference.metrics["test_loss"]) < TOLERANCE
+    assert run.data.metrics["step"] == reference.metrics["step"]
+
+
+def test_half_written_checkpoint_is_ignored(reference, tiny_corpus, tiny_model_dir, session_dir):
+    storage = session_dir / "ft-ray"
+    name = "half-written"
+    config = load(FinetuneConfig, TINY, tiny_config(tiny_corpus, tiny_model_dir, storage, name))
+    run_finetune(config)
+    latest = sorted((storage / name).glob("epoch-*"))[-1]
+    (latest / "COMPLETE").unlink()  # as if the writer died before finishing
+    (latest / "train_state.pt").write_bytes(b"truncated")
+    resumed = run_finetune(config)  # same name: Ray hands back the broken latest checkpoint
+    tags = mlflow.MlflowClient().get_run(resumed.run_id).data.tags
+    steps_per_epoch = reference.metrics["step"] // 3
+    # resumed from the complete epoch-1 checkpoint, not the broken epoch-2 one
+    assert tags["resumed_from_steps"].split(",")[-1] == str(2 * steps_per_epoch)
+    assert_history_exactly_once(resumed.run_id)
+    assert abs(resumed.metrics["test_loss"] - reference.metrics["test_loss"]) < TOLERANCE

@@ -1,0 +1,122 @@
+"""End-to-end: the seq2seq job on a real local Ray (2 DDP workers) and a real MLflow store, tiny config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from data_pipeline.pinyin import write_pairs
+from jobs import config as config_lib
+from jobs.train_seq2seq import Seq2SeqTrainConfig
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def pair_files(tiny_corpus: Path):
+    """The pinyin pairs prepare_corpus wrote beside the session's tiny review corpus (120 reviews)."""
+    out = tiny_corpus.parent / "pinyin"
+    rows = {split: pq.read_metadata(out / f"{split}.parquet").num_rows for split in ("train", "val", "test")}
+    return out, rows
+
+
+def test_tiny_run_logs_metrics_and_registers_a_model_that_transliterates(ray_local, mlflow_uri, pair_files,
+                                                                                 tmp_path):
+    import mlflow
+
+    from jobs.train_seq2seq import report, run
+
+    data_dir, rows = pair_files
+    config = config_lib.load(Seq2SeqTrainConfig, ROOT / "configs/train_seq2seq.tiny.yaml", [
+        f"data.train={data_dir / 'train.parquet'}", f"data.val={data_dir / 'val.parquet'}",
+        f"data.test={data_dir / 'test.parquet'}", f"run.storage_path={tmp_path / 'ray'}",
+        "run.audit_shards=true", f"tracking.tracking_uri={mlflow_uri}"])
+    outcome = run(config)
+    report(outcome, config)
+
+    # Metrics: per-epoch validation, final test incl. polyphonic characters, the baseline beside them.
+    logged = mlflow.MlflowClient(mlflow_uri).get_run(outcome.run_id).data.metrics
+    for key in ("train_loss", "train_tokens_per_s", "val_loss", "val_token_accuracy", "val_syllable_accuracy",
+                "val_exact_match", "test_loss", "test_syllable_accuracy", "test_polyphonic_accuracy",
+                "test_exact_match", "baseline_char_test_syllable_accuracy",
+                "baseline_char_test_polyphonic_accuracy"):
+        assert key in logged, key
+    assert logged["test_decoded_rows"] == rows["test"]  # every test row decoded once, across both workers
+    assert 0.0 <= logged["test_syllable_accuracy"] <= 1.0
+
+    # DDP: both workers took the same number of steps and together saw every train row exactly once.
+    audit = tmp_path / "ray" / outcome.run_name / "audit"
+    finals = [json.loads((audit / f"final-rank{r}.json").read_text()) for r in (0, 1)]
+    assert finals[0]["step"] == finals[1]["step"] > 0
+    assert finals[0]["parameter_digest"] == finals[1]["parameter_digest"]
+    seen = [json.loads((audit / f"epoch0-rank{r}.json").read_text())["ids"] for r in (0, 1)]
+    assert not set(seen[0]) & set(seen[1])
+    assert len(seen[0]) + len(seen[1]) >= rows["train"] - 1  # the equal split may drop world-1 rows
+
+    # The export beside the checkpoint: safetensors + config + both tokenizers.
+    assert {p.name for p in Path(outcome.model_dir).iterdir()} >= {
+        "model.safetensors", "seq2seq_config.json", "source_tokenizer.json", "target_tokenizer.json"}
+
+    # The registered pyfunc turns Chinese texts into strings of target tokens.
+    mlflow.set_tracking_uri(mlflow_uri)
+    model = mlflow.pyfunc.load_model(outcome.model_uri)
+    import pandas as pd
+
+    predicted = model.predict(pd.DataFrame({"source": ["房间很大", "还行"]}))
+    assert list(predicted.columns) == ["target"] and len(predicted) == 2
+    assert all(isinstance(t, str) for t in predicted["target"])
+    beam = model.predict(pd.DataFrame({"source": ["房间很大"]}), params={"beam_size": 2})
+    assert isinstance(beam["target"][0], str)
+
+
+def test_invalid_inputs_fail_before_any_compute(tmp_path):
+    from data_pipeline.pinyin import Pair
+    from data_pipeline.validation import DataValidationError
+    from jobs.train_seq2seq import prepare_data
+
+    long_pair = Pair("a-0", "好" * 80, " ".join(["hao3"] * 80))
+    for split in ("train", "val", "test"):
+        write_pairs(tmp_path / f"{split}.parquet", [long_pair, Pair("b-0", "好", "hao3")])
+    config = config_lib.load(Seq2SeqTrainConfig, ROOT / "configs/train_seq2seq.tiny.yaml", [
+        f"data.{s}={tmp_path / (s + '.parquet')}" for s in ("train", "val", "test")])
+    with pytest.raises(DataValidationError, match="more than model.max_len=64 tokens"):
+        prepare_data(config)
+    missing = config_lib.load(Seq2SeqTrainConfig, ROOT / "configs/train_seq2seq.tiny.yaml",
+                              [f"data.train={tmp_path / 'nope.parquet'}"])
+    with pytest.raises(FileNotFoundError, match="nope.parquet"):
+        prepare_data(missing)
+
+
+def test_task_eval_sums_match_the_zero_sums_and_give_metrics():
+    """In-process (no Ray): the task's loss, evaluation sums and metrics on one batch of a tiny model."""
+    from data_pipeline.pinyin import ReadingTable
+    from data_pipeline.seq2seq import collate_pairs, encode, train_source_tokenizer, train_target_tokenizer
+    from jobs.train_seq2seq import Seq2SeqTask
+
+    pairs = [("银行行长", "yin2 hang2 hang2 zhang3"), ("还行", "hai2 xing2"), ("不行了", "bu4 xing2 le5")]
+    source = train_source_tokenizer(s for s, _ in pairs)
+    target = train_target_tokenizer(t for _, t in pairs)
+    config = config_lib.load(Seq2SeqTrainConfig, ROOT / "configs/train_seq2seq.tiny.yaml")
+    task = Seq2SeqTask(config.model.build(source.get_vocab_size(), target.get_vocab_size()), source.to_str(),
+                       target.to_str(), config.data, config.optim, config.objective,
+                       ReadingTable.fit(pairs).polyphonic(), decode_max_len=8)
+    torch.manual_seed(0)
+    model = task.build_model()
+    batch = collate_pairs(encode(source, [s for s, _ in pairs]), encode(target, [t for _, t in pairs]))
+    batch.update(ids=["a", "b", "c"], sources=[s for s, _ in pairs], targets=[t for _, t in pairs])
+    loss, n_rows, n_tokens = task.train_loss(model, batch)
+    assert loss.requires_grad and (n_rows, n_tokens) == (3, 4 + 2 + 3 + 3)  # tokens incl. one eos per row
+    sums = task.eval_sums(model, batch)
+    assert sorted(sums) == sorted(task.zero_eval_sums())  # every worker all-reduces the same keys
+    metrics = task.eval_metrics({k: sums[k] + z for k, z in task.zero_eval_sums().items()})
+    assert metrics["decoded_rows"] == 3 and 0 <= metrics["syllable_accuracy"] <= 1
+    assert metrics["loss"] > 0 and 0 <= metrics["token_accuracy"] <= 1
+    assert "polyphonic_accuracy" in metrics  # 行 has two readings in these pairs
+    assert task.eval_metrics(task.zero_eval_sums()) == {"loss": 0.0, "token_accuracy": 0.0}
+    skipped = task.eval_sums(model, {**batch, "decode": False})
+    assert float(skipped["decode_rows"]) == 0
