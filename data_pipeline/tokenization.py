@@ -71,6 +71,24 @@ class PadCollate(NumpyBatchCollateFn):
         return out
 
 
+_STAGES: dict[tuple, TokenizeBatch] = {}
+
+
+def tokenize_texts(batch: pa.Table, tokenizer_path: str, text_column: str, max_length: int,
+                   keep_columns: Sequence[str] = ()) -> pa.Table:
+    """``TokenizeBatch`` as a function for task-based ``map_batches``.
+
+    Ray reuses warm worker processes for tasks, whereas an actor pool is started again for every
+    dataset execution (each epoch and each evaluation); the tokenizer is loaded once per process.
+    """
+    key = (tokenizer_path, text_column, max_length, tuple(keep_columns))
+    stage = _STAGES.get(key)
+    if stage is None:
+        _STAGES.clear()
+        stage = _STAGES[key] = TokenizeBatch(*key)
+    return stage(batch)
+
+
 def pad_batch(batch: dict[str, np.ndarray], pad_id: int = 0,
               label_column: str | None = "label") -> dict[str, torch.Tensor]:
     """Collate a numpy batch of ragged ``input_ids`` into padded tensors.

@@ -9,14 +9,14 @@ import ray.train
 
 from data_pipeline.paths import ParquetFiles
 from data_pipeline.schema import label_names_from_schema
-from data_pipeline.tokenization import TokenizeBatch
+from data_pipeline.tokenization import tokenize_texts
 
 
 @dataclass(frozen=True, kw_only=True)
 class StageResources:
     read_cpus: float = 0.25  # per read task
     tokenize_cpus: float = 0.25  # per tokenizer actor
-    tokenize_concurrency: int = 1  # tokenizer actors
+    tokenize_concurrency: int = 1  # concurrent tokenize tasks
     tokenize_batch_rows: int = 1024
     min_blocks: int = 4  # small files are read as one block; split them so stages overlap
 
@@ -38,10 +38,10 @@ def read_parquet(files: ParquetFiles, columns: list[str] | None, resources: Stag
 def tokenized(dataset, tokenizer_path: str, text_column: str, max_length: int, keep_columns: list[str],
               resources: StageResources):
     return dataset.map_batches(
-        TokenizeBatch, fn_constructor_kwargs={"tokenizer_path": tokenizer_path, "text_column": text_column,
-                                              "max_length": max_length, "keep_columns": keep_columns},
+        tokenize_texts, fn_kwargs={"tokenizer_path": tokenizer_path, "text_column": text_column,
+                                   "max_length": max_length, "keep_columns": keep_columns},
         batch_format="pyarrow", batch_size=resources.tokenize_batch_rows,
-        compute=ray.data.ActorPoolStrategy(size=resources.tokenize_concurrency), num_cpus=resources.tokenize_cpus)
+        compute=ray.data.TaskPoolStrategy(size=resources.tokenize_concurrency), num_cpus=resources.tokenize_cpus)
 
 
 def label_names_of(files: ParquetFiles) -> list[str] | None:

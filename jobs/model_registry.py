@@ -69,7 +69,8 @@ def log_and_register(target: TrackingTarget, run_id: str, python_model: mlflow.p
     version = mlflow.register_model(info.model_uri, registered_name)
     if alias:
         client_for(target).set_registered_model_alias(registered_name, alias, version.version)
-    return RegisteredModel(registered_name, version.version, alias, f"models:/{registered_name}/{version.version}")
+    return RegisteredModel(registered_name, str(version.version), alias,
+                           f"models:/{registered_name}/{version.version}")
 
 
 @dataclass(frozen=True)
@@ -106,10 +107,14 @@ def resolve_model_ref(ref: str, target: TrackingTarget | None) -> ResolvedModel:
 
 def materialize_model(resolved: ResolvedModel, tracking_uri: str | None) -> Path:
     """A local Hugging Face directory for the model (downloaded once per process when remote)."""
-    if "://" not in resolved.load_uri:
+    if not resolved.load_uri.startswith(("models:/", "runs:/")) and "://" not in resolved.load_uri:
         return Path(resolved.load_uri)
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
-    local = mlflow.artifacts.download_artifacts(artifact_uri=resolved.load_uri,
-                                                dst_path=tempfile.mkdtemp(prefix="model-"))
-    return Path(local) / "artifacts" / MODEL_ARTIFACT
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=resolved.load_uri,
+                                                     dst_path=tempfile.mkdtemp(prefix="model-")))
+    # MLflow keeps the logged folder under artifacts/ with its own name: find the HF config in it.
+    configs = sorted((local / "artifacts").glob("**/config.json"))
+    if not configs:
+        raise FileNotFoundError(f"{resolved.load_uri}: no Hugging Face model directory in the artifacts")
+    return configs[0].parent

@@ -1,18 +1,67 @@
 """Callable predictor classes for Ray Data ``map_batches``: the model is loaded once per actor.
 
 ``__call__(batch) -> batch`` reads no globals; concurrency, batch size and GPUs come from the
-job config. Rows are scored in length-sorted chunks so each forward pass pads little.
+job config. Rows are scored in length-sorted chunks so each forward pass pads little. Rows the
+read stage tagged as unscorable (``scorable`` false, see ``data_pipeline.quarantine``) are
+passed through unscored, so the sink can write them to ``_rejected/``.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import torch
 
-from data_pipeline.tokenization import pad_batch
-from jobs.model_registry import ResolvedModel, materialize_model
+from data_pipeline.quarantine import GROUP, REJECT_REASON, SOURCE_FILE
+from data_pipeline.tokenization import TokenizeBatch, pad_batch
+from jobs.model_registry import MODEL_ARTIFACT, ResolvedModel
+
+PASS_THROUGH = (SOURCE_FILE, REJECT_REASON, GROUP)  # columns carried from the read stage to the sink
+
+
+def download_model(resolved: ResolvedModel, tracking_uri: str | None) -> str:
+    """A local Hugging Face directory for the model: the directory itself, or a fresh download.
+
+    ``models:/name/1`` and ``runs:/id/model`` carry no ``://``, so the test is "is it a local
+    directory", not "does it look like a URL".
+    """
+    if os.path.isdir(resolved.load_uri):
+        return resolved.load_uri
+    import mlflow
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    local = mlflow.artifacts.download_artifacts(artifact_uri=resolved.load_uri,
+                                                dst_path=tempfile.mkdtemp(prefix="model-"))
+    return os.path.join(local, _artifact_path(local))
+
+
+def _artifact_path(model_dir: str) -> str:
+    """Where the pyfunc's Hugging Face directory lies inside a downloaded MLflow model.
+
+    MLflow keeps an artifact under its source directory's own name (``artifacts/<basename>``),
+    which the MLmodel file records; the key name (``hf_model``) is only the fallback.
+    """
+    import yaml
+
+    try:
+        with open(os.path.join(model_dir, "MLmodel"), encoding="utf-8") as handle:
+            spec = yaml.safe_load(handle)
+        return spec["flavors"]["python_function"]["artifacts"][MODEL_ARTIFACT]["path"]
+    except (OSError, KeyError, TypeError):
+        return os.path.join("artifacts", MODEL_ARTIFACT)
+
+
+def model_dir_on_node(resolved: ResolvedModel, tracking_uri: str | None, local_hint: str | None) -> str:
+    """The driver's copy of the model when this node sees it (one machine, shared disk), else download."""
+    if local_hint and os.path.isfile(os.path.join(local_hint, "config.json")):
+        return local_hint
+    return download_model(resolved, tracking_uri)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -24,15 +73,20 @@ class PredictorSettings:
     forward_batch_size: int = 64  # rows per forward pass, grouped by length
     precision: str = "fp32"  # fp16/bf16 on GPU
     torch_threads: int = 1
+    # Tokenize inside the predictor actors instead of a separate tokenizer stage: one actor
+    # process fewer per pipeline (start-up dominates small runs on small CPU machines). Keep it
+    # off on GPUs, where tokenizing in the actor would leave the GPU idle.
+    tokenize_in_actor: bool = False
 
 
 class ClassifierPredictor:
-    def __init__(self, resolved: ResolvedModel, tracking_uri: str | None, settings: PredictorSettings):
+    def __init__(self, resolved: ResolvedModel, tracking_uri: str | None, settings: PredictorSettings,
+                 local_model_dir: str | None = None):
         from model.classifier import load_classifier
 
         torch.set_num_threads(settings.torch_threads)
         self.device = torch.device("cuda" if settings.num_gpus > 0 and torch.cuda.is_available() else "cpu")
-        loaded = load_classifier(str(materialize_model(resolved, tracking_uri)))
+        loaded = load_classifier(model_dir_on_node(resolved, tracking_uri, local_model_dir))
         self.model = loaded.model.eval().to(self.device)
         if self.device.type == "cuda" and settings.precision in ("fp16", "bf16"):
             self.model = self.model.to(torch.float16 if settings.precision == "fp16" else torch.bfloat16)
@@ -46,11 +100,13 @@ class ClassifierPredictor:
         from model.classifier import class_probabilities
 
         n = len(batch["input_ids"])
-        order = np.argsort(batch["num_tokens"], kind="stable")  # similar lengths share a forward pass
-        labels = np.empty(n, dtype=np.int64)
-        probs = np.empty(n, dtype=np.float32)
+        scorable = batch["scorable"] if "scorable" in batch else np.ones(n, dtype=bool)
+        todo = np.flatnonzero(scorable)
+        order = todo[np.argsort(batch["num_tokens"][todo], kind="stable")]  # similar lengths share a pass
+        labels = np.full(n, -1, dtype=np.int64)  # -1 / NaN / None on rejected rows, which the sink drops
+        probs = np.full(n, np.nan, dtype=np.float32)
         with torch.inference_mode():
-            for start in range(0, n, self.forward_batch_size):
+            for start in range(0, len(order), self.forward_batch_size):
                 rows = order[start:start + self.forward_batch_size]
                 padded = pad_batch({"input_ids": batch["input_ids"][rows]}, self.pad_id, label_column=None)
                 p = class_probabilities(self.model, padded["input_ids"].to(self.device),
@@ -58,8 +114,50 @@ class ClassifierPredictor:
                 best = p.max(dim=-1)
                 labels[rows] = best.indices.cpu().numpy()
                 probs[rows] = best.values.cpu().numpy()
-        out = {"id": batch["id"], "label": labels, "label_name": self.label_names[labels], "probability": probs,
-               "truncated": batch["truncated"]}
+        names = np.full(n, None, dtype=object)
+        names[todo] = self.label_names[labels[todo]]
+        out = {"id": batch["id"], "label": labels, "label_name": names, "probability": probs,
+               "truncated": batch["truncated"], "scorable": np.asarray(scorable, dtype=bool)}
         for key, value in self.lineage.items():
             out[key] = np.full(n, value, dtype=object)
+        for key in PASS_THROUGH:
+            if key in batch:
+                out[key] = batch[key]
         return out
+
+
+_TOKENIZERS: dict[tuple, TokenizeBatch] = {}  # per worker process, reused across pipelines
+
+
+def tokenize_tagged(batch: pa.Table, resolved: ResolvedModel, tracking_uri: str | None,
+                    local_model_dir: str | None, text_column: str, max_length: int,
+                    keep_columns: Sequence[str]) -> pa.Table:
+    """The shared tokenizer stage as a task function, loading the model's tokenizer on whichever node runs it.
+
+    Tasks run in warm worker processes that keep the tokenizer between pipelines (an actor pool
+    starts again for every dataset execution). Rejected rows arrive with text ``""`` (two
+    tokens), so they cost next to nothing; ``keep_columns`` carries the tags to the predictor.
+    """
+    key = (resolved.load_uri, local_model_dir, text_column, max_length, tuple(keep_columns))
+    stage = _TOKENIZERS.get(key)
+    if stage is None:
+        _TOKENIZERS.clear()  # one model per process at a time
+        stage = _TOKENIZERS[key] = TokenizeBatch(model_dir_on_node(resolved, tracking_uri, local_model_dir),
+                                                 text_column, max_length, keep_columns)
+    return stage(batch)
+
+
+class TokenizingClassifierPredictor(ClassifierPredictor):
+    """``ClassifierPredictor`` that tokenizes its own batches (``PredictorSettings.tokenize_in_actor``)."""
+
+    def __init__(self, resolved: ResolvedModel, tracking_uri: str | None, settings: PredictorSettings,
+                 local_model_dir: str | None = None, text_column: str = "text", max_length: int = 128,
+                 keep_columns: Sequence[str] = ()):
+        super().__init__(resolved, tracking_uri, settings, local_model_dir)
+        self.tokenize = TokenizeBatch(model_dir_on_node(resolved, tracking_uri, local_model_dir), text_column,
+                                      max_length, keep_columns)
+
+    def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:  # type: ignore[override]
+        tokens = self.tokenize(batch)
+        return super().__call__({name: tokens.column(name).to_numpy(zero_copy_only=False)
+                                 for name in tokens.column_names})

@@ -209,6 +209,9 @@ def autocast_for(precision: str, device: torch.device):
 
 def evaluate(task: TrainingTask, model: torch.nn.Module, split: str, device: torch.device,
              precision: str) -> dict[str, float]:
+    # The unwrapped module: DDP's forward broadcasts buffers, a collective that would deadlock
+    # when evaluation shards (unequal on purpose, nothing dropped) give ranks different batch counts.
+    model = unwrap(model)
     model.eval()
     sums = {key: value.double() for key, value in task.zero_eval_sums().items()}
     with torch.inference_mode(), autocast_for(precision, device):

@@ -1,0 +1,358 @@
+"""Quarantine for scoring: read Parquet once, tag every row that cannot be scored, never drop one.
+
+Scoring must not fail a whole corpus because of a few bad rows, nor silently lose them. The
+read stage of the scoring pipeline (``ScoringSource``, a Ray Data ``Datasource``) normalises
+each file's columns and tags every row with a reject reason, in the same pass that reads it:
+
+- ``id``: string or integer (cast to string) or UTF-8 bytes; a null id is a bad row.
+- text: string, or bytes decoded as UTF-8 (undecodable rows are bad rows), or any other type
+  (every row of that file is bad: ``wrong_type_text``); null, empty or whitespace-only text is
+  a bad row (the checks are ``data_pipeline.validation.bad_row_masks``, shared with training).
+
+Tagged rows keep flowing (their text replaced by ``""``) so the predictor can skip them and the
+sink can write them to ``_rejected/``: rows out + rows rejected = rows in, by construction.
+
+File-level faults are different: a file whose footer or data pages cannot be read, or that
+lacks the ``id`` / text column, fails the whole group of files it belongs to (a partition),
+with a message naming the file. ``inspect_files`` reads only footers (no data pass), so most
+corrupt files fail on the driver before any compute (``InputFileError``). A fault found later,
+in a data page, must not fail the other groups scored by the same pipeline: the read task
+emits one error row for it (``reject_reason`` starting with ``FILE_ERROR``) that travels to the
+sink, which marks that group failed; nothing of a failed group is ever committed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from data_pipeline.paths import ParquetFiles
+from data_pipeline.schema import classification_spec
+from data_pipeline.validation import bad_row_masks
+
+# Reject reasons, highest priority first: a row gets the first that applies.
+UNDECODABLE_ID = "undecodable_id"
+WRONG_TYPE_TEXT = "wrong_type_text"
+UNDECODABLE_TEXT = "undecodable_text"
+NULL_ID = "null_id"
+NULL_TEXT = "null_text"
+EMPTY_TEXT = "empty_text"
+REASONS = (UNDECODABLE_ID, WRONG_TYPE_TEXT, UNDECODABLE_TEXT, NULL_ID, NULL_TEXT, EMPTY_TEXT)
+
+# Columns of the tagged stream leaving the read stage.
+ID, SOURCE_FILE, REJECT_REASON, SCORABLE, GROUP = "id", "source_file", "reject_reason", "scorable", "scoring_group"
+TAG_COLUMNS = (ID, SOURCE_FILE, REJECT_REASON, SCORABLE, GROUP)  # carried from the read stage to the sink
+FILE_ERROR = "__file_error__:"  # prefix of the in-band error row's reject_reason
+
+
+class InputFileError(RuntimeError):
+    """A whole file cannot be scored (unreadable, corrupt, missing column): names the file."""
+
+    def __init__(self, file: str, problem: str):
+        self.file = file
+        self.problem = problem
+        super().__init__(f"{file}: {problem}")
+
+    def __reduce__(self):  # survives pickling through Ray
+        return (InputFileError, (self.file, self.problem))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReadSettings:
+    rows_per_task: int = 262_144  # row groups are packed into read tasks of about this many rows
+    batch_rows: int = 8192  # rows per block leaving a read task (bounded memory per task)
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """What the footer and the filesystem say about one input file (no data read)."""
+    path: str  # filesystem path
+    display: str  # URI or absolute path, written as ``source_file``
+    size: int
+    mtime_ns: int
+    num_rows: int
+    row_group_rows: tuple[int, ...]
+    row_group_bytes: tuple[int, ...]  # uncompressed, for Ray Data's memory estimates
+
+    def fingerprint(self) -> dict:
+        return {"file": self.display, "size": self.size, "mtime_ns": self.mtime_ns, "rows": self.num_rows}
+
+
+def _mtime_ns(info: pafs.FileInfo) -> int:
+    if info.mtime_ns is not None:
+        return int(info.mtime_ns)
+    return int(info.mtime.timestamp() * 1e9) if info.mtime is not None else 0
+
+
+def _check_columns(display: str, schema: pa.Schema, text_column: str) -> None:
+    missing = [c for c in (ID, text_column) if schema.get_field_index(c) < 0]
+    if missing:
+        raise InputFileError(display, f"lacks column(s) {', '.join(missing)} (file has: {', '.join(schema.names)})")
+    id_type = schema.field(ID).type
+    if pa.types.is_dictionary(id_type):
+        id_type = id_type.value_type
+    if not (_is_stringish(id_type) or _is_binaryish(id_type) or pa.types.is_integer(id_type)):
+        raise InputFileError(display, f"column id has type {id_type}, expected string or integer")
+
+
+def inspect_file(files: ParquetFiles, path: str, text_column: str) -> FileInfo:
+    display = files.uri_prefix + path
+    try:
+        info = files.filesystem.get_file_info(path)
+        with files.filesystem.open_input_file(path) as handle:
+            parquet = pq.ParquetFile(handle)
+            metadata, schema = parquet.metadata, parquet.schema_arrow
+    except (OSError, pa.ArrowException) as exc:
+        raise InputFileError(display, f"unreadable as Parquet ({exc})") from None
+    _check_columns(display, schema, text_column)
+    groups = [metadata.row_group(i) for i in range(metadata.num_row_groups)]
+    return FileInfo(path=path, display=display, size=int(info.size or 0), mtime_ns=_mtime_ns(info),
+                    num_rows=metadata.num_rows, row_group_rows=tuple(g.num_rows for g in groups),
+                    row_group_bytes=tuple(int(g.total_byte_size) for g in groups))
+
+
+def inspect_files(files: ParquetFiles, text_column: str) -> list[FileInfo]:
+    """Footers of every file (threads: on object stores each footer is a round trip).
+
+    Raises the first ``InputFileError`` in path order, so the message names a file.
+    """
+    workers = 1 if isinstance(files.filesystem, pafs.LocalFileSystem) else 16
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(inspect_file, files, p, text_column) for p in files.paths]
+        return [f.result() for f in futures]
+
+
+def _is_stringish(tp: pa.DataType) -> bool:
+    return pa.types.is_string(tp) or pa.types.is_large_string(tp) or pa.types.is_string_view(tp)
+
+
+def _is_binaryish(tp: pa.DataType) -> bool:
+    return (pa.types.is_binary(tp) or pa.types.is_large_binary(tp) or pa.types.is_fixed_size_binary(tp)
+            or pa.types.is_binary_view(tp))
+
+
+def _decode(values: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """String array and a mask of rows whose bytes are not valid UTF-8 (those become null)."""
+    if pa.types.is_dictionary(values.type):
+        values = values.dictionary_decode()
+    n = len(values)
+    if _is_stringish(values.type):
+        values = values.cast(pa.string())
+        try:
+            values.validate(full=True)  # Parquet readers do not check UTF-8 of string columns
+            return values, np.zeros(n, dtype=bool)
+        except pa.ArrowInvalid:
+            values = values.view(pa.binary())
+    try:
+        return values.cast(pa.string()), np.zeros(n, dtype=bool)  # vectorised, checks UTF-8
+    except pa.ArrowInvalid:
+        pass
+    decoded, bad = [], np.zeros(n, dtype=bool)  # slow path: only for files holding bad bytes
+    for i, raw in enumerate(values.cast(pa.binary()).to_pylist()):
+        if raw is None:
+            decoded.append(None)
+            continue
+        try:
+            decoded.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            decoded.append(None)
+            bad[i] = True
+    return pa.array(decoded, type=pa.string()), bad
+
+
+def tag_rows(batch: pa.RecordBatch | pa.Table, source_file: str, text_column: str, group: str = "") -> pa.Table:
+    """Normalise one batch of a file and tag its bad rows; vectorised except for undecodable bytes.
+
+    Output columns: ``id`` (string), ``text_column`` (string, ``""`` where rejected),
+    ``source_file``, ``reject_reason`` (null when the row can be scored), ``scorable`` (bool),
+    ``scoring_group`` (which output the row belongs to, e.g. its partition).
+    """
+    n = batch.num_rows
+    masks: dict[str, np.ndarray] = {}
+    raw_id = batch.column(ID)
+    if isinstance(raw_id, pa.ChunkedArray):
+        raw_id = raw_id.combine_chunks()
+    if pa.types.is_integer(raw_id.type):
+        ids = raw_id.cast(pa.string())
+    else:
+        ids, masks[UNDECODABLE_ID] = _decode(raw_id)
+    raw_text = batch.column(text_column)
+    if isinstance(raw_text, pa.ChunkedArray):
+        raw_text = raw_text.combine_chunks()
+    value_type = raw_text.type.value_type if pa.types.is_dictionary(raw_text.type) else raw_text.type
+    if _is_stringish(value_type) or _is_binaryish(value_type):
+        texts, masks[UNDECODABLE_TEXT] = _decode(raw_text)
+    else:
+        texts = pa.nulls(n, pa.string())
+        masks[WRONG_TYPE_TEXT] = np.ones(n, dtype=bool)
+    spec = classification_spec(text_column, with_label=False)
+    checked = pa.table({ID: ids, text_column: texts})
+    for (column, problem), mask in bad_row_masks(checked, spec).items():
+        if "null" in problem:
+            reason = NULL_ID if column == ID else NULL_TEXT
+        else:
+            reason = EMPTY_TEXT
+        masks[reason] = masks.get(reason, np.zeros(n, dtype=bool)) | mask
+    reason = np.full(n, None, dtype=object)
+    for code in reversed(REASONS):  # the highest priority is applied last and wins
+        mask = masks.get(code)
+        if mask is not None and mask.any():
+            reason[mask] = code
+    scorable = np.equal(reason, None)
+    texts = pc.if_else(pa.array(scorable), texts.fill_null(""), "")
+    return pa.table({ID: ids, text_column: texts, SOURCE_FILE: _repeat(source_file, n),
+                     REJECT_REASON: pa.array(reason, type=pa.string()), SCORABLE: pa.array(scorable),
+                     GROUP: _repeat(group, n)})
+
+
+def _repeat(value: str, n: int) -> pa.Array:
+    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)),
+                                          pa.array([value], pa.string())).dictionary_decode()
+
+
+def error_row(display: str, text_column: str, group: str, problem: str) -> pa.Table:
+    """The in-band marker of a file that failed mid-read: one unscorable row the sink recognises."""
+    return pa.table({ID: pa.array([None], pa.string()), text_column: [""], SOURCE_FILE: [display],
+                     REJECT_REASON: [f"{FILE_ERROR}{display}: {problem}"], SCORABLE: [False], GROUP: [group]})
+
+
+def read_tagged(filesystem: pafs.FileSystem, path: str, display: str, row_groups: Sequence[int],
+                text_column: str, batch_rows: int, group: str = "") -> Iterator[pa.Table]:
+    """Stream tagged batches of some row groups of one file; a read error becomes an error row."""
+    try:
+        with filesystem.open_input_file(path) as handle:
+            parquet = pq.ParquetFile(handle)
+            _check_columns(display, parquet.schema_arrow, text_column)
+            for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=list(row_groups),
+                                              columns=[ID, text_column]):
+                yield tag_rows(batch, display, text_column, group)
+    except InputFileError as exc:
+        yield error_row(display, text_column, group, exc.problem)
+    except (OSError, pa.ArrowException) as exc:
+        yield error_row(display, text_column, group, f"unreadable as Parquet ({type(exc).__name__}: {exc})")
+
+
+@dataclass(frozen=True)
+class ReadUnit:
+    filesystem: pafs.FileSystem
+    file: FileInfo
+    row_groups: tuple[int, ...]
+    group: str
+
+    @property
+    def rows(self) -> int:
+        return sum(self.file.row_group_rows[i] for i in self.row_groups)
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.file.row_group_bytes[i] for i in self.row_groups)
+
+
+@dataclass(frozen=True)
+class ScoringGroup:
+    """Files scored together and written to one output (a partition; the whole input for batch_infer)."""
+    name: str
+    files: ParquetFiles
+    infos: tuple[FileInfo, ...]
+
+    @property
+    def rows(self) -> int:
+        return sum(i.num_rows for i in self.infos)
+
+
+def read_units(groups: Sequence[ScoringGroup], rows_per_task: int) -> list[ReadUnit]:
+    """Pack each file's row groups into units of about ``rows_per_task`` rows (never across files)."""
+    units = []
+    for group in groups:
+        for info in group.infos:
+            current: list[int] = []
+            rows = 0
+            for index, n in enumerate(info.row_group_rows):
+                if current and rows + n > rows_per_task:
+                    units.append(ReadUnit(group.files.filesystem, info, tuple(current), group.name))
+                    current, rows = [], 0
+                current.append(index)
+                rows += n
+            if current:  # an empty file has no row groups and no rows: nothing to read
+                units.append(ReadUnit(group.files.filesystem, info, tuple(current), group.name))
+    return units
+
+
+def _make_read_fn(unit: ReadUnit, text_column: str, batch_rows: int):
+    def read_fn():
+        return read_tagged(unit.filesystem, unit.file.path, unit.file.display, unit.row_groups, text_column,
+                           batch_rows, unit.group)
+    return read_fn
+
+
+try:  # keep this module importable (and its pure functions testable) without Ray
+    from ray.data import Datasource as _Datasource
+except ImportError:  # pragma: no cover
+    _Datasource = object
+
+
+class ScoringSource(_Datasource):
+    """Ray Data source: one read task per ``ReadUnit``; each streams tagged blocks of ``batch_rows``.
+
+    Use with ``ray.data.read_datasource(ScoringSource(...), override_num_blocks=n)``: when the
+    input has fewer units than ``n`` (small partitions), Ray splits the blocks so downstream
+    actors all get work.
+    """
+
+    def __init__(self, groups: Sequence[ScoringGroup], text_column: str, settings: ReadSettings = ReadSettings()):
+        super().__init__()
+        self.units = read_units(groups, settings.rows_per_task)
+        self.text_column = text_column
+        self.batch_rows = settings.batch_rows
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return sum(u.bytes for u in self.units)
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None):
+        from ray.data.block import BlockMetadata
+        from ray.data.datasource import ReadTask
+
+        tasks = []
+        for unit in self.units:
+            metadata = BlockMetadata(num_rows=unit.rows, size_bytes=unit.bytes, exec_stats=None,
+                                     input_files=(unit.file.display,))
+            tasks.append(ReadTask(_make_read_fn(unit, self.text_column, self.batch_rows),
+                                  metadata, per_task_row_limit=per_task_row_limit))
+        return tasks
+
+    def get_name(self) -> str:
+        return "ReadTaggedParquet"
+
+
+def find_cause(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The first exception of ``kind`` in a chain (Ray wraps worker errors in its own types)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, kind):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A one-line message for a failed scoring pipeline: the bad file when one is to blame."""
+    found = find_cause(exc, InputFileError)
+    if found is not None:
+        return str(found)
+    text = str(exc)
+    marker = "InputFileError: "
+    if marker in text:  # Ray re-raised it as a string-carrying wrapper
+        return text[text.rindex(marker) + len(marker):].strip().splitlines()[0]
+    # Ray's message is a remote traceback plus advice; the root cause is its last "...Error: ..." line
+    causes = [line.strip() for line in text.splitlines()
+              if re.match(r"^[\w.]+(Error|Exception|Exit|Interrupt)\b.*: ", line.strip())]
+    return f"{type(exc).__name__}: {causes[-1] if causes else text.strip()[:500]}"

@@ -1,0 +1,451 @@
+"""Exactly-once bookkeeping for scheduled scoring: output versions, commits, leases and the ledger.
+
+Layout under an output root (local path or s3://...)::
+
+    <root>/<partition>/v<k>/part-*.parquet        committed output version k of a partition
+    <root>/<partition>/v<k>/_rejected/part-*.parquet
+    <root>/<partition>/v<k>/_SUCCESS              the commit marker: a JSON manifest (files, counts,
+                                                  input fingerprints, model name/version/run id)
+    <root>/_staging/<partition key>/<attempt>/    work in progress (local filesystems)
+    <root>/_leases/<partition key>/<generation>.json   who is scoring a partition, until when
+    <root>/_ledger/<partition key>/v<k>.json      one record per committed output version
+
+Reader contract (``committed_outputs`` implements it):
+  * an output version directory exists for readers only when its ``_SUCCESS`` manifest exists;
+  * read exactly the files the manifest lists (on local disks that is every file in the
+    directory; on object stores a killed attempt may leave unlisted files beside them);
+  * the current output of a partition is its highest committed ``v<k>``; older versions stay
+    readable and are never modified;
+  * anything under a name starting with ``_`` (staging, leases, ledger, rejected rows) is not
+    scored output (pyarrow and Spark skip such paths by default).
+
+Commit: on a local or POSIX-shared filesystem the attempt writes into a staging directory,
+writes its manifest there, and renames the directory to ``v<k>``: ``rename(2)`` is atomic and
+fails when ``v<k>`` already exists, so at most one attempt ever commits a version. Object
+stores have no atomic directory rename: there the attempt writes straight into ``v<k>`` under
+file names unique to the attempt and commits by writing ``_SUCCESS`` last (one PUT, atomic per
+object); leftovers of killed attempts are unlisted and deleted by the next attempt.
+
+The manifest is the source of truth; the ledger is an index of manifests, rebuilt from them
+when a run died between commit and ledger write (``Ledger.repair``).
+
+Leases: one file per generation, created exclusively (``link(2)`` of a fully written temp file,
+so it is never seen half written). The holder renews it from a heartbeat thread; a lease is
+stale when it expired, was released, or names a process on this host that no longer runs
+(a SIGKILLed run is taken over at once, not after the expiry). Taking over creates the next
+generation, which fences the previous holder: before committing, a holder checks that no newer
+generation exists. On object stores exclusive create is emulated (check, write, read back),
+which narrows but does not close the race; the commit rules above still keep readers
+exactly-once, at worst at the cost of scoring a partition twice.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from data_pipeline.paths import filesystem_for
+from jobs.scored_output import MANIFEST, read_json, write_json
+
+STAGING, LEASES, LEDGER = "_staging", "_leases", "_ledger"
+_VERSION = re.compile(r"^v(\d+)$")
+
+
+def now_iso(t: float | None = None) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if t is None else t))
+
+
+def partition_key(partition: str) -> str:
+    """A flat, file-name-safe key for a partition path such as ``date=2026-11-25`` or ``y=2026/m=11``."""
+    return partition.strip("/").replace("/", "__")
+
+
+def _join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts if p]])
+
+
+class Store:
+    """The output root on its filesystem, with the few primitives the protocol needs."""
+
+    def __init__(self, root: str):
+        self.root = root.rstrip("/")
+        self.fs, self.base = filesystem_for(self.root)
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        self.uri_prefix = self.root[:self.root.index("://") + 3] if "://" in self.root else ""
+
+    def uri(self, *parts: str) -> str:
+        return self.uri_prefix + _join(self.base, *parts) if self.uri_prefix else _join(self.base, *parts)
+
+    def path(self, *parts: str) -> str:
+        return _join(self.base, *parts)
+
+    def listdir(self, *parts: str) -> list[pafs.FileInfo]:
+        selector = pafs.FileSelector(self.path(*parts), allow_not_found=True)
+        return self.fs.get_file_info(selector)
+
+    def exists(self, *parts: str) -> bool:
+        return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
+
+    def read_json(self, *parts: str) -> dict | None:
+        return read_json(self.fs, self.path(*parts))
+
+    def write_json(self, payload: dict, *parts: str) -> None:
+        self.fs.create_dir(self.path(*parts[:-1]), recursive=True)
+        write_json(self.fs, self.path(*parts), payload)
+
+    def create_exclusive(self, payload: dict, *parts: str) -> bool:
+        """Create a JSON file only if absent; True when this call created it."""
+        import json
+
+        path = self.path(*parts)
+        self.fs.create_dir(self.path(*parts[:-1]), recursive=True)
+        if self.local:
+            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+            with open(tmp, "w", encoding="utf-8") as handle:
+                json.dump(payload, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.link(tmp, path)  # atomic, fails if the name exists; the file is complete when seen
+                return True
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(tmp)
+        if self.exists(*parts):  # object store: best effort (see the module docstring)
+            return False
+        write_json(self.fs, path, payload)
+        time.sleep(0.2)
+        current = self.read_json(*parts)
+        return current is not None and current.get("token") == payload.get("token")
+
+    def delete_dir(self, *parts: str) -> None:
+        try:
+            self.fs.delete_dir(self.path(*parts))
+        except (FileNotFoundError, OSError):
+            pass
+
+    def delete_file(self, *parts: str) -> None:
+        try:
+            self.fs.delete_file(self.path(*parts))
+        except (FileNotFoundError, OSError):
+            pass
+
+
+# ---------------------------------------------------------------- output versions and commits
+
+@dataclass(frozen=True)
+class OutputVersion:
+    partition: str
+    number: int
+    uri: str
+    manifest: dict[str, Any]
+
+    @property
+    def model(self) -> dict:
+        return self.manifest.get("model", {})
+
+
+def committed_versions(store: Store, partition: str) -> list[OutputVersion]:
+    """Committed output versions of a partition, oldest first (a version counts only with its manifest)."""
+    found = []
+    for info in store.listdir(partition):
+        match = _VERSION.match(info.base_name)
+        if info.type != pafs.FileType.Directory or not match:
+            continue
+        manifest = store.read_json(partition, info.base_name, MANIFEST)
+        if manifest is not None:
+            found.append(OutputVersion(partition, int(match.group(1)), store.uri(partition, info.base_name), manifest))
+    return sorted(found, key=lambda v: v.number)
+
+
+def version_dir(partition: str, number: int) -> str:
+    return _join(partition, f"v{number}")
+
+
+@dataclass
+class Attempt:
+    """One try at scoring a partition into output version ``number``."""
+    store: Store
+    partition: str
+    number: int
+    attempt_id: str
+
+    @property
+    def write_uri(self) -> str:
+        """Where the pipeline writes: a private staging dir (local), or the version dir itself (object store)."""
+        if self.store.local:
+            return self.store.uri(STAGING, partition_key(self.partition), self.attempt_id)
+        return self.store.uri(version_dir(self.partition, self.number))
+
+    @property
+    def final_uri(self) -> str:
+        return self.store.uri(version_dir(self.partition, self.number))
+
+    def prepare(self) -> None:
+        """Remove leftovers of earlier attempts on this partition (the caller holds the lease)."""
+        if self.store.local:
+            self.store.delete_dir(STAGING, partition_key(self.partition))
+        else:
+            target = version_dir(self.partition, self.number)
+            if not self.store.exists(target, MANIFEST):
+                self.store.delete_dir(target)
+
+    def commit(self, manifest: dict) -> bool:
+        """Publish the attempt; False when another attempt already committed this version."""
+        store = self.store
+        if store.local:
+            staging = store.path(STAGING, partition_key(self.partition), self.attempt_id)
+            write_json(store.fs, _join(staging, MANIFEST), manifest)
+            final = store.path(version_dir(self.partition, self.number))
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            try:
+                os.rename(staging, final)  # atomic; fails on an existing non-empty directory
+            except OSError:
+                return False
+            _fsync_dir(os.path.dirname(final))
+            return True
+        if store.exists(version_dir(self.partition, self.number), MANIFEST):
+            return False
+        store.write_json(manifest, version_dir(self.partition, self.number), MANIFEST)
+        return True
+
+    def abandon(self) -> None:
+        if self.store.local:
+            self.store.delete_dir(STAGING, partition_key(self.partition), self.attempt_id)
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def committed_outputs(root: str, kind: str = "scored") -> dict[str, list[str]]:
+    """Reader contract in code: for each partition, the files of its current committed version.
+
+    ``kind`` is ``scored`` or ``rejected``. Partitions are found through the ledger and the
+    version directories themselves, so a partition committed by a run that died before its
+    ledger write is still found.
+    """
+    store = Store(root)
+    partitions = {entry["partition"] for entry in Ledger(store).entries()}
+    partitions |= set(_partitions_with_versions(store))
+    out = {}
+    for partition in sorted(partitions):
+        versions = committed_versions(store, partition)
+        if versions:
+            latest = versions[-1]
+            out[partition] = [_join(latest.uri, f["path"]) for f in latest.manifest["files"] if f["kind"] == kind]
+    return out
+
+
+def _partitions_with_versions(store: Store) -> list[str]:
+    selector = pafs.FileSelector(store.base, recursive=True, allow_not_found=True)
+    found = set()
+    for info in store.fs.get_file_info(selector):
+        rel = info.path[len(store.base):].strip("/")
+        parts = rel.split("/")
+        if info.type == pafs.FileType.File and parts[-1] == MANIFEST and len(parts) >= 3 \
+                and _VERSION.match(parts[-2]) and not any(p.startswith("_") for p in parts[:-1]):
+            found.add("/".join(parts[:-2]))
+    return sorted(found)
+
+
+# ---------------------------------------------------------------- ledger
+
+class Ledger:
+    """One JSON record per committed output version, under ``<root>/_ledger/``."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def record(self, entry: dict) -> None:
+        self.store.write_json(entry, LEDGER, partition_key(entry["partition"]), f"v{entry['output_version']}.json")
+
+    def has(self, partition: str, number: int) -> bool:
+        return self.store.exists(LEDGER, partition_key(partition), f"v{number}.json")
+
+    def entries(self) -> list[dict]:
+        out = []
+        for folder in self.store.listdir(LEDGER):
+            if folder.type != pafs.FileType.Directory:
+                continue
+            for info in self.store.listdir(LEDGER, folder.base_name):
+                if info.base_name.endswith(".json"):
+                    entry = self.store.read_json(LEDGER, folder.base_name, info.base_name)
+                    if entry is not None:
+                        out.append(entry)
+        return sorted(out, key=lambda e: (e["partition"], e["output_version"]))
+
+    def repair(self, versions: list[OutputVersion]) -> int:
+        """Write the records missing for committed versions (a run died after commit); count them."""
+        repaired = 0
+        for version in versions:
+            if not self.has(version.partition, version.number):
+                self.record(entry_from_manifest(version.partition, version.number, version.uri, version.manifest,
+                                                repaired=True))
+                repaired += 1
+        return repaired
+
+
+def entry_from_manifest(partition: str, number: int, uri: str, manifest: dict, **extra) -> dict:
+    keys = ("rows_in", "rows_out", "rows_rejected", "rejected_by_reason", "inputs", "model", "started_at",
+            "committed_at", "scheduled_run_id", "attempt_id", "seconds")
+    return {"partition": partition, "output_version": number, "output": uri,
+            **{k: manifest.get(k) for k in keys}, **extra}
+
+
+# ---------------------------------------------------------------- leases
+
+@dataclass(frozen=True, kw_only=True)
+class LeaseSettings:
+    ttl_s: float = 900.0  # a lease not renewed for this long may be taken over
+    heartbeat_s: float = 60.0  # how often the holder renews it
+
+
+class LeaseLost(RuntimeError):
+    """Another instance took the partition over (this one stalled past its lease)."""
+
+
+def _process_start(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[19]  # field 22: start time in clock ticks
+    except (OSError, IndexError):
+        return None
+
+
+def _process_alive(pid: int, start: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    current = _process_start(pid)
+    return start is None or current is None or current == start  # a reused pid has another start time
+
+
+def holder_alive(holder: dict | None, now: float | None = None) -> bool:
+    if holder is None:
+        return True  # unreadable: only expiry (by file age, see Lease.acquire) frees it
+    now = time.time() if now is None else now
+    if holder.get("released") or now >= float(holder.get("expires_at", 0)):
+        return False
+    if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
+        return _process_alive(holder["pid"], holder.get("pid_start"))
+    return True
+
+
+class Lease:
+    """An exclusive, expiring claim on one partition, renewed by a heartbeat thread."""
+
+    def __init__(self, store: Store, partition: str, generation: int, payload: dict, settings: LeaseSettings):
+        self.store = store
+        self.partition = partition
+        self.generation = generation
+        self.payload = payload
+        self.settings = settings
+        self.lost: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def _dir(partition: str) -> tuple[str, str]:
+        return LEASES, partition_key(partition)
+
+    @staticmethod
+    def _generations(store: Store, partition: str) -> list[tuple[int, pafs.FileInfo]]:
+        found = []
+        for info in store.listdir(*Lease._dir(partition)):
+            name = info.base_name
+            if name.endswith(".json") and name[:-5].isdigit():
+                found.append((int(name[:-5]), info))
+        return sorted(found, key=lambda item: item[0])
+
+    @classmethod
+    def holder(cls, store: Store, partition: str) -> dict | None:
+        gens = cls._generations(store, partition)
+        return store.read_json(*cls._dir(partition), f"{gens[-1][0]:010d}.json") if gens else None
+
+    @classmethod
+    def acquire(cls, store: Store, partition: str, settings: LeaseSettings, owner: dict) -> "Lease | None":
+        """The lease, or None when a live holder has it or another instance won the race."""
+        gens = cls._generations(store, partition)
+        top = gens[-1][0] if gens else 0
+        if gens:
+            current = store.read_json(*cls._dir(partition), f"{top:010d}.json")
+            age = time.time() - (gens[-1][1].mtime.timestamp() if gens[-1][1].mtime else 0)
+            if holder_alive(current) and not (current is None and age > settings.ttl_s):
+                return None
+        now = time.time()
+        payload = {**owner, "token": uuid.uuid4().hex, "partition": partition, "generation": top + 1,
+                   "host": socket.gethostname(), "pid": os.getpid(), "pid_start": _process_start(os.getpid()),
+                   "acquired_at": now_iso(now), "expires_at": now + settings.ttl_s, "released": False}
+        if not store.create_exclusive(payload, *cls._dir(partition), f"{top + 1:010d}.json"):
+            return None
+        for number, _ in gens[:-1]:  # keep the last two generations for inspection
+            store.delete_file(*cls._dir(partition), f"{number:010d}.json")
+        lease = cls(store, partition, top + 1, payload, settings)
+        lease._start_heartbeat()
+        return lease
+
+    def _name(self) -> str:
+        return f"{self.generation:010d}.json"
+
+    def check(self) -> None:
+        """Raise ``LeaseLost`` unless this is still the newest generation and still ours."""
+        if self.lost:
+            raise LeaseLost(self.lost)
+        gens = self._generations(self.store, self.partition)
+        if gens and gens[-1][0] != self.generation:
+            self.lost = f"{self.partition}: lease generation {gens[-1][0]} replaced ours ({self.generation})"
+            raise LeaseLost(self.lost)
+        current = self.store.read_json(*self._dir(self.partition), self._name())
+        if current is None or current.get("token") != self.payload["token"]:
+            self.lost = f"{self.partition}: our lease file changed hands"
+            raise LeaseLost(self.lost)
+
+    def renew(self) -> None:
+        self.check()
+        self.payload = {**self.payload, "expires_at": time.time() + self.settings.ttl_s, "renewed_at": now_iso()}
+        self.store.write_json(self.payload, *self._dir(self.partition), self._name())
+
+    def _start_heartbeat(self) -> None:
+        def beat():
+            while not self._stop.wait(self.settings.heartbeat_s):
+                try:
+                    self.renew()
+                except LeaseLost:
+                    return
+                except OSError:  # a transient store error: try again at the next beat
+                    continue
+        self._thread = threading.Thread(target=beat, name=f"lease-{partition_key(self.partition)}", daemon=True)
+        self._thread.start()
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        try:
+            self.check()
+        except LeaseLost:
+            return  # not ours any more: leave the new holder's lease alone
+        self.payload = {**self.payload, "released": True, "released_at": now_iso()}
+        self.store.write_json(self.payload, *self._dir(self.partition), self._name())

@@ -1,0 +1,430 @@
+"""Score the input partitions a model alias has not scored yet, exactly once each.
+
+    python -m jobs.score_partitions --config configs/score_partitions.local-cpu.yaml [--set rescore=true]
+
+Meant to run on a schedule (``deploy/``: cron + ``ray job submit``, or a Kubernetes CronJob that
+creates KubeRay RayJobs). Each run:
+
+1. resolves the model reference (``models:/name@alias``) to its current version, once;
+2. lists the partitions under ``input_root`` matching ``partitions`` (e.g. ``date=*``) and, from
+   the committed outputs under ``output_root``, decides for each: score it (new; or, with
+   ``rescore``, scored by an older model version or from inputs that changed since) or skip it
+   (done by this version; stale or changed without ``rescore``; empty; not marked complete);
+3. takes the partitions to score a few at a time (``partitions_per_pipeline``): takes each
+   one's lease (skipping it when another live instance holds it) and decides again under the
+   lease; scores the group with one streaming Ray Data pipeline (the one ``jobs.batch_infer``
+   uses; actors start once per group, not once per partition), each partition written to its
+   own staging location; then, partition by partition, verifies rows out + rows rejected =
+   rows in, checks the lease is still its own, commits atomically as output version ``v<k>``
+   and records it in the ledger (``jobs.ledger`` documents the layout, the commit protocol and
+   the reader contract). A corrupt file fails only its own partition;
+4. logs one MLflow run (partitions scored / skipped / failed, rows, model version) and exits
+   non-zero naming the failed partitions; a failed partition does not stop the others.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+
+import pyarrow.fs as pafs
+
+from data_pipeline.paths import filesystem_for, resolve_parquet_files
+from data_pipeline.quarantine import FileInfo, ReadSettings, ScoringGroup, inspect_files
+from jobs import config as config_lib
+from jobs.batch_infer import (PipelineCounts, ScoringError, ScoringModel, ScoringSettings, SinkSettings,
+                              counts_metrics, manifest_for, score_groups, summary_line)
+from jobs.datasets import StageResources
+from jobs.ledger import (Attempt, Lease, LeaseLost, LeaseSettings, Ledger, OutputVersion, Store, committed_versions,
+                         entry_from_manifest, now_iso)
+from jobs.model_registry import ResolvedModel, resolve_model_ref
+from jobs.predictors import PredictorSettings, download_model
+from jobs.ray_runtime import RayConfig, check_cpu_budget, init_ray
+from jobs.tracking import TrackingConfig, TrackingTarget, environment_tags, prepare_tracking
+
+# Fault injection for tests: seconds to wait after a partition's rows are written and before it
+# is committed, so a test can kill the job at the worst moment.
+PAUSE_BEFORE_COMMIT_ENV = "SCORE_PARTITIONS_PAUSE_BEFORE_COMMIT_S"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScorePartitionsConfig:
+    input_root: str = "data/incoming"  # local path or s3://...
+    partitions: str = "date=*"  # glob of partition directories under input_root; "/" separates levels
+    output_root: str = "runs/scored"  # outputs, ledger and leases; local path or s3://...
+    model: str = "models:/review-sentiment@production"
+    rescore: bool = False  # score again partitions scored by an older model version or from changed inputs
+    require_input_marker: str | None = None  # e.g. "_SUCCESS": only partitions their producer marked complete
+    max_partitions: int | None = None  # score at most this many per run (oldest first); None: all
+    partitions_per_pipeline: int = 8  # partitions scored by one Ray Data pipeline (actors start once per pipeline)
+    text_column: str = "text"
+    max_length: int = 128
+    read: ReadSettings = field(default_factory=ReadSettings)
+    stages: StageResources = field(default_factory=StageResources)
+    predictor: PredictorSettings = field(default_factory=PredictorSettings)
+    sink: SinkSettings = field(default_factory=SinkSettings)
+    lease: LeaseSettings = field(default_factory=LeaseSettings)
+    tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(experiment="score-partitions"))
+    ray: RayConfig = field(default_factory=RayConfig)
+    run_name: str | None = None
+
+
+# ---------------------------------------------------------------- discovery and planning
+
+@dataclass(frozen=True)
+class Partition:
+    name: str  # relative to input_root, e.g. "date=2026-11-25"
+    uri: str
+
+
+def discover_partitions(input_root: str, pattern: str) -> list[Partition]:
+    """Directories under ``input_root`` whose relative path matches ``pattern`` level by level.
+
+    Lists one directory level per pattern segment, so the input files themselves are never listed.
+    """
+    fs, base = filesystem_for(input_root)
+    base = base.rstrip("/")
+    prefix = input_root.split("://", 1)[0] + "://" if "://" in input_root else ""
+    candidates = [""]
+    for segment in pattern.strip("/").split("/"):
+        found = []
+        for rel in candidates:
+            selector = pafs.FileSelector(f"{base}/{rel}".rstrip("/"), allow_not_found=True)
+            for info in fs.get_file_info(selector):
+                name = info.base_name
+                if info.type == pafs.FileType.Directory and fnmatch.fnmatchcase(name, segment) \
+                        and not name.startswith(("_", ".")):
+                    found.append(f"{rel}/{name}".lstrip("/"))
+        candidates = found
+    return [Partition(rel, f"{prefix}{base}/{rel}") for rel in sorted(candidates)]
+
+
+def fingerprints(partition: Partition, infos: list[FileInfo] | None = None) -> list[dict]:
+    """Size, mtime (and rows, when the footers were read) of each input file, relative to the partition."""
+    if infos is None:
+        files = resolve_parquet_files(partition.uri)
+        stats = files.filesystem.get_file_info(list(files.paths))
+        rows = [(files.uri_prefix + s.path, int(s.size or 0), _mtime_ns(s), None) for s in stats]
+    else:
+        rows = [(i.display, i.size, i.mtime_ns, i.num_rows) for i in infos]
+    out = []
+    for display, size, mtime_ns, n in rows:
+        rel = display[len(partition.uri):].lstrip("/") if display.startswith(partition.uri) else display
+        item = {"file": rel, "size": size, "mtime_ns": mtime_ns}
+        if n is not None:
+            item["rows"] = n
+        out.append(item)
+    return sorted(out, key=lambda f: f["file"])
+
+
+def _mtime_ns(info: pafs.FileInfo) -> int:
+    if info.mtime_ns is not None:
+        return int(info.mtime_ns)
+    return int(info.mtime.timestamp() * 1e9) if info.mtime is not None else 0
+
+
+def same_inputs(a: list[dict], b: list[dict]) -> bool:
+    key = lambda f: (f["file"], f["size"], f["mtime_ns"])  # noqa: E731
+    return sorted(map(key, a)) == sorted(map(key, b))
+
+
+@dataclass(frozen=True)
+class Decision:
+    score: bool
+    reason: str  # new, done, stale_model, changed_inputs, rescore_model, rescore_inputs
+    previous: OutputVersion | None = None
+
+
+def decide(versions: list[OutputVersion], inputs: list[dict], model: ResolvedModel, rescore: bool) -> Decision:
+    """Whether to score a partition, given its committed versions and its current input files."""
+    mine = [v for v in versions if v.model.get("name") == model.name]
+    if not mine:
+        return Decision(True, "new")
+    latest = mine[-1]
+    if str(latest.model.get("version")) != model.version:
+        return Decision(rescore, "rescore_model" if rescore else "stale_model", latest)
+    if not same_inputs(latest.manifest.get("inputs", []), inputs):
+        return Decision(rescore, "rescore_inputs" if rescore else "changed_inputs", latest)
+    return Decision(False, "done", latest)
+
+
+# ---------------------------------------------------------------- one partition
+
+@dataclass
+class PartitionOutcome:
+    partition: str
+    status: str  # scored, skipped, busy, failed
+    reason: str = ""
+    output: str | None = None
+    output_version: int | None = None
+    rows_in: int = 0
+    rows_out: int = 0
+    rows_rejected: int = 0
+    rejected_by_reason: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class _Claimed:
+    partition: Partition
+    lease: Lease
+    decision: Decision
+    attempt: Attempt
+    started: str
+    group: ScoringGroup | None = None
+
+
+def _claim(partition: Partition, store: Store, resolved: ResolvedModel, config: ScorePartitionsConfig,
+           owner: dict) -> _Claimed | PartitionOutcome:
+    """Take the partition's lease and decide again under it; an outcome when there is nothing to do."""
+    lease = Lease.acquire(store, partition.name, config.lease, owner)
+    if lease is None:
+        holder = Lease.holder(store, partition.name) or {}
+        return PartitionOutcome(partition.name, "busy", f"lease held by {holder.get('host')}:{holder.get('pid')} "
+                                f"(run {holder.get('scheduled_run_id')}) until {holder.get('expires_at')}")
+    try:
+        versions = committed_versions(store, partition.name)  # again, now that no one else can commit it
+        decision = decide(versions, fingerprints(partition), resolved, config.rescore)
+        if not decision.score:
+            lease.release()
+            return PartitionOutcome(partition.name, "skipped", decision.reason)
+        number = max((v.number for v in versions), default=0) + 1
+        attempt = Attempt(store, partition.name, number, f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}")
+        attempt.prepare()
+        claimed = _Claimed(partition, lease, decision, attempt, now_iso())
+        files = resolve_parquet_files(partition.uri)
+        claimed.group = ScoringGroup(partition.name, files, tuple(inspect_files(files, config.text_column)))
+        return claimed
+    except Exception as exc:  # noqa: BLE001 - footers are read here: a corrupt file fails its partition only
+        lease.release()
+        return PartitionOutcome(partition.name, "failed", type(exc).__name__, error=str(exc))
+
+
+def _commit(claimed: _Claimed, result: PipelineCounts | str, store: Store, ledger: Ledger, model: ScoringModel,
+            scheduled_run_id: str) -> PartitionOutcome:
+    name, attempt = claimed.partition.name, claimed.attempt
+    if isinstance(result, str):
+        attempt.abandon()
+        return PartitionOutcome(name, "failed", "ScoringError", error=result)
+    manifest = manifest_for(result, list(claimed.group.infos), model, partition=name,
+                            output_version=attempt.number, inputs=fingerprints(claimed.partition, claimed.group.infos),
+                            scheduled_run_id=scheduled_run_id, attempt_id=attempt.attempt_id,
+                            started_at=claimed.started, decision=claimed.decision.reason,
+                            previous_version=claimed.decision.previous.number if claimed.decision.previous else None)
+    try:
+        claimed.lease.check()  # fencing: a stalled holder whose lease was taken over must not commit
+        if not attempt.commit(manifest):
+            attempt.abandon()
+            return PartitionOutcome(name, "skipped", f"v{attempt.number} was committed by another instance")
+    except (LeaseLost, OSError) as exc:
+        attempt.abandon()
+        return PartitionOutcome(name, "failed", type(exc).__name__, error=str(exc))
+    try:
+        ledger.record(entry_from_manifest(name, attempt.number, attempt.final_uri, manifest))
+    except OSError as exc:  # committed all the same: the next run rebuilds the record from the manifest
+        print(f"  {name}: committed, but the ledger record was not written ({exc}); the next run repairs it",
+              flush=True)
+    return PartitionOutcome(name, "scored", claimed.decision.reason, attempt.final_uri, attempt.number,
+                            result.rows_in, result.rows_out, result.rows_rejected, result.rejected_by_reason,
+                            result.seconds)
+
+
+def score_chunk(partitions: list[Partition], store: Store, ledger: Ledger, model: ScoringModel,
+                config: ScorePartitionsConfig, settings: ScoringSettings, scheduled_run_id: str,
+                owner: dict) -> list[PartitionOutcome]:
+    """Claim, score in one streaming pipeline, and commit each of a few partitions independently."""
+    outcomes: list[PartitionOutcome] = []
+    claimed: list[_Claimed] = []
+    try:
+        for partition in partitions:
+            got = _claim(partition, store, model.resolved, config, owner)
+            (claimed if isinstance(got, _Claimed) else outcomes).append(got)
+        if not claimed:
+            return outcomes
+        print(f"scoring {', '.join(c.partition.name for c in claimed)} ...", flush=True)
+        try:
+            results = score_groups([c.group for c in claimed], {c.partition.name: c.attempt.write_uri for c in claimed},
+                                   model, settings)
+        except ScoringError as exc:  # the pipeline itself failed: every partition in it failed
+            results = {c.partition.name: str(exc) for c in claimed}
+        pause = float(os.environ.get(PAUSE_BEFORE_COMMIT_ENV, "0") or 0)
+        for c in claimed:
+            if pause > 0:
+                time.sleep(pause)
+            outcomes.append(_commit(c, results[c.partition.name], store, ledger, model, scheduled_run_id))
+        return outcomes
+    finally:
+        for c in claimed:
+            c.lease.release()
+
+
+# ---------------------------------------------------------------- the run
+
+@dataclass(frozen=True)
+class RunOutcome:
+    run_id: str
+    model_name: str
+    model_version: str
+    partitions: list[PartitionOutcome]
+    seconds: float
+    ledger_repaired: int
+    scoring_seconds: float = 0.0  # time inside scoring pipelines (several partitions may share one)
+
+    def with_status(self, status: str) -> list[PartitionOutcome]:
+        return [p for p in self.partitions if p.status == status]
+
+    @property
+    def failed(self) -> list[PartitionOutcome]:
+        return self.with_status("failed")
+
+    def totals(self) -> PipelineCounts:
+        scored = self.with_status("scored")
+        reasons: dict[str, int] = {}
+        for p in scored:
+            for k, v in p.rejected_by_reason.items():
+                reasons[k] = reasons.get(k, 0) + v
+        return PipelineCounts(rows_in=sum(p.rows_in for p in scored), rows_out=sum(p.rows_out for p in scored),
+                              rows_rejected=sum(p.rows_rejected for p in scored), rejected_by_reason=reasons,
+                              files=[], seconds=self.scoring_seconds)
+
+
+def run(config: ScorePartitionsConfig) -> RunOutcome:
+    import mlflow
+
+    start = time.perf_counter()
+    settings = ScoringSettings.of(config)
+    target = prepare_tracking(config.tracking)
+    resolved = resolve_model_ref(config.model, target)  # the alias's current version, fixed for this run
+    store, partitions = Store(config.output_root), discover_partitions(config.input_root, config.partitions)
+    ledger = Ledger(store)
+    run_name = config.run_name or f"score-partitions-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    mlrun = mlflow.start_run(experiment_id=target.experiment_id, run_name=run_name,
+                             tags={**environment_tags(), "job": "score_partitions"})
+    status = "FAILED"
+    try:
+        result = _run_partitions(config, settings, target, resolved, store, ledger, partitions, mlrun.info.run_id,
+                                 run_name, start)
+        _log_run(result)
+        if result.failed:
+            mlflow.set_tag("failed_partitions", ", ".join(p.partition for p in result.failed)[:4000])
+        else:
+            status = "FINISHED"
+        return result
+    finally:
+        mlflow.end_run(status=status)
+
+
+def _run_partitions(config: ScorePartitionsConfig, settings: ScoringSettings, target: TrackingTarget,
+                    resolved: ResolvedModel, store: Store, ledger: Ledger, partitions: list[Partition],
+                    mlflow_run_id: str, run_name: str, start: float) -> RunOutcome:
+    import mlflow
+
+    mlflow.log_params({"model_ref": config.model, "model_name": resolved.name, "model_version": resolved.version,
+                       "model_run_id": resolved.run_id, **config_lib.flatten(config_lib.to_dict(config))})
+    owner = {"scheduled_run_id": mlflow_run_id, "run_name": run_name}
+    outcomes: list[PartitionOutcome] = []
+    repaired = 0
+    to_score: list[Partition] = []
+    for partition in partitions:
+        versions = committed_versions(store, partition.name)
+        repaired += ledger.repair(versions)
+        if config.require_input_marker and not _has_marker(partition, config.require_input_marker):
+            outcomes.append(PartitionOutcome(partition.name, "skipped", "incomplete"))
+            continue
+        try:
+            decision = decide(versions, fingerprints(partition), resolved, config.rescore)
+        except FileNotFoundError:
+            outcomes.append(PartitionOutcome(partition.name, "skipped", "empty"))
+            continue
+        if decision.score:
+            to_score.append(partition)
+        else:
+            outcomes.append(PartitionOutcome(partition.name, "skipped", decision.reason))
+            if decision.reason != "done":
+                _print_partition(outcomes[-1])
+    done = sum(o.reason == "done" for o in outcomes)
+    if done:
+        print(f"{done} partition(s) already scored by {resolved.name} version {resolved.version}: skipped",
+              flush=True)
+    if config.max_partitions is not None and len(to_score) > config.max_partitions:
+        outcomes.extend(PartitionOutcome(p.name, "skipped", "deferred (max_partitions)")
+                        for p in to_score[config.max_partitions:])
+        to_score = to_score[:config.max_partitions]
+    if to_score:
+        model = ScoringModel(resolved, target.tracking_uri, download_model(resolved, target.tracking_uri))
+        init_ray(config.ray)
+        check_cpu_budget(settings.cpu_demands())
+    step = max(config.partitions_per_pipeline, 1)
+    scoring_seconds = 0.0
+    for index in range(0, len(to_score), step):
+        chunk_start = time.perf_counter()
+        for outcome in score_chunk(to_score[index:index + step], store, ledger, model, config, settings,
+                                   mlflow_run_id, owner):
+            _print_partition(outcome)
+            outcomes.append(outcome)
+        scoring_seconds += time.perf_counter() - chunk_start
+    outcomes.sort(key=lambda o: o.partition)
+    return RunOutcome(mlflow_run_id, resolved.name, resolved.version, outcomes, time.perf_counter() - start,
+                      repaired, scoring_seconds)
+
+
+def _has_marker(partition: Partition, marker: str) -> bool:
+    fs, path = filesystem_for(f"{partition.uri}/{marker}")
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def _log_run(result: RunOutcome) -> None:
+    import mlflow
+
+    counts = result.totals()
+    skipped = result.with_status("skipped")
+    metrics = {"partitions_seen": len(result.partitions), "partitions_scored": len(result.with_status("scored")),
+               "partitions_skipped": len(skipped), "partitions_busy": len(result.with_status("busy")),
+               "partitions_failed": len(result.failed),
+               "partitions_stale": sum(p.reason in ("stale_model", "changed_inputs") for p in skipped),
+               "ledger_repaired": result.ledger_repaired, "run_seconds": result.seconds,
+               **counts_metrics(counts)}
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+    mlflow.log_dict({"partitions": [asdict(p) for p in result.partitions]}, "partitions.json")
+
+
+def _print_partition(outcome: PartitionOutcome) -> None:
+    if outcome.status == "scored":
+        print(f"  {outcome.partition}: scored -> {outcome.output} ({outcome.rows_in} in, {outcome.rows_out} out, "
+              f"{outcome.rows_rejected} rejected, {outcome.seconds:.1f} s)", flush=True)
+    elif outcome.status == "failed":
+        print(f"  {outcome.partition}: FAILED: {outcome.error}", flush=True)
+    else:
+        print(f"  {outcome.partition}: {outcome.status} ({outcome.reason})", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    config, _ = config_lib.parse_args(ScorePartitionsConfig, __doc__.splitlines()[0], argv)
+    result = run(config)
+    counts = result.totals()
+    by_status: dict[str, int] = {}
+    for p in result.partitions:
+        by_status[p.status] = by_status.get(p.status, 0) + 1
+    print("\n=== scheduled scoring finished ===")
+    print(f"model {result.model_name} version {result.model_version}; partitions: "
+          + (", ".join(f"{n} {s}" for s, n in sorted(by_status.items())) or "none found"))
+    print(summary_line(counts) + f"; run took {result.seconds:.1f} s; MLflow run {result.run_id}")
+    stale = [p.partition for p in result.partitions if p.reason in ("stale_model", "changed_inputs")]
+    if stale:
+        print(f"{len(stale)} partition(s) were scored by an older model version or from other inputs; "
+              f"--set rescore=true scores them again: {', '.join(stale[:10])}{' ...' if len(stale) > 10 else ''}")
+    if result.failed:
+        print(f"\n{len(result.failed)} partition(s) FAILED:", file=sys.stderr)
+        for p in result.failed:
+            print(f"  {p.partition}: {p.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

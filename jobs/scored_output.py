@@ -1,0 +1,188 @@
+"""Where scored rows go: one streaming write to two locations, and the manifest that commits them.
+
+``SplitScoredSink`` is a Ray Data ``Datasink``: each write task splits its blocks by scoring
+group (a partition) and by the ``scorable`` tag into scored rows (``<dir>/part-*.parquet``) and
+rejected rows (``<dir>/_rejected/part-*.parquet``, columns ``id``, ``reason``, ``source_file``),
+one Parquet file of each kind per group and write task, with fixed schemas. The data is read, scored and written in
+one pass; nothing is materialised and no second job re-reads the output to split it.
+
+An output directory is complete only when its ``_SUCCESS`` manifest exists; the manifest lists
+every data file with its row count, so a reader on an object store (where a half-written
+attempt's files may sit beside the committed ones) reads exactly the listed files.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from data_pipeline.paths import filesystem_for
+from data_pipeline.quarantine import FILE_ERROR, GROUP, ID, REJECT_REASON, SCORABLE, SOURCE_FILE
+
+MANIFEST = "_SUCCESS"
+REJECTED_DIR = "_rejected"
+
+SCORED_SCHEMA = pa.schema([
+    pa.field("id", pa.string()), pa.field("label", pa.int64()), pa.field("label_name", pa.string()),
+    pa.field("probability", pa.float32()), pa.field("truncated", pa.bool_()),
+    pa.field("model_name", pa.string()), pa.field("model_version", pa.string()),
+    pa.field("model_run_id", pa.string()), pa.field("source_file", pa.string()),
+])
+REJECTED_SCHEMA = pa.schema([pa.field("id", pa.string()), pa.field("reason", pa.string()),
+                             pa.field("source_file", pa.string())])
+
+try:
+    from ray.data import Datasink as _Datasink
+except ImportError:  # pragma: no cover
+    _Datasink = object
+
+
+def _join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts])
+
+
+class SplitScoredSink(_Datasink):
+    """Write each group's scored and rejected rows to two Parquet files per write task.
+
+    ``outputs`` maps a scoring group (a partition; ``""`` for a single input) to the directory
+    its rows go to. A group whose read hit a corrupt file (an in-band ``FILE_ERROR`` row) is
+    reported in ``errors``; its files are written but the caller never commits them.
+    """
+
+    def __init__(self, outputs: dict[str, str], compression: str = "zstd"):
+        super().__init__()
+        self.outputs = dict(outputs)
+        self.compression = compression
+        self.result: dict[str, dict[str, Any]] | None = None
+
+    def on_write_start(self, schema=None) -> None:
+        for output in self.outputs.values():
+            fs, base = filesystem_for(output)
+            fs.create_dir(_join(base, REJECTED_DIR), recursive=True)
+
+    def write(self, blocks: Iterable, ctx) -> dict[str, dict[str, Any]]:
+        from ray.data.block import BlockAccessor
+
+        name = f"part-{ctx.task_idx:05d}-{uuid.uuid4().hex[:8]}.parquet"
+        writers: dict[tuple[str, str], pq.ParquetWriter] = {}
+        stats: dict[str, dict[str, Any]] = {}
+        try:
+            for block in blocks:
+                table = BlockAccessor.for_block(block).to_arrow()
+                if table.num_rows == 0:
+                    continue
+                groups = table.column(GROUP).unique().to_pylist()
+                for group in groups:
+                    part = table if len(groups) == 1 else table.filter(pc.equal(table.column(GROUP), group))
+                    self._write_group(group, part, name, writers, stats)
+        finally:
+            for writer in writers.values():
+                writer.close()
+        return stats
+
+    def _write_group(self, group: str, table: pa.Table, name: str, writers: dict, stats: dict) -> None:
+        if group not in self.outputs:
+            raise KeyError(f"rows of unknown scoring group {group!r}")
+        entry = stats.setdefault(group, {"files": [], "rows_out": 0, "rows_rejected": 0, "rejected_by_reason": {},
+                                         "errors": []})
+        reason = table.column(REJECT_REASON).cast(pa.string())  # all-null batches arrive typed null
+        table = table.set_column(table.schema.get_field_index(REJECT_REASON), REJECT_REASON, reason)
+        is_error = pc.fill_null(pc.starts_with(reason, FILE_ERROR), False)
+        if pc.any(is_error).as_py():
+            entry["errors"].extend(r[len(FILE_ERROR):] for r in reason.filter(is_error).to_pylist())
+            table = table.filter(pc.invert(is_error))
+        ok = table.column(SCORABLE)
+        scored = table.filter(ok).select(SCORED_SCHEMA.names).cast(SCORED_SCHEMA)
+        rejected = table.filter(pc.invert(ok))
+        rejected = pa.table({"id": rejected.column(ID), "reason": rejected.column(REJECT_REASON),
+                             "source_file": rejected.column(SOURCE_FILE)}).cast(REJECTED_SCHEMA)
+        fs, base = filesystem_for(self.outputs[group])
+        for kind, part, schema, relative in (("scored", scored, SCORED_SCHEMA, name),
+                                             ("rejected", rejected, REJECTED_SCHEMA, f"{REJECTED_DIR}/{name}")):
+            if part.num_rows == 0:
+                continue
+            key = (group, kind)
+            if key not in writers:
+                writers[key] = pq.ParquetWriter(_join(base, relative), schema, filesystem=fs,
+                                                compression=self.compression)
+                entry["files"].append({"path": relative, "rows": 0, "kind": kind})
+            writers[key].write_table(part)
+            next(f for f in entry["files"] if f["path"] == relative)["rows"] += part.num_rows
+            entry["rows_out" if kind == "scored" else "rows_rejected"] += part.num_rows
+        if rejected.num_rows:
+            reasons = entry["rejected_by_reason"]
+            for item in pc.value_counts(rejected.column("reason")).to_pylist():
+                reasons[item["values"]] = reasons.get(item["values"], 0) + item["counts"]
+
+    def on_write_complete(self, write_result) -> None:
+        merged: dict[str, dict[str, Any]] = {}
+        for task_stats in write_result.write_returns:
+            for group, part in task_stats.items():
+                entry = merged.setdefault(group, {"files": [], "rows_out": 0, "rows_rejected": 0,
+                                                  "rejected_by_reason": Counter(), "errors": []})
+                entry["files"].extend(part["files"])
+                entry["rows_out"] += part["rows_out"]
+                entry["rows_rejected"] += part["rows_rejected"]
+                entry["rejected_by_reason"].update(part["rejected_by_reason"])
+                entry["errors"].extend(part["errors"])
+        for entry in merged.values():
+            entry["files"].sort(key=lambda f: f["path"])
+            entry["rejected_by_reason"] = dict(sorted(entry["rejected_by_reason"].items()))
+            entry["errors"] = sorted(set(entry["errors"]))
+        self.result = merged
+
+    def get_name(self) -> str:
+        return "SplitScored"
+
+
+def write_json(fs: pafs.FileSystem, path: str, payload: dict) -> None:
+    """Write a small JSON file in one put: readers see all of it or none (temp + rename locally)."""
+    data = json.dumps(payload, indent=1, sort_keys=True, ensure_ascii=False).encode()
+    if isinstance(fs, pafs.LocalFileSystem):
+        import os
+
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        return
+    with fs.open_output_stream(path) as out:  # an object store PUT is atomic per object
+        out.write(data)
+
+
+def read_json(fs: pafs.FileSystem, path: str) -> dict | None:
+    try:
+        with fs.open_input_stream(path) as handle:
+            return json.loads(handle.read().decode())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):  # torn or foreign file: treat as absent, never as committed
+        return None
+
+
+def write_manifest(output: str, manifest: dict) -> None:
+    fs, base = filesystem_for(output)
+    write_json(fs, _join(base, MANIFEST), manifest)
+
+
+def read_manifest(output: str) -> dict | None:
+    fs, base = filesystem_for(output)
+    return read_json(fs, _join(base, MANIFEST))
+
+
+def committed_files(output: str, kind: str = "scored") -> list[str]:
+    """Reader contract: the files of a committed output (``kind`` scored or rejected), else []."""
+    manifest = read_manifest(output)
+    if manifest is None:
+        return []
+    return [_join(output, f["path"]) for f in manifest["files"] if f["kind"] == kind]

@@ -1,0 +1,157 @@
+"""Quarantine of unscorable rows and files: pure pyarrow checks, then batch_infer on a real local Ray.
+
+Every row that enters comes out once, scored or in ``_rejected/`` with its reason and source
+file; a file that cannot be read fails with a message naming it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from data_pipeline.paths import resolve_parquet_files
+from data_pipeline.quarantine import (EMPTY_TEXT, FILE_ERROR, NULL_ID, NULL_TEXT, UNDECODABLE_TEXT, WRONG_TYPE_TEXT,
+                                      InputFileError, ReadUnit, ScoringGroup, inspect_files, read_tagged, read_units,
+                                      tag_rows)
+
+LONG_TEXT = "质量很好" * 100  # 400 characters: over any max_length used here
+
+
+def write_bad_rows(path: Path) -> dict[str, str | None]:
+    """A file whose text column is binary, holding each kind of bad row; returns id -> expected reason."""
+    rows = {"b-ok": ("很好".encode(), None), "b-undecodable": (b"\xff\xfe\x00bad", UNDECODABLE_TEXT),
+            "b-null": (None, NULL_TEXT), "b-blank": (" \t\u3000 ".encode(), EMPTY_TEXT),
+            "b-empty": (b"", EMPTY_TEXT), "b-long": (LONG_TEXT.encode(), None)}
+    table = pa.table({"id": list(rows), "text": pa.array([v[0] for v in rows.values()], pa.binary())})
+    pq.write_table(table, path)
+    return {k: v[1] for k, v in rows.items()}
+
+
+def corrupt_data_page(path: Path) -> None:
+    """Keep the footer valid but overwrite the first page header: readers fail only when reading data."""
+    raw = bytearray(path.read_bytes())
+    raw[4:60] = b"\xde\xad\xbe\xef" * 14
+    path.write_bytes(bytes(raw))
+
+
+def test_tag_rows_gives_each_bad_row_one_reason(tmp_path: Path):
+    expected = write_bad_rows(tmp_path / "bad.parquet")
+    tagged = tag_rows(pq.read_table(tmp_path / "bad.parquet"), "bad.parquet", "text", group="g")
+    got = dict(zip(tagged.column("id").to_pylist(), tagged.column("reject_reason").to_pylist()))
+    assert got == expected
+    assert tagged.column("scorable").to_pylist() == [r is None for r in expected.values()]
+    texts = dict(zip(tagged.column("id").to_pylist(), tagged.column("text").to_pylist()))
+    assert texts["b-ok"] == "很好" and texts["b-undecodable"] == "" and texts["b-null"] == ""
+    assert set(tagged.column("source_file").to_pylist()) == {"bad.parquet"}
+    assert set(tagged.column("scoring_group").to_pylist()) == {"g"}
+    assert tagged.schema.field("text").type == pa.string()
+
+
+def test_tag_rows_null_ids_wrong_types_and_integer_ids():
+    table = pa.table({"id": pa.array([1, None, 3], pa.int64()), "text": ["a", "b", "  "]})
+    tagged = tag_rows(table, "f", "text")
+    assert tagged.column("id").to_pylist() == ["1", None, "3"]
+    assert tagged.column("reject_reason").to_pylist() == [None, NULL_ID, EMPTY_TEXT]
+    wrong = tag_rows(pa.table({"id": ["x", "y"], "text": [1.5, 2.5]}), "f", "text")
+    assert wrong.column("reject_reason").to_pylist() == [WRONG_TYPE_TEXT] * 2
+    assert wrong.column("scorable").to_pylist() == [False, False]
+
+
+def test_invalid_utf8_inside_a_string_column_is_rejected_not_crashing():
+    raw = pa.array([b"fine", b"\xc3\x28"], pa.binary()).view(pa.string())  # second value is invalid UTF-8
+    tagged = tag_rows(pa.table({"id": ["a", "b"], "text": raw}), "f", "text")
+    assert tagged.column("reject_reason").to_pylist() == [None, UNDECODABLE_TEXT]
+
+
+def test_footer_problems_name_the_file(tmp_path: Path):
+    pq.write_table(pa.table({"id": ["a"], "text": ["ok"]}), tmp_path / "good.parquet")
+    (tmp_path / "garbage.parquet").write_bytes(b"this is not parquet at all")
+    with pytest.raises(InputFileError, match="garbage.parquet: unreadable as Parquet"):
+        inspect_files(resolve_parquet_files(str(tmp_path)), "text")
+    (tmp_path / "garbage.parquet").unlink()
+    pq.write_table(pa.table({"id": ["a"], "body": ["ok"]}), tmp_path / "nocol.parquet")
+    with pytest.raises(InputFileError, match=r"nocol.parquet: lacks column\(s\) text"):
+        inspect_files(resolve_parquet_files(str(tmp_path)), "text")
+
+
+def test_a_corrupt_data_page_becomes_an_error_row_naming_the_file(tmp_path: Path):
+    path = tmp_path / "page.parquet"
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(50)], "text": ["好"] * 50}), path)
+    corrupt_data_page(path)
+    files = resolve_parquet_files(str(path))
+    [info] = inspect_files(files, "text")  # the footer still reads
+    [unit] = read_units([ScoringGroup("p", files, (info,))], rows_per_task=1000)
+    out = pa.concat_tables(read_tagged(files.filesystem, unit.file.path, unit.file.display, unit.row_groups,
+                                       "text", 16, unit.group))
+    reasons = out.column("reject_reason").to_pylist()
+    assert reasons[-1].startswith(FILE_ERROR) and "page.parquet" in reasons[-1]
+    assert isinstance(unit, ReadUnit) and out.column("scoring_group").to_pylist()[-1] == "p"
+
+
+def test_row_groups_are_packed_into_read_units(tmp_path: Path):
+    path = tmp_path / "groups.parquet"
+    pq.write_table(pa.table({"id": [str(i) for i in range(100)], "text": ["x"] * 100}), path, row_group_size=10)
+    files = resolve_parquet_files(str(path))
+    units = read_units([ScoringGroup("", files, tuple(inspect_files(files, "text")))], rows_per_task=25)
+    assert [u.rows for u in units] == [20, 20, 20, 20, 20]
+    assert sorted(i for u in units for i in u.row_groups) == list(range(10))
+
+
+# ------------------------------------------------------------------ batch_infer on a real local Ray
+
+@pytest.fixture(scope="module")
+def mixed_input(tmp_path_factory, tiny_corpus: Path) -> tuple[Path, dict[str, str | None]]:
+    folder = tmp_path_factory.mktemp("quarantine-input")
+    good = pq.read_table(tiny_corpus / "val.parquet").select(["id", "text"]).slice(0, 20)
+    pq.write_table(good, folder / "good.parquet")
+    expected = {i: None for i in good.column("id").to_pylist()}
+    expected.update(write_bad_rows(folder / "bad.parquet"))
+    return folder, expected
+
+
+def test_batch_infer_quarantines_bad_rows_in_one_pass(ray_local, mlflow_uri, tiny_model_dir: Path, mixed_input,
+                                                      tmp_path: Path):
+    from jobs.batch_infer import BatchInferConfig, run
+    from jobs.datasets import StageResources
+    from jobs.predictors import PredictorSettings
+    from jobs.tracking import TrackingConfig
+
+    folder, expected = mixed_input
+    # The default layout (a tokenizer actor feeding the predictor actors), with one predictor to save a start-up.
+    outcome = run(BatchInferConfig(input=str(folder), output_dir=str(tmp_path / "scores"), model=str(tiny_model_dir),
+                                   max_length=32, stages=StageResources(min_blocks=2),
+                                   predictor=PredictorSettings(concurrency=1, rows_per_call=16),
+                                   tracking=TrackingConfig(experiment="test-quarantine")))
+    scored = pq.read_table(outcome.output_path)  # pyarrow skips _rejected/ and _SUCCESS, as readers should
+    rejected = pq.read_table(outcome.rejected_path)
+    good_ids = sorted(k for k, v in expected.items() if v is None)
+    assert sorted(scored.column("id").to_pylist()) == good_ids
+    assert dict(zip(rejected.column("id").to_pylist(), rejected.column("reason").to_pylist())) == \
+        {k: v for k, v in expected.items() if v is not None}
+    assert set(rejected.column("source_file").to_pylist()) == {str(folder / "bad.parquet")}
+    truncated = dict(zip(scored.column("id").to_pylist(), scored.column("truncated").to_pylist()))
+    assert truncated["b-long"] is True and truncated["b-ok"] is False
+    assert outcome.rows_in == len(expected) == outcome.rows_out + outcome.rows_rejected
+    assert outcome.rows_rejected == 4 and outcome.rejected_by_reason == {EMPTY_TEXT: 2, NULL_TEXT: 1,
+                                                                         UNDECODABLE_TEXT: 1}
+    manifest = json.loads((Path(outcome.output_path) / "_SUCCESS").read_text())
+    assert manifest["rows_in"] == len(expected) and sum(f["rows"] for f in manifest["files"]) == len(expected)
+    metrics = mlflow.MlflowClient(mlflow_uri).get_run(outcome.run_id).data.metrics
+    assert (metrics["rows_in"], metrics["rows_out"], metrics["rows_rejected"]) == (len(expected), len(good_ids), 4)
+    assert metrics["rows_rejected_empty_text"] == 2 and metrics["rows_per_s"] > 0
+
+
+def test_batch_infer_fails_naming_a_corrupt_file(mlflow_uri, tiny_model_dir: Path, tmp_path: Path, capsys):
+    from jobs.batch_infer import main
+
+    pq.write_table(pa.table({"id": ["a"], "text": ["好"]}), tmp_path / "fine.parquet")
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1" + b"\x00" * 64)
+    code = main(["--set", f"input={tmp_path}", "--set", f"output_dir={tmp_path / 'out'}",
+                 "--set", f"model={tiny_model_dir}"])
+    assert code == 1
+    assert f"{tmp_path / 'broken.parquet'}: unreadable as Parquet" in capsys.readouterr().err
