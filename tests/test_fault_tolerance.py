@@ -21,6 +21,11 @@ from jobs.config import load
 from jobs.finetune_classifier import FinetuneConfig
 from jobs.finetune_classifier import run as run_finetune
 
+# Not yet reliable (issue 4 stays open): on the tiny config the epochs finish in seconds, so the
+# worker kill can land after the last checkpoint and no restart happens; the driver-kill and
+# half-written-checkpoint tests were never run to completion. Kept, skipped, to be finished.
+pytestmark = pytest.mark.skip(reason="fault-injection tests not yet reliable on the tiny config (issue 4 open)")
+
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs/finetune_classifier.tiny.yaml"
 TOLERANCE = 1e-4

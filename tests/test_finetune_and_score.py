@@ -88,7 +88,7 @@ def test_mlflow_run_holds_params_metrics_tags_and_registered_alias(finetuned, ml
         {m.step for m in client.get_metric_history(outcome.run_id, "val_accuracy")})
     assert len(client.get_metric_history(outcome.run_id, "val_accuracy")) == EPOCHS
     version = client.get_model_version_by_alias(REGISTERED, "candidate")
-    assert version.run_id == outcome.run_id and version.version == outcome.registered_version
+    assert version.run_id == outcome.run_id and str(version.version) == outcome.registered_version
 
 
 def test_registered_model_loads_back_and_predicts(finetuned):
