@@ -12,7 +12,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export TOKENIZERS_PARALLELISM := false
 export RAY_DATA_DISABLE_PROGRESS_BARS ?= 0
 
-.PHONY: install demo test bench mlflow-ui clean
+.PHONY: install demo test mlflow-ui clean
 
 install: $(VENV)/.installed
 
@@ -34,9 +34,6 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
-
-bench: install
-	$(PY) -m bench.run_all
 
 mlflow-ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
