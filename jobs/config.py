@@ -54,14 +54,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in get_args(tp):
             return None
-        errors = []
         for option in get_args(tp):
             if option is type(None):
                 continue
             try:
                 return _coerce(value, option, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
+            except ConfigError:
+                pass  # try the next option of the union
         raise ConfigError(f"{key}: {value!r} matches none of {tp}")
     if origin is Literal:
         if value not in get_args(tp):
