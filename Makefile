@@ -12,7 +12,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export TOKENIZERS_PARALLELISM := false
 export RAY_DATA_DISABLE_PROGRESS_BARS ?= 0
 
-.PHONY: install demo test mlflow-ui clean
+.PHONY: install demo test mlflow-ui mlflow-server clean
 
 install: $(VENV)/.installed
 
@@ -37,6 +37,17 @@ test: install
 
 mlflow-ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+# Tracking server for jobs on other processes and nodes (MLFLOW_TRACKING_URI=http://HOST:PORT):
+# sqlite store + proxied artifacts under MLFLOW_ROOT, bound to 127.0.0.1 unless MLFLOW_HOST says
+# otherwise; a non-local Host header also needs MLFLOW_ALLOWED_HOSTS (README, "Deploy on a cluster").
+MLFLOW_ROOT ?= $(CURDIR)
+MLFLOW_HOST ?= 127.0.0.1
+MLFLOW_PORT ?= 5000
+MLFLOW_ALLOWED_HOSTS ?=
+mlflow-server: install
+	$(PY) -m jobs.mlflow_server --root $(MLFLOW_ROOT) --host $(MLFLOW_HOST) --port $(MLFLOW_PORT) \
+		$(if $(MLFLOW_ALLOWED_HOSTS),--allowed-hosts $(MLFLOW_ALLOWED_HOSTS))
 
 clean:
 	rm -rf data artifacts runs mlruns mlartifacts mlflow.db
