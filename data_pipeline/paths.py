@@ -24,29 +24,55 @@ def _is_uri(path: str) -> bool:
     return "://" in path
 
 
-def filesystem_for(uri: str, s3_endpoint: str | None = None) -> tuple[pafs.FileSystem, str]:
+# The one place that says where s3:// lives. The same variables configure boto3 (MLflow's S3
+# artifact store) and the AWS CLI, so one setting points every component at the same store.
+S3_ENDPOINT_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+S3_REGION_ENV = ("AWS_REGION", "AWS_DEFAULT_REGION")
+
+
+def s3_endpoint() -> str | None:
+    """The S3-compatible endpoint from the environment (``http://host:port``), or None for AWS itself."""
+    return next((os.environ[k] for k in S3_ENDPOINT_ENV if os.environ.get(k)), None)
+
+
+def s3_filesystem(endpoint: str) -> pafs.S3FileSystem:
+    """An S3 filesystem on ``endpoint``; credentials stay with the default AWS chain (env, profile, role).
+
+    The endpoint is part of the object, so a filesystem resolved on the driver and pickled into
+    Ray tasks reaches the same store whatever the workers' environment; credentials are not.
+    """
+    scheme, _, host = endpoint.partition("://")
+    region = next((os.environ[k] for k in S3_REGION_ENV if os.environ.get(k)), "us-east-1")
+    return pafs.S3FileSystem(endpoint_override=(host or scheme).rstrip("/"), scheme=scheme if host else "https",
+                             region=region)
+
+
+def filesystem_for(uri: str, s3_endpoint_url: str | None = None) -> tuple[pafs.FileSystem, str]:
     """Filesystem and in-filesystem path for a local path or URI.
 
-    ``s3_endpoint`` (or env ``AWS_ENDPOINT_URL``) points s3:// at an S3-compatible store.
+    ``s3_endpoint_url`` (else ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``) points s3:// at an
+    S3-compatible store (MinIO, Ceph, moto...); without one, s3:// is AWS.
     """
     if not _is_uri(uri):
         return pafs.LocalFileSystem(), os.path.abspath(uri)
     if uri.startswith("s3://"):
-        endpoint = s3_endpoint or os.environ.get("AWS_ENDPOINT_URL")
+        endpoint = s3_endpoint_url or s3_endpoint()
         if endpoint:
-            scheme, _, host = endpoint.partition("://")
-            fs = pafs.S3FileSystem(endpoint_override=host or scheme, scheme=scheme if host else "https",
-                                   region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
-            return fs, uri[len("s3://"):]
+            return s3_filesystem(endpoint), uri[len("s3://"):]
     return pafs.FileSystem.from_uri(uri)
 
 
-def resolve_parquet_files(path: str, s3_endpoint: str | None = None) -> ParquetFiles:
+def to_uri(path: str, like: str) -> str:
+    """``path`` on the filesystem of URI ``like``, written as a URI again (``bucket/k`` -> ``s3://bucket/k``)."""
+    return like.split("://", 1)[0] + "://" + path.lstrip("/") if _is_uri(like) else path
+
+
+def resolve_parquet_files(path: str, s3_endpoint_url: str | None = None) -> ParquetFiles:
     """Expand a file, a directory (recursively) or a glob into a sorted list of Parquet files.
 
     Raises FileNotFoundError naming the path when nothing matches, so a typo fails before any compute.
     """
-    fs, inner = filesystem_for(path, s3_endpoint)
+    fs, inner = filesystem_for(path, s3_endpoint_url)
     prefix = path.split("://", 1)[0] + "://" if _is_uri(path) else ""
     has_glob = any(ch in inner for ch in "*?[")
     if not has_glob:

@@ -23,7 +23,7 @@ from data_pipeline.tokenization import PadCollate
 from data_pipeline.validation import validate_files
 from jobs import config as config_lib
 from jobs.datasets import StageResources, label_names_of, read_parquet, tokenized
-from jobs.launch import make_trainer, run_name_and_storage, start_or_resume_mlflow_run
+from jobs.launch import checkpoint_uri, make_trainer, run_name_and_storage, start_or_resume_mlflow_run
 from jobs.ray_runtime import RayConfig, check_cpu_budget, init_ray
 from jobs.tracking import TrackingConfig, TrackingTarget, environment_tags, prepare_tracking
 from jobs.training import (EXPORT_DIR, LoopContext, OptimSettings, RunSettings, ScalingSettings, iterate_shard,
@@ -265,7 +265,7 @@ def run(config: FinetuneConfig) -> FinetuneOutcome:
     metrics.update(baselines)
     return FinetuneOutcome(run_id=run_id, metrics=metrics, model_uri=registered.model_uri,
                            registered_name=registered.name, registered_version=registered.version,
-                           checkpoint_path=result.checkpoint.path, run_name=run_name)
+                           checkpoint_path=checkpoint_uri(result.checkpoint, storage_path), run_name=run_name)
 
 
 def report(outcome: FinetuneOutcome, config: FinetuneConfig) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from data_pipeline.paths import filesystem_for, to_uri
 from jobs.datasets import EvalShardingDataConfig
 from jobs.tracking import TrackingTarget, client_for
 from jobs.training import RunSettings, ScalingSettings, worker_env
@@ -19,7 +20,28 @@ def run_name_and_storage(run: RunSettings, prefix: str) -> tuple[str, str]:
     """A fresh unique name unless one is configured (then an earlier run of that name resumes)."""
     name = run.name or f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     storage = run.storage_path if "://" in run.storage_path else str(Path(run.storage_path).resolve())
+    if run.audit_shards and "://" in storage:
+        raise ValueError("run.audit_shards writes per-rank files with local file I/O: "
+                         "use a local or mounted run.storage_path with it")
     return name, storage
+
+
+def ray_storage(storage_path: str):
+    """``(path, filesystem)`` for Ray Train's RunConfig: URIs get the filesystem from ``data_pipeline.paths``.
+
+    Ray would otherwise build its own from the URI in each process, and those that do not see
+    ``AWS_ENDPOINT_URL`` (workers of a Ray started earlier) would write to AWS instead.
+    With a filesystem, Ray wants the path without its scheme.
+    """
+    if "://" not in storage_path:
+        return storage_path, None
+    filesystem, path = filesystem_for(storage_path)
+    return path, filesystem
+
+
+def checkpoint_uri(checkpoint, storage_path: str) -> str:
+    """Where a result's checkpoint lives, as a URI when the storage is one (Ray reports it scheme-less)."""
+    return to_uri(checkpoint.path, storage_path)
 
 
 def start_or_resume_mlflow_run(target: TrackingTarget, run_name: str, tags: dict[str, str]) -> tuple[str, bool]:
@@ -41,6 +63,7 @@ def make_trainer(loop: Callable[[dict[str, Any]], None], loop_config: dict[str, 
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    path, filesystem = ray_storage(storage_path)
     resources = {"CPU": scaling.cpus_per_worker}
     if scaling.use_gpu:
         resources["GPU"] = scaling.gpus_per_worker
@@ -51,7 +74,7 @@ def make_trainer(loop: Callable[[dict[str, Any]], None], loop_config: dict[str, 
         scaling_config=ray.train.ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=run_name, storage_path=storage_path,
+            name=run_name, storage_path=path, storage_filesystem=filesystem,
             failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=run.keep_checkpoints, checkpoint_score_attribute=run.checkpoint_metric,

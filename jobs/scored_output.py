@@ -61,11 +61,13 @@ class SplitScoredSink(_Datasink):
         super().__init__()
         self.outputs = dict(outputs)
         self.compression = compression
+        # Resolved here, on the driver, and pickled into the write tasks: workers need not see the
+        # driver's storage settings (AWS_ENDPOINT_URL) to write where the driver meant.
+        self.locations = {group: filesystem_for(output) for group, output in self.outputs.items()}
         self.result: dict[str, dict[str, Any]] | None = None
 
     def on_write_start(self, schema=None) -> None:
-        for output in self.outputs.values():
-            fs, base = filesystem_for(output)
+        for fs, base in self.locations.values():
             fs.create_dir(_join(base, REJECTED_DIR), recursive=True)
 
     def write(self, blocks: Iterable, ctx) -> dict[str, dict[str, Any]]:
@@ -104,7 +106,7 @@ class SplitScoredSink(_Datasink):
         rejected = table.filter(pc.invert(ok))
         rejected = pa.table({"id": rejected.column(ID), "reason": rejected.column(REJECT_REASON),
                              "source_file": rejected.column(SOURCE_FILE)}).cast(REJECTED_SCHEMA)
-        fs, base = filesystem_for(self.outputs[group])
+        fs, base = self.locations[group]
         for kind, part, schema, relative in (("scored", scored, SCORED_SCHEMA, name),
                                              ("rejected", rejected, REJECTED_SCHEMA, f"{REJECTED_DIR}/{name}")):
             if part.num_rows == 0:

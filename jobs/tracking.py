@@ -27,6 +27,10 @@ class TrackingConfig:
     experiment: str = "text-jobs"
     registered_model: str | None = None  # register the trained model under this name
     alias: str = "candidate"  # alias given to the newly registered version
+    # Artifact root of an experiment this job creates (e.g. s3://bucket/mlflow; endpoint from
+    # AWS_ENDPOINT_URL). None: beside a sqlite store, or the tracking server's own default.
+    # An existing experiment keeps the location it was created with.
+    artifact_location: str | None = None
     check_timeout_s: float = 10.0  # an unreachable server fails the job before any compute
 
 
@@ -75,9 +79,15 @@ def prepare_tracking(config: TrackingConfig) -> TrackingTarget:
     experiment = client.get_experiment_by_name(config.experiment)
     if experiment is not None:
         experiment_id = experiment.experiment_id
+        wanted = config.artifact_location
+        if wanted and experiment.artifact_location.rstrip("/") != wanted.rstrip("/"):
+            raise ValueError(f"MLflow experiment {config.experiment!r} keeps its artifacts at "
+                             f"{experiment.artifact_location}, not tracking.artifact_location {wanted}: "
+                             "an experiment's artifact root cannot change; name another experiment")
     else:
-        artifact_location = None
-        if uri.startswith("sqlite:///"):  # keep artifacts beside the database, not in the cwd of whoever runs
+        artifact_location = config.artifact_location
+        # keep artifacts beside the database, not in the cwd of whoever runs
+        if artifact_location is None and uri.startswith("sqlite:///"):
             artifact_location = (Path(uri[len("sqlite:///"):]).parent / DEFAULT_ARTIFACTS).as_uri()
         experiment_id = client.create_experiment(config.experiment, artifact_location=artifact_location)
     return TrackingTarget(tracking_uri=uri, experiment_id=experiment_id, registry_uri=uri)

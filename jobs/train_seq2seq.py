@@ -366,7 +366,7 @@ def run(config: Seq2SeqTrainConfig) -> Seq2SeqOutcome:
     import mlflow
 
     from data_pipeline.seq2seq import estimate_batches_per_worker
-    from jobs.launch import make_trainer, run_name_and_storage, start_or_resume_mlflow_run
+    from jobs.launch import checkpoint_uri, make_trainer, run_name_and_storage, start_or_resume_mlflow_run
     from jobs.model_registry import log_and_register
     from jobs.seq2seq_pyfunc import TransliterationModel, input_example
 
@@ -421,7 +421,7 @@ def run(config: Seq2SeqTrainConfig) -> Seq2SeqOutcome:
 
     # 2. The model of the last epoch (the one the test metrics measure) goes to the registry.
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
-    model_dir = Path(result.checkpoint.path) / EXPORT_DIR
+    checkpoint = checkpoint_uri(result.checkpoint, storage_path)
     with result.checkpoint.as_directory() as checkpoint_dir:
         registered = log_and_register(target, run_id, TransliterationModel(), Path(checkpoint_dir) / EXPORT_DIR,
                                       config.tracking.registered_model, config.tracking.alias,
@@ -430,7 +430,7 @@ def run(config: Seq2SeqTrainConfig) -> Seq2SeqOutcome:
     metrics.update(prepared.baselines)
     return Seq2SeqOutcome(run_id=run_id, metrics=metrics, model_uri=registered.model_uri,
                           registered_name=registered.name, registered_version=registered.version,
-                          checkpoint_path=result.checkpoint.path, run_name=run_name, model_dir=str(model_dir))
+                          checkpoint_path=checkpoint, run_name=run_name, model_dir=f"{checkpoint}/{EXPORT_DIR}")
 
 
 def report(outcome: Seq2SeqOutcome, config: Seq2SeqTrainConfig) -> None:
