@@ -23,9 +23,10 @@ from pathlib import Path
 @dataclass(frozen=True, kw_only=True)
 class ServerConfig:
     root: str = "."  # holds mlflow.db and mlartifacts/ (the same files `make demo` writes)
+    artifacts_destination: str | None = None  # None: <root>/mlartifacts; or e.g. s3://bucket/mlflow
     host: str = "127.0.0.1"  # another interface only behind a firewall: the server has no auth
     port: int = 5000
-    allowed_hosts: str | None = None  # Host headers to accept besides localhost (e.g. "mlflow.internal:5000")
+    allowed_hosts: str | None = None  # besides localhost and private IPs (MLflow's default), e.g. "mlflow.internal:5000"
     workers: int = 1  # one worker: ~11 s to answer and 2 processes instead of ~25 s and 15 on 2 cores
 
     @property
@@ -42,7 +43,7 @@ def server_command(config: ServerConfig) -> list[str]:
     root = Path(config.root).resolve()
     command = [str(Path(sys.executable).parent / "mlflow"), "server",
                "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-               "--artifacts-destination", str(root / "mlartifacts"),
+               "--artifacts-destination", config.artifacts_destination or str(root / "mlartifacts"),
                "--host", config.host, "--port", str(config.port), "--workers", str(config.workers)]
     if config.allowed_hosts:
         command += ["--allowed-hosts", config.allowed_hosts]
@@ -105,11 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default=defaults.root, help="folder for mlflow.db and mlartifacts/")
     parser.add_argument("--host", default=defaults.host)
     parser.add_argument("--port", type=int, default=defaults.port)
-    parser.add_argument("--allowed-hosts", default=None)
+    parser.add_argument("--allowed-hosts", default=None, help="Host headers to accept besides localhost and "
+                        "private IPs, comma-separated (a DNS name such as mlflow.internal:5000)")
+    parser.add_argument("--artifacts-destination", default=None, help="default: <root>/mlartifacts")
     parser.add_argument("--workers", type=int, default=defaults.workers)
     args = parser.parse_args(argv)
     config = ServerConfig(root=args.root, host=args.host, port=args.port, allowed_hosts=args.allowed_hosts,
-                          workers=args.workers)
+                          artifacts_destination=args.artifacts_destination, workers=args.workers)
     Path(config.root).mkdir(parents=True, exist_ok=True)
     command = server_command(config)
     print(f"MLflow tracking server on {config.url} (store {Path(config.root).resolve()}); "
