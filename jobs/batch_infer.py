@@ -1,4 +1,4 @@
-"""Score a Parquet corpus with a classifier through a streaming Ray Data pipeline.
+"""Score a Parquet corpus with a classifier or a seq2seq model through a streaming Ray Data pipeline.
 
     python -m jobs.batch_infer --config configs/batch_infer.local-cpu.yaml
 
@@ -6,9 +6,10 @@ read + tag bad rows (``ScoringSource`` tasks) -> tokenize (CPU tasks) -> predict
 model loaded once per actor, tagged rows skipped) -> ``SplitScoredSink`` (scored rows to
 ``<output>/``, rejected rows to ``<output>/_rejected/``) -> ``_SUCCESS`` manifest. One pass over
 the data, streaming: nothing is materialised. Each scored row keeps the input id and adds the
-predicted label, its name, its probability and the model name, version and run id that scored
-it; each rejected row has ``id``, ``reason`` and ``source_file``. Rows out + rows rejected =
-rows in, checked before the manifest is written.
+predicted label, its name and its probability (a seq2seq model: the ``generated`` text, decoded
+greedily or by beam search in the actors, which tokenize with the model's own vocabulary) and
+the model name, version and run id that scored it; each rejected row has ``id``, ``reason`` and
+``source_file``. Rows out + rows rejected = rows in, checked before the manifest is written.
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ from data_pipeline.quarantine import (TAG_COLUMNS, FileInfo, InputFileError, Rea
                                       ScoringSource, describe_failure, inspect_files)
 from jobs import config as config_lib
 from jobs.datasets import StageResources
-from jobs.model_registry import ResolvedModel, resolve_model_ref
-from jobs.predictors import (ClassifierPredictor, PredictorSettings, TokenizingClassifierPredictor, download_model,
+from jobs.model_registry import ModelKind, ResolvedModel, materialize_model, model_kind, resolve_model_ref
+from jobs.predictors import (ClassifierPredictor, PredictorSettings, Seq2SeqPredictor, TokenizingClassifierPredictor,
                              tokenize_tagged)
 from jobs.ray_runtime import RayConfig, check_cpu_budget, init_ray
-from jobs.scored_output import REJECTED_DIR, SplitScoredSink, write_manifest
+from jobs.scored_output import REJECTED_DIR, SCORED_SCHEMAS, SplitScoredSink, write_manifest
 from jobs.tracking import TrackingConfig, environment_tags, prepare_tracking
 
 
@@ -69,9 +70,13 @@ class ScoringSettings:
         return cls(text_column=config.text_column, max_length=config.max_length, read=config.read,
                    stages=config.stages, predictor=config.predictor, sink=config.sink)
 
-    def cpu_demands(self) -> dict[str, float]:
+    def tokenize_stage(self, kind: ModelKind) -> bool:
+        """A separate tokenizer stage feeds classifiers; seq2seq predictors tokenize with their own vocabulary."""
+        return kind == "classifier" and not self.predictor.tokenize_in_actor
+
+    def cpu_demands(self, kind: ModelKind) -> dict[str, float]:
         stages = self.stages
-        tokenize = 0.0 if self.predictor.tokenize_in_actor else stages.tokenize_cpus * stages.tokenize_concurrency
+        tokenize = stages.tokenize_cpus * stages.tokenize_concurrency if self.tokenize_stage(kind) else 0.0
         return {"read": stages.read_cpus, "tokenize": tokenize,
                 "predict": self.predictor.num_cpus * self.predictor.concurrency, "write": self.sink.num_cpus}
 
@@ -82,12 +87,20 @@ class ScoringModel:
     resolved: ResolvedModel
     tracking_uri: str | None
     local_dir: str
+    kind: ModelKind  # classifier: label + probability per row; seq2seq: the decoded text
 
     @classmethod
     def load(cls, ref: str, target) -> "ScoringModel":
-        resolved = resolve_model_ref(ref, target)
-        tracking_uri = target.tracking_uri if target is not None else None
-        return cls(resolved, tracking_uri, download_model(resolved, tracking_uri))
+        return cls.of(resolve_model_ref(ref, target), target.tracking_uri if target is not None else None)
+
+    @classmethod
+    def of(cls, resolved: ResolvedModel, tracking_uri: str | None) -> "ScoringModel":
+        local_dir = materialize_model(resolved, tracking_uri)
+        kind = model_kind(local_dir)
+        if kind is None:
+            raise FileNotFoundError(f"{resolved.load_uri}: neither a Hugging Face classifier (config.json) "
+                                    "nor a seq2seq export (seq2seq_config.json)")
+        return cls(resolved, tracking_uri, str(local_dir), kind)
 
 
 @dataclass(frozen=True)
@@ -142,13 +155,15 @@ def score_groups(groups: list[ScoringGroup], outputs: dict[str, str], model: Sco
     start = time.perf_counter()
     stages, predictor = settings.stages, settings.predictor
     common = {"resolved": model.resolved, "tracking_uri": model.tracking_uri, "local_model_dir": model.local_dir}
-    sink = SplitScoredSink(outputs, compression=settings.sink.compression)
+    sink = SplitScoredSink(outputs, compression=settings.sink.compression, scored_schema=SCORED_SCHEMAS[model.kind])
     try:
         ds = ray.data.read_datasource(ScoringSource(groups, settings.text_column, settings.read),
                                       override_num_blocks=max(stages.min_blocks, 1), num_cpus=stages.read_cpus)
         tokenize = {"text_column": settings.text_column, "max_length": settings.max_length,
                     "keep_columns": list(TAG_COLUMNS)}
-        if predictor.tokenize_in_actor:
+        if model.kind == "seq2seq":
+            predictor_class, predictor_kwargs, batch_format = Seq2SeqPredictor, tokenize, "pyarrow"
+        elif not settings.tokenize_stage(model.kind):
             predictor_class, predictor_kwargs, batch_format = TokenizingClassifierPredictor, tokenize, "pyarrow"
         else:
             ds = ds.map_batches(tokenize_tagged, fn_kwargs={**common, **tokenize},
@@ -198,7 +213,7 @@ def manifest_for(counts: PipelineCounts, infos: list[FileInfo], model: ScoringMo
             "rejected_by_reason": counts.rejected_by_reason, "files": counts.files,
             "inputs": [info.fingerprint() for info in infos],
             "model": {"name": model.resolved.name, "version": model.resolved.version,
-                      "run_id": model.resolved.run_id},
+                      "run_id": model.resolved.run_id, "kind": model.kind},
             "seconds": round(counts.seconds, 3), "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **extra}
 
@@ -225,7 +240,7 @@ def run(config: BatchInferConfig) -> ScoringOutcome:
     target = prepare_tracking(config.tracking)
     model = ScoringModel.load(config.model, target)
     init_ray(config.ray)
-    check_cpu_budget(settings.cpu_demands())
+    check_cpu_budget(settings.cpu_demands(model.kind))
 
     run_name = config.run_name or f"score-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     output = output_location(config.output_dir, run_name)

@@ -11,6 +11,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import mlflow
 import pandas as pd
@@ -106,15 +107,48 @@ def resolve_model_ref(ref: str, target: TrackingTarget | None) -> ResolvedModel:
 
 
 def materialize_model(resolved: ResolvedModel, tracking_uri: str | None) -> Path:
-    """A local Hugging Face directory for the model (downloaded once per process when remote)."""
-    if not resolved.load_uri.startswith(("models:/", "runs:/")) and "://" not in resolved.load_uri:
+    """A local model directory (Hugging Face or seq2seq export): the directory itself, or a fresh download.
+
+    ``models:/name/1`` and ``runs:/id/model`` carry no ``://``, so the test is "is it a local
+    directory", not "does it look like a URL".
+    """
+    if os.path.isdir(resolved.load_uri):
         return Path(resolved.load_uri)
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=resolved.load_uri,
                                                      dst_path=tempfile.mkdtemp(prefix="model-")))
-    # MLflow keeps the logged folder under artifacts/ with its own name: find the HF config in it.
-    configs = sorted((local / "artifacts").glob("**/config.json"))
-    if not configs:
-        raise FileNotFoundError(f"{resolved.load_uri}: no Hugging Face model directory in the artifacts")
-    return configs[0].parent
+    model_dir = local / _artifact_path(local)
+    if model_kind(model_dir) is None:
+        raise FileNotFoundError(f"{resolved.load_uri}: no model directory at {model_dir}")
+    return model_dir
+
+
+def _artifact_path(model_dir: Path) -> str:
+    """Where the pyfunc's model directory lies inside a downloaded MLflow model.
+
+    MLflow keeps an artifact under its source directory's own name (``artifacts/<basename>``),
+    which the MLmodel file records; the key name (``hf_model``) is only the fallback.
+    """
+    import yaml
+
+    try:
+        spec = yaml.safe_load((model_dir / "MLmodel").read_text(encoding="utf-8"))
+        return spec["flavors"]["python_function"]["artifacts"][MODEL_ARTIFACT]["path"]
+    except (OSError, KeyError, TypeError):
+        return os.path.join("artifacts", MODEL_ARTIFACT)
+
+
+ModelKind = Literal["classifier", "seq2seq"]
+
+
+def model_kind(model_dir: str | Path) -> ModelKind | None:
+    """What a local model directory holds: a seq2seq export, a Hugging Face classifier, or neither."""
+    from model.seq2seq_io import CONFIG_FILE as SEQ2SEQ_CONFIG
+
+    model_dir = Path(model_dir)
+    if (model_dir / SEQ2SEQ_CONFIG).is_file():
+        return "seq2seq"
+    if (model_dir / "config.json").is_file():
+        return "classifier"
+    return None

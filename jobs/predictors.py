@@ -9,7 +9,6 @@ passed through unscored, so the sink can write them to ``_rejected/``.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,49 +18,16 @@ import torch
 
 from data_pipeline.quarantine import GROUP, REJECT_REASON, SOURCE_FILE
 from data_pipeline.tokenization import TokenizeBatch, pad_batch
-from jobs.model_registry import MODEL_ARTIFACT, ResolvedModel
+from jobs.model_registry import ResolvedModel, materialize_model, model_kind
 
 PASS_THROUGH = (SOURCE_FILE, REJECT_REASON, GROUP)  # columns carried from the read stage to the sink
 
 
-def download_model(resolved: ResolvedModel, tracking_uri: str | None) -> str:
-    """A local Hugging Face directory for the model: the directory itself, or a fresh download.
-
-    ``models:/name/1`` and ``runs:/id/model`` carry no ``://``, so the test is "is it a local
-    directory", not "does it look like a URL".
-    """
-    if os.path.isdir(resolved.load_uri):
-        return resolved.load_uri
-    import mlflow
-
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-    local = mlflow.artifacts.download_artifacts(artifact_uri=resolved.load_uri,
-                                                dst_path=tempfile.mkdtemp(prefix="model-"))
-    return os.path.join(local, _artifact_path(local))
-
-
-def _artifact_path(model_dir: str) -> str:
-    """Where the pyfunc's Hugging Face directory lies inside a downloaded MLflow model.
-
-    MLflow keeps an artifact under its source directory's own name (``artifacts/<basename>``),
-    which the MLmodel file records; the key name (``hf_model``) is only the fallback.
-    """
-    import yaml
-
-    try:
-        with open(os.path.join(model_dir, "MLmodel"), encoding="utf-8") as handle:
-            spec = yaml.safe_load(handle)
-        return spec["flavors"]["python_function"]["artifacts"][MODEL_ARTIFACT]["path"]
-    except (OSError, KeyError, TypeError):
-        return os.path.join("artifacts", MODEL_ARTIFACT)
-
-
 def model_dir_on_node(resolved: ResolvedModel, tracking_uri: str | None, local_hint: str | None) -> str:
     """The driver's copy of the model when this node sees it (one machine, shared disk), else download."""
-    if local_hint and os.path.isfile(os.path.join(local_hint, "config.json")):
+    if local_hint and model_kind(local_hint) is not None:
         return local_hint
-    return download_model(resolved, tracking_uri)
+    return str(materialize_model(resolved, tracking_uri))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,6 +38,7 @@ class PredictorSettings:
     rows_per_call: int = 512  # rows handed to one actor call
     forward_batch_size: int = 64  # rows per forward pass, grouped by length
     precision: str = "fp32"  # fp16/bf16 on GPU
+    beam_size: int = 1  # seq2seq models: 1 decodes greedily, more runs beam search
     torch_threads: int = 1
     # Tokenize inside the predictor actors instead of a separate tokenizer stage: one actor
     # process fewer per pipeline (start-up dominates small runs on small CPU machines). Keep it
@@ -161,3 +128,50 @@ class TokenizingClassifierPredictor(ClassifierPredictor):
         tokens = self.tokenize(batch)
         return super().__call__({name: tokens.column(name).to_numpy(zero_copy_only=False)
                                  for name in tokens.column_names})
+
+
+class Seq2SeqPredictor:
+    """Decode each scorable row's text with a seq2seq export (``model/seq2seq_io.py``).
+
+    Tokenizes in the actor: the model's own source tokenizer, not a Hugging Face one, and
+    decoding, not tokenizing, bounds the throughput. Sources longer than the model's
+    ``max_len`` are cut to it and flagged ``truncated``.
+    """
+
+    def __init__(self, resolved: ResolvedModel, tracking_uri: str | None, settings: PredictorSettings,
+                 local_model_dir: str | None = None, text_column: str = "text", max_length: int = 128,
+                 keep_columns: Sequence[str] = ()):
+        from model.seq2seq_io import load_seq2seq
+
+        torch.set_num_threads(settings.torch_threads)
+        device = "cuda" if settings.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+        self.loaded = load_seq2seq(model_dir_on_node(resolved, tracking_uri, local_model_dir), device)
+        self.text_column = text_column
+        self.max_new_tokens = max_length
+        self.beam_size = settings.beam_size
+        self.forward_batch_size = settings.forward_batch_size
+        self.lineage = {"model_name": resolved.name, "model_version": resolved.version,
+                        "model_run_id": resolved.run_id}
+
+    def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
+        from model.seq2seq_io import encode_source_ids, generate_from_ids
+
+        n = batch.num_rows
+        scorable = batch.column("scorable").to_numpy(zero_copy_only=False)
+        todo = np.flatnonzero(scorable)
+        texts = batch.column(self.text_column).to_pylist()
+        encoded = encode_source_ids(self.loaded, [texts[i] for i in todo])
+        outputs = generate_from_ids(self.loaded, encoded, beam_size=self.beam_size, max_len=self.max_new_tokens,
+                                    batch_size=self.forward_batch_size)
+        generated = np.full(n, None, dtype=object)
+        generated[todo] = [" ".join(tokens) for tokens in outputs]
+        truncated = np.zeros(n, dtype=bool)
+        truncated[todo] = [len(ids) > self.loaded.config.max_len for ids in encoded]
+        out = {"id": batch.column("id").to_numpy(zero_copy_only=False), "generated": generated,
+               "truncated": truncated, "scorable": np.asarray(scorable, dtype=bool)}
+        for key, value in self.lineage.items():
+            out[key] = np.full(n, value, dtype=object)
+        for key in PASS_THROUGH:
+            if key in batch.column_names:
+                out[key] = batch.column(key).to_numpy(zero_copy_only=False)
+        return out

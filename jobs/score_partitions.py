@@ -42,7 +42,7 @@ from jobs.datasets import StageResources
 from jobs.ledger import (Attempt, Lease, LeaseLost, LeaseSettings, Ledger, OutputVersion, Store, committed_versions,
                          entry_from_manifest, now_iso)
 from jobs.model_registry import ResolvedModel, resolve_model_ref
-from jobs.predictors import PredictorSettings, download_model
+from jobs.predictors import PredictorSettings
 from jobs.ray_runtime import RayConfig, check_cpu_budget, init_ray
 from jobs.tracking import TrackingConfig, TrackingTarget, environment_tags, prepare_tracking
 
@@ -356,9 +356,9 @@ def _run_partitions(config: ScorePartitionsConfig, settings: ScoringSettings, ta
                         for p in to_score[config.max_partitions:])
         to_score = to_score[:config.max_partitions]
     if to_score:
-        model = ScoringModel(resolved, target.tracking_uri, download_model(resolved, target.tracking_uri))
+        model = ScoringModel.of(resolved, target.tracking_uri)
         init_ray(config.ray)
-        check_cpu_budget(settings.cpu_demands())
+        check_cpu_budget(settings.cpu_demands(model.kind))
     step = max(config.partitions_per_pipeline, 1)
     scoring_seconds = 0.0
     for index in range(0, len(to_score), step):

@@ -30,12 +30,13 @@ from data_pipeline.quarantine import FILE_ERROR, GROUP, ID, REJECT_REASON, SCORA
 MANIFEST = "_SUCCESS"
 REJECTED_DIR = "_rejected"
 
-SCORED_SCHEMA = pa.schema([
-    pa.field("id", pa.string()), pa.field("label", pa.int64()), pa.field("label_name", pa.string()),
-    pa.field("probability", pa.float32()), pa.field("truncated", pa.bool_()),
-    pa.field("model_name", pa.string()), pa.field("model_version", pa.string()),
-    pa.field("model_run_id", pa.string()), pa.field("source_file", pa.string()),
-])
+_LINEAGE = [pa.field("truncated", pa.bool_()), pa.field("model_name", pa.string()),
+            pa.field("model_version", pa.string()), pa.field("model_run_id", pa.string()),
+            pa.field("source_file", pa.string())]
+SCORED_SCHEMA = pa.schema([pa.field("id", pa.string()), pa.field("label", pa.int64()),
+                           pa.field("label_name", pa.string()), pa.field("probability", pa.float32()), *_LINEAGE])
+GENERATED_SCHEMA = pa.schema([pa.field("id", pa.string()), pa.field("generated", pa.string()), *_LINEAGE])
+SCORED_SCHEMAS = {"classifier": SCORED_SCHEMA, "seq2seq": GENERATED_SCHEMA}  # by model kind
 REJECTED_SCHEMA = pa.schema([pa.field("id", pa.string()), pa.field("reason", pa.string()),
                              pa.field("source_file", pa.string())])
 
@@ -57,9 +58,10 @@ class SplitScoredSink(_Datasink):
     reported in ``errors``; its files are written but the caller never commits them.
     """
 
-    def __init__(self, outputs: dict[str, str], compression: str = "zstd"):
+    def __init__(self, outputs: dict[str, str], compression: str = "zstd", scored_schema: pa.Schema = SCORED_SCHEMA):
         super().__init__()
         self.outputs = dict(outputs)
+        self.scored_schema = scored_schema
         self.compression = compression
         # Resolved here, on the driver, and pickled into the write tasks: workers need not see the
         # driver's storage settings (AWS_ENDPOINT_URL) to write where the driver meant.
@@ -102,12 +104,12 @@ class SplitScoredSink(_Datasink):
             entry["errors"].extend(r[len(FILE_ERROR):] for r in reason.filter(is_error).to_pylist())
             table = table.filter(pc.invert(is_error))
         ok = table.column(SCORABLE)
-        scored = table.filter(ok).select(SCORED_SCHEMA.names).cast(SCORED_SCHEMA)
+        scored = table.filter(ok).select(self.scored_schema.names).cast(self.scored_schema)
         rejected = table.filter(pc.invert(ok))
         rejected = pa.table({"id": rejected.column(ID), "reason": rejected.column(REJECT_REASON),
                              "source_file": rejected.column(SOURCE_FILE)}).cast(REJECTED_SCHEMA)
         fs, base = self.locations[group]
-        for kind, part, schema, relative in (("scored", scored, SCORED_SCHEMA, name),
+        for kind, part, schema, relative in (("scored", scored, self.scored_schema, name),
                                              ("rejected", rejected, REJECTED_SCHEMA, f"{REJECTED_DIR}/{name}")):
             if part.num_rows == 0:
                 continue

@@ -30,6 +30,9 @@ from jobs.tracking import MetricLog, TrackingTarget
 log = logging.getLogger(__name__)  # Ray Train forwards worker logs to the driver once
 
 STATE_FILE = "train_state.pt"
+# Fault-injection tests slow each optimiser step by this many seconds so that a SIGKILL lands
+# mid-epoch on a seconds-long tiny run; unset (the default) it costs nothing.
+STEP_DELAY_ENV = "TEXT_JOBS_TEST_STEP_DELAY_S"
 COMPLETE_MARKER = "COMPLETE"
 EXPORT_DIR = "model"
 
@@ -259,19 +262,32 @@ def _load_state(directory: Path, device: torch.device) -> dict[str, Any] | None:
         return None
 
 
+def _state_of(checkpoint, device: torch.device) -> dict[str, Any] | None:
+    with checkpoint.as_directory() as directory:  # a download when the storage is remote
+        return _load_state(Path(directory), device)
+
+
 def load_latest_valid_state(checkpoint, device: torch.device) -> dict[str, Any] | None:
-    """State of Ray's latest checkpoint; if that one is half-written, the newest complete sibling."""
-    with checkpoint.as_directory() as directory:
-        state = _load_state(Path(directory), device)
+    """State of Ray's latest checkpoint; if that one is half-written, the newest complete sibling.
+
+    Siblings are listed through the checkpoint's own filesystem, so the fallback works on
+    object stores as on local disks.
+    """
+    import posixpath
+
+    import pyarrow.fs as pafs
+    import ray.train
+
+    state = _state_of(checkpoint, device)
     if state is not None:
         return state
     log.warning("checkpoint %s is incomplete or unreadable; looking for an earlier one", checkpoint.path)
-    run_dir = Path(checkpoint.path).parent
-    if not run_dir.is_dir():  # remote storage: no fallback scan
-        return None
-    for candidate in sorted(run_dir.glob("epoch-*"), reverse=True):
-        if candidate.name != Path(checkpoint.path).name:
-            state = _load_state(candidate, device)
+    filesystem, run_dir = checkpoint.filesystem, posixpath.dirname(checkpoint.path.rstrip("/"))
+    siblings = [info.path for info in filesystem.get_file_info(pafs.FileSelector(run_dir))
+                if info.type == pafs.FileType.Directory and posixpath.basename(info.path).startswith("epoch-")]
+    for candidate in sorted(siblings, reverse=True):  # names sort by epoch and step
+        if candidate.rstrip("/") != checkpoint.path.rstrip("/"):
+            state = _state_of(ray.train.Checkpoint(candidate, filesystem=filesystem), device)
             if state is not None:
                 log.warning("resuming from %s instead", candidate)
                 return state
@@ -304,6 +320,7 @@ def run_training(task: TrainingTask, optim: OptimSettings, scaling: ScalingSetti
     optimizer, scheduler = build_optimizer(model, optim, total_steps)
     scaler = torch.amp.GradScaler(device.type) if optim.precision == "fp16" else None
     metrics_log = MetricLog(ctx.tracking, ctx.mlflow_run_id, enabled=rank == 0)
+    step_delay_s = float(os.environ.get(STEP_DELAY_ENV) or 0)
 
     step, start_epoch, best, stale_epochs = 0, 0, None, 0
     checkpoint = ray.train.get_checkpoint()
@@ -362,6 +379,8 @@ def run_training(task: TrainingTask, optim: OptimSettings, scaling: ScalingSetti
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             step += 1
+            if step_delay_s:
+                time.sleep(step_delay_s)
             if step % optim.log_every_steps == 0:
                 totals = all_reduce_sum(window, device)
                 train_loss = float(totals["loss"] / totals["micro"])
@@ -445,5 +464,8 @@ def _length_grouped(chunks, batch_size: int, collate, rng: np.random.Generator) 
 
 def worker_env() -> dict[str, str]:
     """Environment for training workers: quiet tokenizer threads, no MLflow telemetry."""
-    return {"TOKENIZERS_PARALLELISM": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env = {"TOKENIZERS_PARALLELISM": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    if os.environ.get(STEP_DELAY_ENV):  # workers of an already running Ray do not see the driver's env
+        env[STEP_DELAY_ENV] = os.environ[STEP_DELAY_ENV]
+    return env

@@ -89,20 +89,25 @@ def ids_to_tokens(ids: Sequence[int], tokenizer: Tokenizer, config: Seq2SeqConfi
     return out
 
 
-@torch.inference_mode()
-def generate_tokens(loaded: LoadedSeq2Seq, texts: Sequence[str], beam_size: int = 1, max_len: int | None = None,
-                    batch_size: int = 64, length_penalty: float = 0.6) -> list[list[str]]:
-    """Decode each source text into target tokens (greedy when ``beam_size`` is 1), in input order.
+def encode_source_ids(loaded: LoadedSeq2Seq, texts: Sequence[str]) -> list[list[int]]:
+    """Source token ids of each text, uncut (``generate_from_ids`` cuts them to the model's ``max_len``)."""
+    return [e.ids for e in loaded.source_tokenizer.encode_batch([str(t) for t in texts], add_special_tokens=False)]
 
-    A text with no source token (empty or whitespace only) decodes to no tokens.
+
+@torch.inference_mode()
+def generate_from_ids(loaded: LoadedSeq2Seq, encoded: Sequence[Sequence[int]], beam_size: int = 1,
+                      max_len: int | None = None, batch_size: int = 64,
+                      length_penalty: float = 0.6) -> list[list[str]]:
+    """Decode each source id list into target tokens (greedy when ``beam_size`` is 1), in input order.
+
+    A source with no token (an empty or whitespace-only text) decodes to no tokens.
     """
     config = loaded.config
     max_len = min(max_len or config.max_len, config.max_len)
     device = next(loaded.model.parameters()).device
-    encoded = [e.ids[:config.max_len] for e in
-               loaded.source_tokenizer.encode_batch([str(t) for t in texts], add_special_tokens=False)]
-    order = sorted((i for i in range(len(texts)) if encoded[i]), key=lambda i: len(encoded[i]))
-    results: list[list[str]] = [[] for _ in texts]
+    encoded = [list(ids[:config.max_len]) for ids in encoded]
+    order = sorted((i for i in range(len(encoded)) if encoded[i]), key=lambda i: len(encoded[i]))
+    results: list[list[str]] = [[] for _ in encoded]
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]  # similar lengths share a batch
         src = torch.full((len(chunk), len(encoded[chunk[-1]])), config.pad_id, dtype=torch.long)
@@ -117,6 +122,11 @@ def generate_tokens(loaded: LoadedSeq2Seq, texts: Sequence[str], beam_size: int 
         for i, row in zip(chunk, generated.tolist()):
             results[i] = ids_to_tokens(row, loaded.target_tokenizer, config)
     return results
+
+
+def generate_tokens(loaded: LoadedSeq2Seq, texts: Sequence[str], **kwargs) -> list[list[str]]:
+    """Decode each source text into target tokens, in input order (see ``generate_from_ids``)."""
+    return generate_from_ids(loaded, encode_source_ids(loaded, texts), **kwargs)
 
 
 def generate(loaded: LoadedSeq2Seq, texts: Sequence[str], **kwargs) -> list[str]:
