@@ -45,15 +45,17 @@ def tiny_config(corpus: Path, model_dir: Path, storage: Path, name: str, **extra
     return overrides + [f"{k}={v}" for k, v in extra.items()]
 
 
-def metric_steps(run_id: str, key: str) -> list[int]:
-    return [m.step for m in mlflow.MlflowClient().get_metric_history(run_id, key)]
-
-
-def assert_history_exactly_once(run_id: str) -> None:
+def assert_history_exactly_once(run_id: str, reference_run_id: str) -> None:
+    """No step logged twice, and the same curve as the uninterrupted run, step for step."""
+    client = mlflow.MlflowClient()
     for key in ("train_loss", "learning_rate", "val_accuracy", "val_loss"):
-        steps = metric_steps(run_id, key)
-        assert steps, key
-        assert len(steps) == len(set(steps)), f"{key} has duplicated steps: {sorted(steps)}"
+        history = {}
+        for metric in client.get_metric_history(run_id, key):
+            assert metric.step not in history, f"{key} logged twice at step {metric.step}"
+            history[metric.step] = metric.value
+        expected = {m.step: m.value for m in client.get_metric_history(reference_run_id, key)}
+        assert sorted(history) == sorted(expected), key
+        assert all(abs(history[s] - expected[s]) < TOLERANCE for s in expected), key
 
 
 def wait_for(predicate, timeout_s: float, what: str) -> None:
@@ -109,7 +111,7 @@ def test_killed_worker_is_replaced_and_training_resumes(reference, slow_steps, t
     assert run.data.tags["restarts"] == "1"
     steps_per_epoch = int(reference.metrics["step"]) // 3
     assert run.data.tags["resumed_from_steps"] == str(killed[0][1] * steps_per_epoch)
-    assert_history_exactly_once(outcome.run_id)
+    assert_history_exactly_once(outcome.run_id, reference.run_id)
     assert outcome.metrics["step"] == reference.metrics["step"]
     assert abs(outcome.metrics["test_loss"] - reference.metrics["test_loss"]) < TOLERANCE
     assert abs(outcome.metrics["val_loss"] - reference.metrics["val_loss"]) < TOLERANCE
@@ -155,7 +157,7 @@ def test_killed_driver_rerun_with_same_name_resumes_same_mlflow_run(reference, m
     run = runs[0]
     assert run.info.status == "FINISHED"
     assert int(run.data.tags["restarts"]) == 1
-    assert_history_exactly_once(run.info.run_id)
+    assert_history_exactly_once(run.info.run_id, reference.run_id)
     assert abs(run.data.metrics["test_loss"] - reference.metrics["test_loss"]) < TOLERANCE
     assert run.data.metrics["step"] == reference.metrics["step"]
 
@@ -173,5 +175,5 @@ def test_half_written_checkpoint_is_ignored(reference, tiny_corpus, tiny_model_d
     steps_per_epoch = int(reference.metrics["step"]) // 3
     # resumed from the complete epoch-1 checkpoint, not the broken epoch-2 one
     assert tags["resumed_from_steps"].split(",")[-1] == str(2 * steps_per_epoch)
-    assert_history_exactly_once(resumed.run_id)
+    assert_history_exactly_once(resumed.run_id, reference.run_id)
     assert abs(resumed.metrics["test_loss"] - reference.metrics["test_loss"]) < TOLERANCE
