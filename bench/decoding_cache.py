@@ -4,7 +4,8 @@
     python -m bench.decoding_cache --model-dir <export dir> --data data/pinyin/test.parquet
 
 Both paths decode the same sources with the same model and must produce the same tokens (checked);
-tokens/s counts generated tokens (eos included). With a random model the eos logit is suppressed
+tokens/s counts generated tokens (eos included), each path the median of ``--repeats`` timings.
+``--json`` writes the figures for ``bench.run_all`` (question 5 of BENCHMARKS.md). With a random model the eos logit is suppressed
 so every row decodes ``--max-len`` tokens; a trained model stops at its own eos.
 """
 
@@ -29,8 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--d-model", type=int, default=128)
     parser.add_argument("--layers", type=int, default=2, help="encoder and decoder layers (random model)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3, help="best of N timings per path")
+    parser.add_argument("--repeats", type=int, default=3, help="timings per path; the median is reported")
+    parser.add_argument("--quick", action="store_true", help="fewer rows (smoke run)")
+    parser.add_argument("--json", help="also write the results here (read by bench.run_all)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.rows = min(args.rows, 64)
+
+    import statistics
 
     import torch
 
@@ -65,24 +72,37 @@ def main(argv: list[str] | None = None) -> int:
         label = f"random model d_model={args.d_model}, {args.layers}+{args.layers} layers"
     max_len = min(args.max_len, model.config.max_len)
 
-    def run(use_cache: bool) -> tuple[float, int, list[torch.Tensor]]:
-        best, outputs = float("inf"), []
+    def run(use_cache: bool) -> tuple[list[float], int, list[torch.Tensor]]:
+        seconds, outputs = [], []
         for _ in range(args.repeats):
             start = time.perf_counter()
             outputs = [greedy_decode(model, src, max_len=max_len, use_cache=use_cache) for src in batches]
-            best = min(best, time.perf_counter() - start)
+            seconds.append(time.perf_counter() - start)
         tokens = sum(int((out != model.config.pad_id).sum()) for out in outputs)
-        return best, tokens, outputs
+        return seconds, tokens, outputs
 
-    cached_s, tokens, cached = run(True)
-    full_s, full_tokens, full = run(False)
+    cached_times, tokens, cached = run(True)
+    full_times, full_tokens, full = run(False)
+    cached_s, full_s = statistics.median(cached_times), statistics.median(full_times)
     same = tokens == full_tokens and all(torch.equal(a, b) for a, b in zip(cached, full))
     rows = sum(b.size(0) for b in batches)
     print(f"=== greedy decoding, {label}: {rows} rows, batch {args.batch_size}, max_len {max_len}, "
-          f"{args.threads} thread(s), best of {args.repeats} ===")
+          f"{args.threads} thread(s), median of {args.repeats} ===")
     print(f"KV cache     : {tokens / cached_s:9.0f} tokens/s ({cached_s:.2f} s)")
     print(f"no cache     : {full_tokens / full_s:9.0f} tokens/s ({full_s:.2f} s)")
     print(f"speed-up     : {full_s / cached_s:.2f}x   identical outputs: {same}")
+    if args.json:
+        from bench.common import Result
+
+        result = Result(question="5. Decoding (greedy, scratch Transformer)",
+                        setup=(f"{label}: {rows} rows, batch {args.batch_size}, source {args.src_len} tokens, "
+                               f"{max_len} tokens generated per row, {args.threads} thread(s)"))
+        with_cache = result.figure("greedy with KV cache", "tokens/s", [tokens / s for s in cached_times])
+        without = result.figure("greedy, decoder recomputed every step", "tokens/s",
+                                [full_tokens / s for s in full_times])
+        result.ratio("KV cache / no cache", with_cache, without)
+        result.notes.append(f"identical outputs on both paths: {same}")
+        result.write(args.json)
     return 0 if same else 1
 
 

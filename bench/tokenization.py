@@ -1,0 +1,132 @@
+"""Question 1: rows/s of the Ray Data tokenization stage against the same fast tokenizer in one process.
+
+    python -m bench.tokenization                 # 200,000 rows, 3 repetitions
+    python -m bench.tokenization --quick         # 20,000 rows (smoke run)
+
+All three read the same Parquet files (review texts cycled to ``--rows`` rows) and run the same
+``data_pipeline.tokenization.TokenizeBatch`` on batches of ``--batch-rows`` rows (MiniRBT's
+bert-base-chinese WordPiece, ``max_length`` 128), so the work per row is identical:
+
+* one process, one thread (``TOKENIZERS_PARALLELISM=false``): the per-core baseline;
+* one process, the tokenizer's own thread pool (``TOKENIZERS_PARALLELISM=true``, one thread per core);
+* Ray Data: ``jobs.datasets.read_parquet`` + ``jobs.datasets.tokenized`` (the training jobs' stage,
+  ``tokenize_texts`` tasks) with one task per core, consumed on the driver as Arrow batches.
+
+Ray is started once (its start-up is reported apart); one untimed warm-up pass loads the
+tokenizer into the warm worker processes, as in a long-running job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import Result, bench_env, common_args, minirbt_dir, repeated_corpus, timed  # noqa: E402
+
+
+def one_process(files: list[Path], tokenizer_path: str, batch_rows: int, max_length: int) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from data_pipeline.tokenization import TokenizeBatch
+
+    stage = TokenizeBatch(tokenizer_path, "text", max_length, ["id"])
+    rows = 0
+    for path in files:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=["id", "text"]):
+            rows += stage(pa.Table.from_batches([batch])).num_rows
+    return rows
+
+
+def ray_data(files: list[Path], tokenizer_path: str, resources, max_length: int) -> int:
+    from data_pipeline.paths import resolve_parquet_files
+    from jobs.datasets import read_parquet, tokenized
+
+    parquet = resolve_parquet_files(str(files[0].parent))
+    ds = tokenized(read_parquet(parquet, ["id", "text"], resources), tokenizer_path, "text", max_length, ["id"],
+                   resources)
+    return sum(batch.num_rows for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    common_args(parser, repeats=3)
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--rows-per-file", type=int, default=25_000)
+    parser.add_argument("--batch-rows", type=int, default=1024)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--blocks", type=int, default=16, help="read blocks (min_blocks): work units for Ray Data")
+    parser.add_argument("--tasks", type=int, default=None, help="concurrent tokenize tasks (default: cores)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rows, args.rows_per_file = 20_000, 5_000
+    work = Path(args.work_dir)
+    bench_env(work)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # Ray's tasks inherit it: one thread each
+    cores = len(os.sched_getaffinity(0))
+    tasks = args.tasks or cores
+
+    tokenizer_path = str(minirbt_dir(work).resolve())
+    folder = repeated_corpus(work, args.rows, args.rows_per_file)
+    files = sorted(folder.glob("*.parquet"))
+
+    def local(threads: bool) -> float:
+        # The tokenizers library reads this variable on every batch call.
+        os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads else "false"
+        try:
+            seconds, rows = timed(lambda: one_process(files, tokenizer_path, args.batch_rows, args.max_length))
+        finally:
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        assert rows == args.rows, rows
+        return rows / seconds
+
+    one_thread, pool = [], []
+    for _ in range(args.repeats):
+        one_thread.append(local(False))
+        pool.append(local(True))
+        print(f"one process: {one_thread[-1]:.0f} rows/s (1 thread), {pool[-1]:.0f} rows/s (pool)", flush=True)
+
+    import ray
+
+    from jobs.datasets import StageResources
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    init_s, _ = timed(lambda: ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False))
+    # One CPU slot per tokenize task minus what the read tasks and the driver's consumer need.
+    resources = StageResources(read_cpus=0.25, tokenize_cpus=round((cores - 0.25) / tasks, 2) - 0.01,
+                               tokenize_concurrency=tasks, tokenize_batch_rows=args.batch_rows,
+                               min_blocks=args.blocks)
+    warm_s, _ = timed(lambda: ray_data(files[:1], tokenizer_path, resources, args.max_length))
+    distributed = []
+    for _ in range(args.repeats):
+        seconds, rows = timed(lambda: ray_data(files, tokenizer_path, resources, args.max_length))
+        assert rows == args.rows, rows
+        distributed.append(rows / seconds)
+        print(f"Ray Data: {distributed[-1]:.0f} rows/s", flush=True)
+    ray.shutdown()
+
+    result = Result(
+        question="1. Tokenization",
+        setup=(f"{args.rows:,} review texts (train split cycled) in {len(files)} Parquet files; TokenizeBatch, "
+               f"batches of {args.batch_rows} rows, max_length {args.max_length}; Ray Data: read_parquet "
+               f"({args.blocks} blocks) -> tokenize_texts tasks x {tasks} -> driver iterator; {cores} cores"))
+    base = result.figure("one process, 1 tokenizer thread", "rows/s", one_thread)
+    pooled = result.figure(f"one process, tokenizer thread pool ({cores} threads)", "rows/s", pool)
+    ray_fig = result.figure(f"Ray Data stage, {tasks} tasks x 1 thread", "rows/s", distributed)
+    result.figure("ray.init (once, not in the rows/s)", "s", [init_s])
+    result.figure("Ray Data warm-up pass (1 file, untimed above)", "s", [warm_s])
+    result.ratio("Ray Data / one process, 1 thread", ray_fig, base, aim=0.9 * cores,
+                 aim_text=f">= {0.9 * cores:.1f} (~{cores}x on {cores} cores)")
+    result.ratio("Ray Data / one process, thread pool", ray_fig, pooled)
+    result.ratio("thread pool / 1 thread", pooled, base)
+    result.write(args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
