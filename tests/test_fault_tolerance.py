@@ -71,6 +71,21 @@ def checkpoints(storage: Path, name: str) -> list[Path]:
     return sorted((storage / name).glob("epoch-*/COMPLETE"))
 
 
+def registered_checkpoint(storage: Path, name: str) -> bool:
+    """Ray Train has recorded a checkpoint of the run (a restart resumes from it).
+
+    A checkpoint lands on disk before the controller records it; a kill in between restarts
+    from scratch, so the tests wait for the controller's snapshot to name one.
+    """
+    import json
+
+    try:
+        snapshot = json.loads((storage / name / "checkpoint_manager_snapshot.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(snapshot.get("latest_checkpoint_result"))
+
+
 @pytest.fixture(scope="module")
 def reference(ray_local, mlflow_uri, tiny_corpus, tiny_model_dir, session_dir):
     """An uninterrupted run: the numbers every faulted run must reproduce."""
@@ -94,7 +109,7 @@ def test_killed_worker_is_replaced_and_training_resumes(reference, slow_steps, t
     killed: list[int] = []
 
     def kill_a_worker_after_first_checkpoint() -> None:
-        wait_for(lambda: checkpoints(storage, "worker-kill"), 300, "the first checkpoint")
+        wait_for(lambda: registered_checkpoint(storage, "worker-kill"), 300, "the first recorded checkpoint")
         time.sleep(1.0)  # into the second epoch
         workers = training_workers()
         if workers:
@@ -130,7 +145,7 @@ def _run_job(command, env, kill_when=None) -> int:
     try:
         if kill_when is not None:
             wait_for(lambda: kill_when() or process.poll() is not None, 300, "the kill condition")
-            time.sleep(1.0)  # Ray Train records the checkpoint just after it lands; die mid-epoch after that
+            time.sleep(1.0)  # into the next epoch
             os.killpg(process.pid, signal.SIGKILL)  # the driver and the local Ray it started
             process.wait(timeout=30)
             return -9
@@ -147,7 +162,7 @@ def test_killed_driver_rerun_with_same_name_resumes_same_mlflow_run(reference, m
            STEP_DELAY_ENV: STEP_DELAY_S}
     env.pop("RAY_ADDRESS", None)  # the job starts its own local Ray, which dies with it
     command = _job_command(tiny_corpus, tiny_model_dir, storage, "driver-kill", epochs=3)
-    _run_job(command, env, kill_when=lambda: checkpoints(storage, "driver-kill"))
+    _run_job(command, env, kill_when=lambda: registered_checkpoint(storage, "driver-kill"))
     assert 1 <= len(checkpoints(storage, "driver-kill")) < 3, "the driver must die mid-run"
     assert _run_job(command, env) == 0
     client = mlflow.MlflowClient(mlflow_uri)
@@ -177,3 +192,19 @@ def test_half_written_checkpoint_is_ignored(reference, tiny_corpus, tiny_model_d
     assert tags["resumed_from_steps"].split(",")[-1] == str(2 * steps_per_epoch)
     assert_history_exactly_once(resumed.run_id, reference.run_id)
     assert abs(resumed.metrics["test_loss"] - reference.metrics["test_loss"]) < TOLERANCE
+
+
+def test_early_stopping_keeps_the_best_checkpoint_and_the_latest(tiny_corpus, tiny_model_dir, session_dir):
+    """Watching ``step`` as if lower were better makes epoch 0 the best and every later one stale."""
+    storage = session_dir / "ft-ray"
+    name = "early-stop"
+    config = load(FinetuneConfig, TINY, tiny_config(tiny_corpus, tiny_model_dir, storage, name) + [
+        "optim.early_stopping_patience=1", "run.checkpoint_metric=step", "run.checkpoint_mode=min",
+        "run.keep_checkpoints=1"])
+    outcome = run_finetune(config)
+    kept = sorted(p.parent.name for p in checkpoints(storage, name))
+    assert [k.split("-step-")[0] for k in kept] == ["epoch-0000", "epoch-0001"]  # best + latest, of 2 epochs (not 3)
+    assert outcome.checkpoint_path.endswith(kept[-1])
+    assert "test_accuracy" in outcome.metrics  # a stopped run is still evaluated on the test split
+    history = mlflow.MlflowClient().get_metric_history(outcome.run_id, "val_loss")
+    assert len(history) == 2
