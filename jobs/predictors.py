@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from data_pipeline.quarantine import GROUP, REJECT_REASON, SOURCE_FILE
+from data_pipeline.quarantine import GROUP, REJECT_REASON, SCORABLE, SOURCE_FILE
 from data_pipeline.tokenization import TokenizeBatch, pad_batch
 from jobs.model_registry import ResolvedModel, materialize_model, model_kind
 
@@ -140,7 +140,7 @@ class Seq2SeqPredictor:
 
     def __init__(self, resolved: ResolvedModel, tracking_uri: str | None, settings: PredictorSettings,
                  local_model_dir: str | None = None, text_column: str = "text", max_length: int = 128,
-                 keep_columns: Sequence[str] = ()):
+                 keep_columns: Sequence[str] = ()):  # keep_columns: same signature as the tokenizing predictor
         from model.seq2seq_io import load_seq2seq
 
         torch.set_num_threads(settings.torch_threads)
@@ -157,7 +157,7 @@ class Seq2SeqPredictor:
         from model.seq2seq_io import encode_source_ids, generate_from_ids
 
         n = batch.num_rows
-        scorable = batch.column("scorable").to_numpy(zero_copy_only=False)
+        scorable = batch.column(SCORABLE).to_numpy(zero_copy_only=False)
         todo = np.flatnonzero(scorable)
         texts = batch.column(self.text_column).to_pylist()
         encoded = encode_source_ids(self.loaded, [texts[i] for i in todo])
