@@ -23,10 +23,10 @@ from data_pipeline.tokenization import PadCollate
 from data_pipeline.validation import validate_files
 from jobs import config as config_lib
 from jobs.datasets import StageResources, label_names_of, read_parquet, tokenized
-from jobs.launch import checkpoint_uri, make_trainer, run_name_and_storage, start_or_resume_mlflow_run
+from jobs.launch import checkpoint_uri, fit, make_trainer, open_training_run
 from jobs.ray_runtime import RayConfig, check_cpu_budget, init_ray
-from jobs.tracking import TrackingConfig, TrackingTarget, environment_tags, prepare_tracking
-from jobs.training import (EXPORT_DIR, LoopContext, OptimSettings, RunSettings, ScalingSettings, iterate_shard,
+from jobs.tracking import TrackingConfig, TrackingTarget, client_for, prepare_tracking
+from jobs.training import (EXPORT_DIR, OptimSettings, RunSettings, ScalingSettings, iterate_shard,
                            run_training)
 
 SPLITS = ("train", "val", "test")
@@ -190,8 +190,6 @@ class FinetuneOutcome:
 
 
 def run(config: FinetuneConfig) -> FinetuneOutcome:
-    import mlflow
-
     from data_pipeline.tokenization import load_tokenizer
     from jobs.model_registry import TextClassifierModel, log_and_register
 
@@ -218,54 +216,40 @@ def run(config: FinetuneConfig) -> FinetuneOutcome:
                       "tokenizer actors": stages.tokenize_concurrency * stages.tokenize_cpus})
     world = max(config.scaling.num_workers, 1)
     steps_per_epoch = -(-(rows["train"] // world) // config.optim.batch_size)
-    run_name, storage_path = run_name_and_storage(config.run, "finetune")
     config_dict = config_lib.to_dict(config)
-
-    run_id, resumed = start_or_resume_mlflow_run(target, run_name, {
-        **environment_tags(), "num_workers": str(world), "job": "finetune_classifier",
-        "model_source": config.model.name_or_path})
-    client = mlflow.MlflowClient(target.tracking_uri)
-    if not resumed:  # params are immutable in MLflow: a resumed run already has them
-        mlflow.set_tracking_uri(target.tracking_uri)
-        with mlflow.start_run(run_id=run_id):
-            mlflow.log_params(config_lib.flatten(config_dict))
-            mlflow.log_params({f"rows_{k}": v for k, v in rows.items()})
-            mlflow.log_dict({"label_names": label_names}, "labels.json")
-            if baselines:
-                mlflow.log_metrics(baselines)
+    training_run = open_training_run(
+        target, config.run, "finetune",
+        tags={"num_workers": str(world), "job": "finetune_classifier", "model_source": config.model.name_or_path},
+        config_dict=config_dict, params={f"rows_{k}": v for k, v in rows.items()},
+        dicts={"labels.json": {"label_names": label_names}}, baselines=baselines)
 
     datasets = {}
     for split in SPLITS:
         ds = read_parquet(files[split], ["id", config.data.text_column, "label"], config.data.stages)
         datasets[split] = tokenized(ds, model_path, config.data.text_column, config.data.max_length,
                                     ["id", "label"], config.data.stages)
-    audit_dir = str(Path(storage_path) / run_name / "audit") if config.run.audit_shards else None
-    context = LoopContext(tracking=target, mlflow_run_id=run_id, steps_per_epoch=steps_per_epoch,
-                          checkpoint_metric=config.run.checkpoint_metric, checkpoint_mode=config.run.checkpoint_mode,
-                          audit_dir=audit_dir)
+    context = training_run.loop_context(target, config.run, steps_per_epoch)
     task = ClassifierTask(model_path, label_names, config.optim, tokenizer.pad_token_id)
     trainer = make_trainer(train_loop_per_worker,
                            {"config": config, "task": task, "context": context, "config_dict": config_dict},
-                           config.scaling, config.run, run_name, storage_path, datasets, ["val", "test"])
-    try:
-        result = trainer.fit()
-    except Exception:
-        client.set_terminated(run_id, status="FAILED")
-        raise
+                           config.scaling, config.run, training_run.name, training_run.storage_path, datasets,
+                           ["val", "test"])
+    result = fit(trainer, target, training_run)
 
     # 3. The model of the last epoch (the one the test metrics measure) goes to the registry.
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
     with result.checkpoint.as_directory() as checkpoint_dir:
         import pandas as pd
 
-        registered = log_and_register(target, run_id, TextClassifierModel(), Path(checkpoint_dir) / EXPORT_DIR,
-                                      config.tracking.registered_model, config.tracking.alias,
-                                      input_example=pd.DataFrame({"text": ["质量很好，物流也快"]}))
-    client.set_terminated(run_id)
+        registered = log_and_register(target, training_run.mlflow_run_id, TextClassifierModel(),
+                                      Path(checkpoint_dir) / EXPORT_DIR, config.tracking.registered_model,
+                                      config.tracking.alias, input_example=pd.DataFrame({"text": ["质量很好，物流也快"]}))
+    client_for(target).set_terminated(training_run.mlflow_run_id)
     metrics.update(baselines)
-    return FinetuneOutcome(run_id=run_id, metrics=metrics, model_uri=registered.model_uri,
+    return FinetuneOutcome(run_id=training_run.mlflow_run_id, metrics=metrics, model_uri=registered.model_uri,
                            registered_name=registered.name, registered_version=registered.version,
-                           checkpoint_path=checkpoint_uri(result.checkpoint, storage_path), run_name=run_name)
+                           checkpoint_path=checkpoint_uri(result.checkpoint, training_run.storage_path),
+                           run_name=training_run.name)
 
 
 def report(outcome: FinetuneOutcome, config: FinetuneConfig) -> None:

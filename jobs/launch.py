@@ -5,13 +5,15 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from data_pipeline.paths import filesystem_for, to_uri
+from jobs import config as config_lib
 from jobs.datasets import EvalShardingDataConfig
-from jobs.tracking import TrackingTarget, client_for
-from jobs.training import RunSettings, ScalingSettings, worker_env
+from jobs.tracking import TrackingTarget, client_for, environment_tags
+from jobs.training import LoopContext, RunSettings, ScalingSettings, worker_env
 
 RUN_NAME_TAG = "ray_run_name"
 
@@ -55,6 +57,53 @@ def start_or_resume_mlflow_run(target: TrackingTarget, run_name: str, tags: dict
         return run_id, True
     run = client.create_run(target.experiment_id, run_name=run_name, tags={**tags, RUN_NAME_TAG: run_name})
     return run.info.run_id, False
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """One training job's run: its Ray Train name and storage, and the MLflow run it logs to."""
+    name: str
+    storage_path: str
+    mlflow_run_id: str
+
+    def loop_context(self, target: TrackingTarget, run: RunSettings, steps_per_epoch: int) -> LoopContext:
+        audit_dir = str(Path(self.storage_path) / self.name / "audit") if run.audit_shards else None
+        return LoopContext(tracking=target, mlflow_run_id=self.mlflow_run_id, steps_per_epoch=steps_per_epoch,
+                           checkpoint_metric=run.checkpoint_metric, checkpoint_mode=run.checkpoint_mode,
+                           audit_dir=audit_dir)
+
+
+def open_training_run(target: TrackingTarget, run: RunSettings, prefix: str, tags: dict[str, str],
+                      config_dict: dict[str, Any], params: dict[str, Any], dicts: dict[str, Any],
+                      baselines: dict[str, float]) -> TrainingRun:
+    """Name the run and start its MLflow run, or find both again when a rerun of that name resumes.
+
+    A new run gets the flattened config and ``params`` as params, ``dicts`` as JSON artifacts
+    and the baselines as metrics; a resumed run already has them (MLflow params are immutable).
+    """
+    import mlflow
+
+    name, storage_path = run_name_and_storage(run, prefix)
+    run_id, resumed = start_or_resume_mlflow_run(target, name, {**environment_tags(), **tags})
+    if not resumed:
+        mlflow.set_tracking_uri(target.tracking_uri)
+        with mlflow.start_run(run_id=run_id):
+            mlflow.log_params(config_lib.flatten(config_dict))
+            mlflow.log_params(params)
+            for artifact, payload in dicts.items():
+                mlflow.log_dict(payload, artifact)
+            if baselines:
+                mlflow.log_metrics(baselines)
+    return TrainingRun(name=name, storage_path=storage_path, mlflow_run_id=run_id)
+
+
+def fit(trainer, target: TrackingTarget, training_run: TrainingRun):
+    """``trainer.fit()``; a failure marks the MLflow run FAILED before it propagates."""
+    try:
+        return trainer.fit()
+    except Exception:
+        client_for(target).set_terminated(training_run.mlflow_run_id, status="FAILED")
+        raise
 
 
 def make_trainer(loop: Callable[[dict[str, Any]], None], loop_config: dict[str, Any], scaling: ScalingSettings,

@@ -8,7 +8,6 @@ passed through unscored, so the sink can write them to ``_rejected/``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 

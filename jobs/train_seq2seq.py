@@ -25,8 +25,8 @@ from data_pipeline.validation import DataValidationError, Problem, validate_file
 from jobs import config as config_lib
 from jobs.datasets import StageResources, read_parquet
 from jobs.ray_runtime import RayConfig, check_cpu_budget, init_ray
-from jobs.tracking import TrackingConfig, TrackingTarget, environment_tags, prepare_tracking
-from jobs.training import EXPORT_DIR, LoopContext, OptimSettings, RunSettings, ScalingSettings, run_training, unwrap
+from jobs.tracking import TrackingConfig, TrackingTarget, client_for, prepare_tracking
+from jobs.training import EXPORT_DIR, OptimSettings, RunSettings, ScalingSettings, run_training, unwrap
 from model.transformer import Seq2SeqConfig
 
 SPLITS = ("train", "val", "test")
@@ -363,10 +363,8 @@ class Seq2SeqOutcome:
 
 
 def run(config: Seq2SeqTrainConfig) -> Seq2SeqOutcome:
-    import mlflow
-
     from data_pipeline.seq2seq import estimate_batches_per_worker
-    from jobs.launch import checkpoint_uri, make_trainer, run_name_and_storage, start_or_resume_mlflow_run
+    from jobs.launch import checkpoint_uri, fit, make_trainer, open_training_run
     from jobs.model_registry import log_and_register
     from jobs.seq2seq_pyfunc import TransliterationModel, input_example
 
@@ -383,54 +381,40 @@ def run(config: Seq2SeqTrainConfig) -> Seq2SeqOutcome:
     steps_per_epoch = estimate_batches_per_worker(prepared.train_costs, world, config.data.bucket_window_rows,
                                                   config.data.max_tokens_per_batch, config.optim.batch_size,
                                                   seed=config.optim.seed)
-    run_name, storage_path = run_name_and_storage(config.run, "seq2seq")
     config_dict = config_lib.to_dict(config)
+    training_run = open_training_run(
+        target, config.run, "seq2seq", tags={"num_workers": str(world), "job": "train_seq2seq"},
+        config_dict=config_dict,
+        params={**{f"rows_{k}": v for k, v in prepared.rows.items()},
+                "source_vocab": prepared.model_config.src_vocab_size,
+                "target_vocab": prepared.model_config.tgt_vocab_size,
+                "polyphonic_chars": len(prepared.polyphonic),
+                "estimated_steps_per_epoch": steps_per_epoch,
+                "decode_max_len": prepared.decode_max_len},
+        dicts={"seq2seq_config.json": prepared.model_config.to_dict()}, baselines=prepared.baselines)
 
-    run_id, resumed = start_or_resume_mlflow_run(target, run_name, {
-        **environment_tags(), "num_workers": str(world), "job": "train_seq2seq"})
-    client = mlflow.MlflowClient(target.tracking_uri)
-    if not resumed:  # params are immutable in MLflow: a resumed run already has them
-        mlflow.set_tracking_uri(target.tracking_uri)
-        with mlflow.start_run(run_id=run_id):
-            mlflow.log_params(config_lib.flatten(config_dict))
-            mlflow.log_params({**{f"rows_{k}": v for k, v in prepared.rows.items()},
-                               "source_vocab": prepared.model_config.src_vocab_size,
-                               "target_vocab": prepared.model_config.tgt_vocab_size,
-                               "polyphonic_chars": len(prepared.polyphonic),
-                               "estimated_steps_per_epoch": steps_per_epoch,
-                               "decode_max_len": prepared.decode_max_len})
-            mlflow.log_dict(prepared.model_config.to_dict(), "seq2seq_config.json")
-            if prepared.baselines:
-                mlflow.log_metrics(prepared.baselines)
-
-    audit_dir = str(Path(storage_path) / run_name / "audit") if config.run.audit_shards else None
-    context = LoopContext(tracking=target, mlflow_run_id=run_id, steps_per_epoch=steps_per_epoch,
-                          checkpoint_metric=config.run.checkpoint_metric, checkpoint_mode=config.run.checkpoint_mode,
-                          audit_dir=audit_dir)
+    context = training_run.loop_context(target, config.run, steps_per_epoch)
     task = Seq2SeqTask(prepared.model_config, prepared.source_tokenizer_json, prepared.target_tokenizer_json,
                        config.data, config.optim, config.objective, prepared.polyphonic, prepared.decode_max_len)
     trainer = make_trainer(train_loop_per_worker,
                            {"config": config, "task": task, "context": context, "config_dict": config_dict},
-                           config.scaling, config.run, run_name, storage_path, pair_datasets(prepared, config.data),
-                           ["val", "test"])
-    try:
-        result = trainer.fit()
-    except Exception:
-        client.set_terminated(run_id, status="FAILED")
-        raise
+                           config.scaling, config.run, training_run.name, training_run.storage_path,
+                           pair_datasets(prepared, config.data), ["val", "test"])
+    result = fit(trainer, target, training_run)
 
     # 2. The model of the last epoch (the one the test metrics measure) goes to the registry.
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
-    checkpoint = checkpoint_uri(result.checkpoint, storage_path)
+    checkpoint = checkpoint_uri(result.checkpoint, training_run.storage_path)
     with result.checkpoint.as_directory() as checkpoint_dir:
-        registered = log_and_register(target, run_id, TransliterationModel(), Path(checkpoint_dir) / EXPORT_DIR,
-                                      config.tracking.registered_model, config.tracking.alias,
-                                      input_example=input_example())
-    client.set_terminated(run_id)
+        registered = log_and_register(target, training_run.mlflow_run_id, TransliterationModel(),
+                                      Path(checkpoint_dir) / EXPORT_DIR, config.tracking.registered_model,
+                                      config.tracking.alias, input_example=input_example())
+    client_for(target).set_terminated(training_run.mlflow_run_id)
     metrics.update(prepared.baselines)
-    return Seq2SeqOutcome(run_id=run_id, metrics=metrics, model_uri=registered.model_uri,
+    return Seq2SeqOutcome(run_id=training_run.mlflow_run_id, metrics=metrics, model_uri=registered.model_uri,
                           registered_name=registered.name, registered_version=registered.version,
-                          checkpoint_path=checkpoint, run_name=run_name, model_dir=f"{checkpoint}/{EXPORT_DIR}")
+                          checkpoint_path=checkpoint, run_name=training_run.name,
+                          model_dir=f"{checkpoint}/{EXPORT_DIR}")
 
 
 def report(outcome: Seq2SeqOutcome, config: Seq2SeqTrainConfig) -> None:

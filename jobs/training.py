@@ -310,8 +310,7 @@ def run_training(task: TrainingTask, optim: OptimSettings, scaling: ScalingSetti
     import ray.train
     import ray.train.torch
 
-    train_ctx = ray.train.get_context()
-    rank, world = train_ctx.get_world_rank(), train_ctx.get_world_size()
+    rank = ray.train.get_context().get_world_rank()
     torch.set_num_threads(scaling.torch_threads)
     device = ray.train.torch.get_device()
     seed_everything(optim.seed)  # identical initial weights on every rank
