@@ -1,6 +1,7 @@
 # Two commands set up and run everything on a fresh machine:
 #   make demo   - install, then prepare -> offline model -> fine-tune (Ray Train, 2 workers) -> batch-score
 #   make test   - install, then run the test suite
+#   make bench  - install, then benchmark against the alternatives -> BENCHMARKS.md (~25 min on 2 cores)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,7 +13,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export TOKENIZERS_PARALLELISM := false
 export RAY_DATA_DISABLE_PROGRESS_BARS ?= 0
 
-.PHONY: install demo test mlflow-ui mlflow-server clean
+.PHONY: install demo test bench bench-quick mlflow-ui mlflow-server clean
 
 install: $(VENV)/.installed
 
@@ -34,6 +35,13 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# Builds its own inputs under runs/bench; run it on an otherwise idle machine.
+bench: install
+	$(PY) -m bench.run_all
+
+bench-quick: install  # smoke sizes, written to runs/bench/BENCHMARKS-quick.md
+	$(PY) -m bench.run_all --quick
 
 mlflow-ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
