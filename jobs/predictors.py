@@ -34,7 +34,10 @@ class PredictorSettings:
     concurrency: int = 2  # predictor actors
     num_cpus: float = 0.5  # per actor; fractions leave room for read and tokenize stages
     num_gpus: float = 0.0  # per actor, e.g. 1 (or 0.5 to pack two actors on a GPU)
-    rows_per_call: int = 512  # rows handed to one actor call
+    # Rows handed to one actor call, sorted by length there before forward passes are cut: 512-row
+    # calls padded MiniRBT review batches to 1.12x their real tokens, 2048-row calls to 1.03x
+    # (BENCHMARKS.md, question 4).
+    rows_per_call: int = 2048
     forward_batch_size: int = 64  # rows per forward pass, grouped by length
     precision: str = "fp32"  # fp16/bf16 on GPU
     beam_size: int = 1  # seq2seq models: 1 decodes greedily, more runs beam search
