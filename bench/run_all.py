@@ -3,6 +3,7 @@
     python -m bench.run_all                 # the full run (about 25 minutes on 2 cores) -> BENCHMARKS.md
     python -m bench.run_all --quick         # smoke sizes -> runs/bench/BENCHMARKS-quick.md
     python -m bench.run_all --only 2 4      # some questions (the file then holds only those)
+    python -m bench.run_all --render-only   # rewrite BENCHMARKS.md from the last run's results
 
 Each script writes its figures as JSON; this one adds the machine and the durations and renders
 them. ``bench/analysis.md`` (written by hand from profiles, see there) is appended: it explains
@@ -12,6 +13,7 @@ the figures that miss their aim, so read it beside the numbers of the same date.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import subprocess
 import sys
@@ -43,22 +45,22 @@ def fmt(value: float) -> str:
 
 
 def render(results: list[tuple[str, Result | None, float, str]], info: dict[str, str], quick: bool,
-           total_s: float) -> str:
+           total_s: float, measured_at: str) -> str:
     lines = ["# Benchmarks: the job system against the alternatives, measured side by side", ""]
     if quick:
         lines += ["**Smoke run (`--quick`): sizes too small for the figures to mean anything.**", ""]
-    lines += [f"Measured {time.strftime('%Y-%m-%d %H:%M')} by `make bench` (`python -m bench.run_all`) in "
+    lines += [f"Measured {measured_at} by `make bench` (`python -m bench.run_all`) in "
               f"{total_s / 60:.1f} minutes. Every figure is the median of its repetitions (all repetitions in "
               "brackets); every ratio divides two medians measured in the same run, on this machine:", ""]
     lines += ["| machine | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in info.items()] + [""]
-    lines += ["## Summary", "", "| question | comparison | ratio | aim | |", "|---|---|---|---|---|"]
+    lines += ["## Summary", "", "| Q | comparison (same run, medians) | ratio | aim | |", "|---|---|---|---|---|"]
     for key, result, _, _ in results:
         if result is None:
             lines.append(f"| {key} | failed, see below | | | |")
             continue
         for r in result.ratios:
             verdict = "" if r.met is None else ("met" if r.met else "**missed**")
-            lines.append(f"| {result.question} | {r.name} | {r.value:.3f} | {r.aim} | {verdict} |")
+            lines.append(f"| {key} | {r.name} | {r.value:.3f} | {r.aim} | {verdict} |")
     lines.append("")
     for key, result, seconds, error in results:
         if result is None:
@@ -84,13 +86,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=[q[0] for q in QUESTIONS], help="run these questions only")
     parser.add_argument("--work-dir", default=str(DEFAULT_WORK))
     parser.add_argument("--output", help="default: BENCHMARKS.md, or runs/bench/BENCHMARKS-quick.md with --quick")
+    parser.add_argument("--render-only", action="store_true",
+                        help="measure nothing: render the last run's results again (e.g. after editing analysis.md)")
     args = parser.parse_args(argv)
     work = Path(args.work_dir)
     results_dir = work / ("results-quick" if args.quick else "results")
     results_dir.mkdir(parents=True, exist_ok=True)
     output = Path(args.output or (work / "BENCHMARKS-quick.md" if args.quick else REPO / "BENCHMARKS.md"))
+    run_file = results_dir / "run.json"  # machine, durations: what --render-only needs besides the results
+    if args.render_only:
+        run = json.loads(run_file.read_text())
+        results = [(key, load_result(results_dir / f"q{key}.json"), seconds, "")
+                   for key, seconds in run["seconds"].items()]
+        output.write_text(render(results, run["machine"], args.quick, run["total_s"], run["measured_at"]))
+        print(f"wrote {output} from {results_dir}")
+        return 0
 
     info = machine()
+    measured_at = time.strftime("%Y-%m-%d %H:%M")
     results = []
     start_all = time.perf_counter()
     for key, module, common in QUESTIONS:
@@ -115,8 +128,10 @@ def main(argv: list[str] | None = None) -> int:
             results.append((key, None, seconds, f"exit status {done.returncode}; {log}:\n{tail}"))
         print(f"##### question {key}: {seconds:.0f} s", flush=True)
     total = time.perf_counter() - start_all
+    run_file.write_text(json.dumps({"machine": info, "total_s": total, "measured_at": measured_at,
+                                    "seconds": {key: s for key, r, s, _ in results if r is not None}}))
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(render(results, info, args.quick, total))
+    output.write_text(render(results, info, args.quick, total, measured_at))
     print(f"\nwrote {output} ({total / 60:.1f} minutes)")
     return 0 if all(r is not None for _, r, _, _ in results) else 1
 

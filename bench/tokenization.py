@@ -43,14 +43,21 @@ def one_process(files: list[Path], tokenizer_path: str, batch_rows: int, max_len
     return rows
 
 
-def ray_data(files: list[Path], tokenizer_path: str, resources, max_length: int) -> int:
+def ray_data(files: list[Path], tokenizer_path: str, resources, max_length: int) -> tuple[int, float, int]:
+    """Rows, seconds to the first tokenized block and rows in it."""
     from data_pipeline.paths import resolve_parquet_files
     from jobs.datasets import read_parquet, tokenized
 
-    parquet = resolve_parquet_files(str(files[0].parent))
+    # A file, or the folder of all of them.
+    parquet = resolve_parquet_files(str(files[0]) if len(files) == 1 else str(files[0].parent))
     ds = tokenized(read_parquet(parquet, ["id", "text"], resources), tokenizer_path, "text", max_length, ["id"],
                    resources)
-    return sum(batch.num_rows for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"))
+    start, first, first_rows, rows = time.perf_counter(), 0.0, 0, 0
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        if not rows:
+            first, first_rows = time.perf_counter() - start, batch.num_rows
+        rows += batch.num_rows
+    return rows, first, first_rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,12 +109,15 @@ def main(argv: list[str] | None = None) -> int:
                                tokenize_concurrency=tasks, tokenize_batch_rows=args.batch_rows,
                                min_blocks=args.blocks)
     warm_s, _ = timed(lambda: ray_data(files[:1], tokenizer_path, resources, args.max_length))
-    distributed = []
+    distributed, after_first, first_s = [], [], []
     for _ in range(args.repeats):
-        seconds, rows = timed(lambda: ray_data(files, tokenizer_path, resources, args.max_length))
+        seconds, (rows, first, first_rows) = timed(lambda: ray_data(files, tokenizer_path, resources,
+                                                                    args.max_length))
         assert rows == args.rows, rows
         distributed.append(rows / seconds)
-        print(f"Ray Data: {distributed[-1]:.0f} rows/s", flush=True)
+        after_first.append((rows - first_rows) / (seconds - first))
+        first_s.append(first)
+        print(f"Ray Data: {distributed[-1]:.0f} rows/s, first block after {first:.1f} s", flush=True)
     ray.shutdown()
 
     result = Result(
@@ -118,10 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     base = result.figure("one process, 1 tokenizer thread", "rows/s", one_thread)
     pooled = result.figure(f"one process, tokenizer thread pool ({cores} threads)", "rows/s", pool)
     ray_fig = result.figure(f"Ray Data stage, {tasks} tasks x 1 thread", "rows/s", distributed)
+    steady = result.figure("Ray Data stage, after its first tokenized block", "rows/s", after_first,
+                           note="start-up left out")
+    result.figure("Ray Data: execution start to first tokenized block", "s", first_s)
     result.figure("ray.init (once, not in the rows/s)", "s", [init_s])
-    result.figure("Ray Data warm-up pass (1 file, untimed above)", "s", [warm_s])
+    result.figure(f"Ray Data warm-up pass ({len(files[:1])} file, untimed above)", "s", [warm_s])
     result.ratio("Ray Data / one process, 1 thread", ray_fig, base, aim=0.9 * cores,
                  aim_text=f">= {0.9 * cores:.1f} (~{cores}x on {cores} cores)")
+    result.ratio("Ray Data after its first block / one process, 1 thread", steady, base)
     result.ratio("Ray Data / one process, thread pool", ray_fig, pooled)
     result.ratio("thread pool / 1 thread", pooled, base)
     result.write(args.json)
