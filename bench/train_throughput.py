@@ -344,8 +344,6 @@ def main(argv: list[str] | None = None) -> int:
               f"{statistics.median(rates.tokens_per_s):.0f} tokens/s steady; wall {wall:.1f} s, "
               f"first step after {rates.first_step_at - start:.1f} s", flush=True)
     if ray_started is not None:
-        import ray
-
         ray.shutdown()
 
     labels = {"plain1": f"plain PyTorch loop, 1 process x {threads} threads",
