@@ -2,7 +2,7 @@
 
     python -m bench.run_all                 # the full run (about 25 minutes on 2 cores) -> BENCHMARKS.md
     python -m bench.run_all --quick         # smoke sizes -> runs/bench/BENCHMARKS-quick.md
-    python -m bench.run_all --only 2 4      # some questions (the file then holds only those)
+    python -m bench.run_all --only 2 4      # measure some questions again, keep the others' last figures
     python -m bench.run_all --render-only   # rewrite BENCHMARKS.md from the last run's results
 
 Each script writes its figures as JSON; this one adds the machine and the durations and renders
@@ -44,17 +44,23 @@ def fmt(value: float) -> str:
     return f"{value:.3g}" if abs(value) >= 0.01 else f"{value:.2e}"
 
 
-def render(results: list[tuple[str, Result | None, float, str]], info: dict[str, str], quick: bool,
-           total_s: float, measured_at: str) -> str:
+Outcome = tuple[str, Result | None, float, str, str]  # key, result, seconds, error, measured at
+
+
+def render(results: list[Outcome], info: dict[str, str], quick: bool) -> str:
     lines = ["# Benchmarks: the job system against the alternatives, measured side by side", ""]
     if quick:
         lines += ["**Smoke run (`--quick`): sizes too small for the figures to mean anything.**", ""]
-    lines += [f"Measured {measured_at} by `make bench` (`python -m bench.run_all`) in "
+    times = sorted({at for *_, at in results})
+    when = times[0] if len(times) == 1 else f"{times[0]} to {times[-1]} (each question's time in its section)"
+    total_s = sum(seconds for _, _, seconds, _, _ in results)
+    lines += [f"Measured {when} by `make bench` (`python -m bench.run_all`) in "
               f"{total_s / 60:.1f} minutes. Every figure is the median of its repetitions (all repetitions in "
-              "brackets); every ratio divides two medians measured in the same run, on this machine:", ""]
+              "brackets); every ratio divides two medians measured in the same run of its script, on this "
+              "machine:", ""]
     lines += ["| machine | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in info.items()] + [""]
     lines += ["## Summary", "", "| Q | comparison (same run, medians) | ratio | aim | |", "|---|---|---|---|---|"]
-    for key, result, _, _ in results:
+    for key, result, *_ in results:
         if result is None:
             lines.append(f"| {key} | failed, see below | | | |")
             continue
@@ -62,11 +68,12 @@ def render(results: list[tuple[str, Result | None, float, str]], info: dict[str,
             verdict = "" if r.met is None else ("met" if r.met else "**missed**")
             lines.append(f"| {key} | {r.name} | {r.value:.3f} | {r.aim} | {verdict} |")
     lines.append("")
-    for key, result, seconds, error in results:
+    for key, result, seconds, error, at in results:
         if result is None:
             lines += [f"## Question {key}: failed after {seconds:.0f} s", "", "```", error[-3000:], "```", ""]
             continue
-        lines += [f"## {result.question}", "", result.setup + f" (script ran {seconds:.0f} s).", "",
+        ran = f"script ran {seconds:.0f} s" + (f", measured {at}" if len(times) > 1 else "")
+        lines += [f"## {result.question}", "", result.setup + f" ({ran}).", "",
                   "| figure | median | unit | repetitions | |", "|---|---|---|---|---|"]
         for f in result.figures:
             reps = ", ".join(fmt(v) for v in f.values)
@@ -93,22 +100,28 @@ def main(argv: list[str] | None = None) -> int:
     results_dir = work / ("results-quick" if args.quick else "results")
     results_dir.mkdir(parents=True, exist_ok=True)
     output = Path(args.output or (work / "BENCHMARKS-quick.md" if args.quick else REPO / "BENCHMARKS.md"))
-    run_file = results_dir / "run.json"  # machine, durations: what --render-only needs besides the results
+    run_file = results_dir / "run.json"  # machine, per-question durations and times: the rest of a rendering
+    previous = json.loads(run_file.read_text()) if run_file.is_file() else {"questions": {}}
     if args.render_only:
-        run = json.loads(run_file.read_text())
-        results = [(key, load_result(results_dir / f"q{key}.json"), seconds, "")
-                   for key, seconds in run["seconds"].items()]
-        output.write_text(render(results, run["machine"], args.quick, run["total_s"], run["measured_at"]))
+        results = [(key, load_result(results_dir / f"q{key}.json"), q["seconds"], "", q["measured_at"])
+                   for key, q in sorted(previous["questions"].items())]
+        output.write_text(render(results, previous["machine"], args.quick))
         print(f"wrote {output} from {results_dir}")
         return 0
 
     info = machine()
-    measured_at = time.strftime("%Y-%m-%d %H:%M")
-    results = []
+    if args.only and previous.get("machine", info) != info:
+        parser.error(f"{run_file} was measured on another machine or software: run every question")
+    results: list[Outcome] = []
     start_all = time.perf_counter()
     for key, module, common in QUESTIONS:
         if args.only and key not in args.only:
+            kept = previous["questions"].get(key)
+            if kept and (results_dir / f"q{key}.json").is_file():  # the last run's figures, marked with their time
+                results.append((key, load_result(results_dir / f"q{key}.json"), kept["seconds"], "",
+                                kept["measured_at"]))
             continue
+        measured_at = time.strftime("%Y-%m-%d %H:%M")
         out = results_dir / f"q{key}.json"
         out.unlink(missing_ok=True)
         command = [sys.executable, "-m", module, "--json", str(out)] + (["--quick"] if args.quick else [])
@@ -121,19 +134,19 @@ def main(argv: list[str] | None = None) -> int:
             done = subprocess.run(command, cwd=REPO, stderr=handle)
         seconds = time.perf_counter() - start
         if done.returncode == 0 and out.is_file():
-            results.append((key, load_result(out), seconds, ""))
+            results.append((key, load_result(out), seconds, "", measured_at))
         else:
             tail = log.read_text(errors="replace")[-5000:]
             sys.stderr.write(tail)
-            results.append((key, None, seconds, f"exit status {done.returncode}; {log}:\n{tail}"))
+            results.append((key, None, seconds, f"exit status {done.returncode}; {log}:\n{tail}", measured_at))
         print(f"##### question {key}: {seconds:.0f} s", flush=True)
     total = time.perf_counter() - start_all
-    run_file.write_text(json.dumps({"machine": info, "total_s": total, "measured_at": measured_at,
-                                    "seconds": {key: s for key, r, s, _ in results if r is not None}}))
+    run_file.write_text(json.dumps({"machine": info, "questions": {
+        key: {"seconds": s, "measured_at": at} for key, r, s, _, at in results if r is not None}}))
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(render(results, info, args.quick, total, measured_at))
+    output.write_text(render(results, info, args.quick))
     print(f"\nwrote {output} ({total / 60:.1f} minutes)")
-    return 0 if all(r is not None for _, r, _, _ in results) else 1
+    return 0 if all(r is not None for _, r, *_ in results) else 1
 
 
 if __name__ == "__main__":

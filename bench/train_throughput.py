@@ -7,12 +7,16 @@ Same model (MiniRBT-H256, random init, configs/model/minirbt-h256.json), same ro
 worker, max_length 128, AdamW (``jobs.training.build_optimizer``) with linear warm-up/decay and
 gradient clipping at 1.0, length-grouped dynamic padding (16 batches sorted by length) in all of:
 
-* plain loop, one process (``--threads`` torch threads), text tokenized up front;
+* plain loop, one process (``--threads`` torch threads, then one thread), text tokenized up front;
 * plain loop, torch DDP over two processes (gloo, one thread each), ``torch.multiprocessing``;
 * Ray Train: ``jobs.finetune_classifier.run`` (the real job: Ray Data read + tokenize stage,
   ``TorchTrainer``, the shared loop, per-epoch evaluation on a 64-row split, checkpoints, MLflow),
-  one worker with ``--threads`` threads, then two workers with one thread each;
-* Hugging Face ``Trainer`` on one process (``--threads`` threads, ``train_sampling_strategy="group_by_length"``).
+  one worker with ``--threads`` threads, one worker with one thread, two workers with one thread each;
+* Hugging Face ``Trainer`` on one process (``--threads`` threads, ``train_sampling_strategy="group_by_length"``);
+* controls: the plain one-process loop and plain DDP again, in fresh processes, beside the idle
+  Ray left by the Ray Train runs (the other plain paths run before Ray starts): Ray's own
+  processes share the cores, and on a small machine that alone slows a step whose threads or
+  processes wait for each other.
 
 Every path time-stamps the start of each epoch, each step (when its batch is ready) and the end
 of the epoch's last step. Steady state is an epoch's rows (or non-padding tokens) over the time
@@ -133,7 +137,7 @@ class TimedClassifierTask(ClassifierTask):
         return loss, n_samples, n_tokens
 
 
-# --------------------------------------------------------------------------- the three paths
+# --------------------------------------------------------------------------- the paths
 
 
 def tokenized_rows(spec: TrainSpec, rank: int, world: int):
@@ -199,8 +203,8 @@ def plain_worker(rank: int, world: int, spec: TrainSpec, port: int, log_dir: str
         torch.distributed.destroy_process_group()
 
 
-def run_plain(spec: TrainSpec, world: int, log_dir: Path) -> None:
-    if world == 1:
+def run_plain(spec: TrainSpec, world: int, log_dir: Path, fresh_process: bool = False) -> None:
+    if world == 1 and not fresh_process:
         plain_worker(0, 1, spec, 0, str(log_dir))
         return
     import torch.multiprocessing as mp
@@ -284,7 +288,13 @@ def run_ray_train(spec: TrainSpec, workers: int, threads: int, work: Path, log_d
 
 # --------------------------------------------------------------------------- driver
 
-PATHS = ("plain1", "ray1", "plain2", "ray2", "hf")
+# The paths without Ray run first, before Ray starts, so none of them shares the machine with Ray's
+# processes; the controls last: the plain loops again, in fresh processes, beside the idle Ray that
+# served the Ray Train runs, which separates what Ray's mere presence costs from Ray Train's own cost.
+# The "x1" pair leaves a core to spare on 2 cores (one thread, one process or worker): there Ray's
+# own processes do not take time from the training step.
+PATHS = ("plain1", "plain1x1", "plain2", "hf", "ray1", "ray1x1", "ray2", "plain1_ray_idle", "plain2_ray_idle")
+RAY_PATHS = ("ray1", "ray1x1", "ray2", "plain1_ray_idle", "plain2_ray_idle")  # run with Ray started
 
 
 def subset(work: Path, rows: int) -> tuple[str, str]:
@@ -323,20 +333,27 @@ def main(argv: list[str] | None = None) -> int:
     measured: dict[str, tuple[EpochRates, float]] = {}
     for path in args.paths:
         log_dir = Path(tempfile.mkdtemp(prefix=f"{path}-", dir=work))
-        if path.startswith("ray") and ray_started is None:
+        if path in RAY_PATHS and ray_started is None:
             import ray
 
             ray_started, _ = timed(lambda: ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False))
         start = time.time()
         if path == "plain1":
             run_plain(spec, 1, log_dir)
-        elif path == "plain2":
+        elif path == "plain1x1":
+            run_plain(replace(spec, threads=1), 1, log_dir)
+        elif path == "plain1_ray_idle":  # a spawned process: the driver is connected to Ray, it is not
+            run_plain(spec, 1, log_dir, fresh_process=True)
+        elif path in ("plain2", "plain2_ray_idle"):
             run_plain(replace(spec, threads=1), 2, log_dir)
         elif path == "hf":
             run_hf_trainer(spec, log_dir)
+        elif path == "ray1":
+            run_ray_train(spec, 1, threads, work, log_dir, tiny)
+        elif path == "ray1x1":
+            run_ray_train(spec, 1, 1, work, log_dir, tiny)
         else:
-            workers = int(path[-1])
-            run_ray_train(spec, workers, threads if workers == 1 else 1, work, log_dir, tiny)
+            run_ray_train(spec, 2, 1, work, log_dir, tiny)
         wall = time.time() - start
         rates = epoch_rates(log_dir)
         measured[path] = (rates, wall)
@@ -348,9 +365,13 @@ def main(argv: list[str] | None = None) -> int:
 
     labels = {"plain1": f"plain PyTorch loop, 1 process x {threads} threads",
               "ray1": f"Ray Train job, 1 worker x {threads} threads",
+              "plain1x1": "plain PyTorch loop, 1 process x 1 thread",
+              "ray1x1": "Ray Train job, 1 worker x 1 thread",
               "plain2": "plain PyTorch DDP, 2 processes x 1 thread (gloo)",
               "ray2": "Ray Train job, 2 workers x 1 thread (gloo)",
-              "hf": f"Hugging Face Trainer, 1 process x {threads} threads"}
+              "hf": f"Hugging Face Trainer, 1 process x {threads} threads",
+              "plain1_ray_idle": f"plain PyTorch loop, 1 process x {threads} threads, beside an idle Ray",
+              "plain2_ray_idle": "plain PyTorch DDP, 2 processes x 1 thread (gloo), beside an idle Ray"}
     result = Result(
         question="2. Training (MiniRBT-H256 fine-tuning)",
         setup=(f"{args.rows:,} train rows, batch 32 per worker, max_length 128, length-grouped dynamic padding, "
@@ -370,17 +391,24 @@ def main(argv: list[str] | None = None) -> int:
         result.figure(f"{labels[path]}: wall time of the run, start-up included", "s", [wall])
     if ray_started is not None:
         result.figure("ray.init (once, before the Ray Train runs)", "s", [ray_started])
+    equal = {("ray1", "plain1"), ("ray1x1", "plain1x1"), ("ray2", "plain2")}  # the aim's comparisons
     for ours, base, name in (("ray1", "plain1", "1 Ray Train worker / 1 plain process"),
+                             ("ray1x1", "plain1x1", "1 Ray Train worker x 1 thread / 1 plain process x 1 thread"),
                              ("ray2", "plain2", "2 Ray Train workers / 2-process plain DDP"),
                              ("ray1", "hf", "1 Ray Train worker / HF Trainer"),
                              ("hf", "plain1", "HF Trainer / plain loop"),
                              ("ray2", "ray1", "2 Ray Train workers x 1 thread / 1 worker x all threads"),
-                             ("plain2", "plain1", "plain DDP 2 x 1 thread / 1 process x all threads")):
+                             ("plain2", "plain1", "plain DDP 2 x 1 thread / 1 process x all threads"),
+                             ("plain1_ray_idle", "plain1", "plain loop beside an idle Ray / plain loop alone"),
+                             ("ray1", "plain1_ray_idle", "1 Ray Train worker / plain loop beside an idle Ray"),
+                             ("plain2_ray_idle", "plain2", "plain DDP beside an idle Ray / plain DDP alone"),
+                             ("ray2", "plain2_ray_idle", "2 Ray Train workers / plain DDP beside an idle Ray")):
         if ours in figs and base in figs:
-            aim = 0.95 if base.startswith("plain") and ours[-1] == base[-1] else None
+            aim = 0.95 if (ours, base) in equal else None
             result.ratio(f"{name}, steady samples/s", figs[ours], figs[base], aim=aim,
                          aim_text=">= 0.95 (overhead within 5%)" if aim else "")
     for ours, base, name in (("ray1", "plain1", "1 Ray Train worker / 1 plain process"),
+                             ("ray1x1", "plain1x1", "1 Ray Train worker x 1 thread / 1 plain process x 1 thread"),
                              ("ray2", "plain2", "2 Ray Train workers / 2-process plain DDP")):
         if ours in measured and base in measured:
             result.ratio(f"{name}, wall time of the run (lower is better)", measured[ours][1], measured[base][1])
