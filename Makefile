@@ -1,7 +1,7 @@
 # Two commands set up and run everything on a fresh machine:
 #   make demo   - install, then prepare -> offline model -> fine-tune (Ray Train, 2 workers) -> batch-score
 #   make test   - install, then run the test suite
-#   make bench  - install, then benchmark against the alternatives -> BENCHMARKS.md (~25 min on 2 cores)
+#   make bench  - install, then benchmark against the alternatives -> BENCHMARKS.md (~30 min on 2 cores)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv

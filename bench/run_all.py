@@ -1,6 +1,6 @@
 """Run every benchmark, one fresh process per question, and write the table to BENCHMARKS.md.
 
-    python -m bench.run_all                 # the full run (about 25 minutes on 2 cores) -> BENCHMARKS.md
+    python -m bench.run_all                 # the full run (about 30 minutes on 2 cores) -> BENCHMARKS.md
     python -m bench.run_all --quick         # smoke sizes -> runs/bench/BENCHMARKS-quick.md
     python -m bench.run_all --only 2 4      # measure some questions again, keep the others' last figures
     python -m bench.run_all --render-only   # rewrite BENCHMARKS.md from the last run's results
@@ -54,8 +54,8 @@ def render(results: list[Outcome], info: dict[str, str], quick: bool) -> str:
     times = sorted({at for *_, at in results})
     when = times[0] if len(times) == 1 else f"{times[0]} to {times[-1]} (each question's time in its section)"
     total_s = sum(seconds for _, _, seconds, _, _ in results)
-    lines += [f"Measured {when} by `make bench` (`python -m bench.run_all`) in "
-              f"{total_s / 60:.1f} minutes. Every figure is the median of its repetitions (all repetitions in "
+    lines += [f"Measured {when} by `make bench` (`python -m bench.run_all`; its scripts ran "
+              f"{total_s / 60:.1f} minutes). Every figure is the median of its repetitions (all repetitions in "
               "brackets); every ratio divides two medians measured in the same run of its script, on this "
               "machine:", ""]
     lines += ["| machine | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in info.items()] + [""]
