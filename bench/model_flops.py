@@ -4,7 +4,8 @@
     python -m bench.model_flops --quick
 
 Peak: a 4096 x 4096 float32 ``torch.mm`` (2 n^3 FLOPs), timed in the same run at the same thread
-count. A training step: forward, loss, backward, gradient clipping and ``AdamW.step`` on
+count. A training step as the jobs take it: forward, loss, backward, gradient clipping, the jobs'
+``build_optimizer`` AdamW step and schedule step, on
 
 * MiniRBT-H256 (configs/model/minirbt-h256.json, random init, 2 labels): batch 32 x 64 tokens,
   all real (about the padded shape of a length-grouped review batch);
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -55,16 +57,21 @@ def counted_flops(step_forward_backward) -> int:
 
 
 def time_steps(forward_backward, model, steps: int, warmup: int = 2) -> list[float]:
+    """Training steps as the jobs take them: the jobs' optimiser and schedule (``build_optimizer``)."""
     import torch
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    from jobs.training import OptimSettings, build_optimizer
+
+    optim = OptimSettings()
+    optimizer, scheduler = build_optimizer(model, optim, warmup + steps)
     times = []
     for i in range(warmup + steps):
         start = time.perf_counter()
         forward_backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
         if i >= warmup:
             times.append(time.perf_counter() - start)
     return times
@@ -127,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     cores = len(os.sched_getaffinity(0))
     result = Result(
         question="3. Model arithmetic (training step FLOP/s vs matmul peak)",
-        setup=(f"float32; peak = {args.matmul_n}^2 torch.mm; step = forward + backward + clip + AdamW; FLOPs "
+        setup=(f"float32; peak = {args.matmul_n}^2 torch.mm; step = forward + backward + clip + the jobs' AdamW (fused) + schedule; FLOPs "
                "counted with torch.utils.flop_counter.FlopCounterMode (matmuls + attention, forward + backward); "
                f"each step figure the median of {args.repeats} repetitions of {args.steps} steps"))
     models = {"MiniRBT-H256 classifier": minirbt(32, 64), "scratch Transformer (seq2seq local-cpu)": seq2seq(64, 24)}
@@ -149,16 +156,10 @@ def main(argv: list[str] | None = None) -> int:
                 times = time_steps(fb, model, args.steps)
                 rates.append(flops[name] / (sum(times) / len(times)) / 1e9)
             fig = result.figure(f"{name} training step, {threads} thread(s)", "GFLOP/s", rates,
-                                note=f"{flops[name] / 1e9 / fig_median(rates):.3f} s per step")
+                                note=f"{flops[name] / 1e9 / statistics.median(rates):.3f} s per step")
             result.ratio(f"{name} / peak, {threads} thread(s)", fig, peak)
     result.write(args.json)
     return 0
-
-
-def fig_median(values: list[float]) -> float:
-    import statistics
-
-    return statistics.median(values)
 
 
 if __name__ == "__main__":
