@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     run_file = results_dir / "run.json"  # machine, per-question durations and times: the rest of a rendering
     previous = json.loads(run_file.read_text()) if run_file.is_file() else {"questions": {}}
     if args.render_only:
+        if not run_file.is_file():
+            parser.error(f"{run_file} does not exist: nothing measured yet to render")
         results = [(key, load_result(results_dir / f"q{key}.json"), q["seconds"], "", q["measured_at"])
                    for key, q in sorted(previous["questions"].items())]
         output.write_text(render(results, previous["machine"], args.quick))
