@@ -54,7 +54,7 @@ MLFLOW_HOST ?= 127.0.0.1
 MLFLOW_PORT ?= 5000
 MLFLOW_ALLOWED_HOSTS ?=
 mlflow-server: install
-	$(PY) -m jobs.mlflow_server --root $(MLFLOW_ROOT) --host $(MLFLOW_HOST) --port $(MLFLOW_PORT) \
+	$(PY) -m tools.mlflow_server --root $(MLFLOW_ROOT) --host $(MLFLOW_HOST) --port $(MLFLOW_PORT) \
 		$(if $(MLFLOW_ALLOWED_HOSTS),--allowed-hosts $(MLFLOW_ALLOWED_HOSTS))
 
 clean:

@@ -60,7 +60,8 @@ def time_steps(forward_backward, model, steps: int, warmup: int = 2) -> list[flo
     """Training steps as the jobs take them: the jobs' optimiser and schedule (``build_optimizer``)."""
     import torch
 
-    from jobs.training import OptimSettings, build_optimizer
+    from jobs.train.optimizer import build_optimizer
+    from jobs.train.settings import OptimSettings
 
     optim = OptimSettings()
     optimizer, scheduler = build_optimizer(model, optim, warmup + steps)
@@ -102,7 +103,7 @@ def minirbt(batch: int, seq: int):
 def seq2seq(batch: int, seq: int):
     import torch
 
-    from jobs import config as config_lib
+    from jobs.common import config as config_lib
     from jobs.train_seq2seq import Seq2SeqTrainConfig
     from model.transformer import Seq2SeqTransformer, sequence_loss
 

@@ -60,9 +60,9 @@ def run_method(method: str, folder: Path, model_dir: Path, work: Path, repeats: 
     if method == "ray":
         import ray
 
-        from jobs import config as config_lib
+        from jobs.common import config as config_lib
         from jobs.batch_infer import BatchInferConfig, run
-        from jobs.tracking import TrackingConfig
+        from jobs.common.tracking import TrackingConfig
 
         base = config_lib.load(BatchInferConfig, str(REPO / "configs/batch_infer.local-cpu.yaml"))
         memory = TreeMemory(os.getpid(), 0.25, pss_interval_s=2.0).__enter__()

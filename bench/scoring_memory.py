@@ -146,9 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench-scoring-"))
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
 
-    from jobs import config as config_lib
+    from jobs.common import config as config_lib
     from jobs.batch_infer import BatchInferConfig, run
-    from jobs.tracking import TrackingConfig
+    from jobs.common.tracking import TrackingConfig
 
     texts = source_texts(work, args.corpus)
     if args.model_dir:

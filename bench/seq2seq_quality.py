@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from data_pipeline.pinyin import ReadingTable, score
-    from jobs import config as config_lib
+    from jobs.common import config as config_lib
     from jobs.train_seq2seq import Seq2SeqTrainConfig
     from model.seq2seq_io import generate_tokens, load_seq2seq
 

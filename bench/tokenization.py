@@ -9,7 +9,7 @@ bert-base-chinese WordPiece, ``max_length`` 128), so the work per row is identic
 
 * one process, one thread (``TOKENIZERS_PARALLELISM=false``): the per-core baseline;
 * one process, the tokenizer's own thread pool (``TOKENIZERS_PARALLELISM=true``, one thread per core);
-* Ray Data: ``jobs.datasets.read_parquet`` + ``jobs.datasets.tokenized`` (the training jobs' stage,
+* Ray Data: ``data_pipeline.ray_stages.read_parquet`` + ``data_pipeline.ray_stages.tokenized`` (the training jobs' stage,
   ``tokenize_texts`` tasks) with one task per core, consumed on the driver as Arrow batches.
 
 Ray is started once (its start-up is reported apart); one untimed warm-up pass loads the
@@ -46,7 +46,7 @@ def one_process(files: list[Path], tokenizer_path: str, batch_rows: int, max_len
 def ray_data(files: list[Path], tokenizer_path: str, resources, max_length: int) -> tuple[int, float, int]:
     """Rows, seconds to the first tokenized block and rows in it."""
     from data_pipeline.paths import resolve_parquet_files
-    from jobs.datasets import read_parquet, tokenized
+    from data_pipeline.ray_stages import read_parquet, tokenized
 
     # A file, or the folder of all of them.
     parquet = resolve_parquet_files(str(files[0]) if len(files) == 1 else str(files[0].parent))
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from jobs.datasets import StageResources
+    from data_pipeline.ray_stages import StageResources
 
     ray.data.DataContext.get_current().enable_progress_bars = False
     init_s, _ = timed(lambda: ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False))

@@ -4,7 +4,7 @@
     python -m bench.train_throughput --quick        # 256 rows (smoke run)
 
 Same model (MiniRBT-H256, random init, configs/model/minirbt-h256.json), same rows, batch 32 per
-worker, max_length 128, AdamW (``jobs.training.build_optimizer``) with linear warm-up/decay and
+worker, max_length 128, AdamW (``jobs.train.loop.build_optimizer``) with linear warm-up/decay and
 gradient clipping at 1.0, length-grouped dynamic padding (16 batches sorted by length) in all of:
 
 * plain loop, one process (``--threads`` torch threads, then one thread), text tokenized up front;
@@ -165,7 +165,10 @@ def plain_worker(rank: int, world: int, spec: TrainSpec, port: int, log_dir: str
     import torch
 
     from data_pipeline.tokenization import PadCollate
-    from jobs.training import OptimSettings, _length_grouped, build_optimizer, seed_everything
+    from data_pipeline.batching import length_grouped
+    from jobs.train.distributed import seed_everything
+    from jobs.train.optimizer import build_optimizer
+    from jobs.train.settings import OptimSettings
     from model.classifier import load_classifier
 
     torch.set_num_threads(spec.threads)
@@ -189,7 +192,7 @@ def plain_worker(rank: int, world: int, spec: TrainSpec, port: int, log_dir: str
             rng = np.random.default_rng(spec.seed * 1_000_003 + epoch)
             order = rng.permutation(len(rows["label"]))
             chunks = ({k: v[order[i:i + window]] for k, v in rows.items()} for i in range(0, len(order), window))
-            for batch in _length_grouped(chunks, spec.batch_size, collate, rng):
+            for batch in length_grouped(chunks, spec.batch_size, collate, rng):
                 write_event(handle, epoch, "step", int(batch["labels"].shape[0]), int(batch["attention_mask"].sum()))
                 out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                             labels=batch["labels"])
@@ -265,8 +268,8 @@ def run_hf_trainer(spec: TrainSpec, log_dir: Path) -> None:
 def run_ray_train(spec: TrainSpec, workers: int, threads: int, work: Path, log_dir: Path, tiny_split: str) -> None:
     import jobs.finetune_classifier as job
     from jobs.finetune_classifier import ClassifierData, ClassifierModel, FinetuneConfig
-    from jobs.tracking import TrackingConfig
-    from jobs.training import OptimSettings, RunSettings, ScalingSettings
+    from jobs.common.tracking import TrackingConfig
+    from jobs.train.settings import OptimSettings, RunSettings, ScalingSettings
 
     config = FinetuneConfig(
         data=ClassifierData(train=spec.train_file, val=tiny_split, test=tiny_split, max_length=spec.max_length),

@@ -104,3 +104,15 @@ def _hidden(relative: str) -> bool:
     """Skip staging and quarantine folders (``_rejected/``, ``.tmp``) inside a dataset directory."""
     return any(part.startswith(("_", ".")) for part in relative.strip("/").split("/")[:-1]) or \
         os.path.basename(relative).startswith(("_", "."))
+
+
+def join_path(base: str, *parts: str) -> str:
+    """``base/part/...`` for a local path or a URI alike (no OS separators: object stores use ``/``)."""
+    return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts if p]])
+
+
+def mtime_ns(info: pafs.FileInfo) -> int:
+    """A file's modification time in nanoseconds (0 where the filesystem reports none)."""
+    if info.mtime_ns is not None:
+        return int(info.mtime_ns)
+    return int(info.mtime.timestamp() * 1e9) if info.mtime is not None else 0

@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from data_pipeline.paths import ParquetFiles
+from data_pipeline.paths import ParquetFiles, mtime_ns
 from data_pipeline.schema import classification_spec
 from data_pipeline.validation import bad_row_masks
 
@@ -86,12 +86,6 @@ class FileInfo:
         return {"file": self.display, "size": self.size, "mtime_ns": self.mtime_ns, "rows": self.num_rows}
 
 
-def _mtime_ns(info: pafs.FileInfo) -> int:
-    if info.mtime_ns is not None:
-        return int(info.mtime_ns)
-    return int(info.mtime.timestamp() * 1e9) if info.mtime is not None else 0
-
-
 def _check_columns(display: str, schema: pa.Schema, text_column: str) -> None:
     missing = [c for c in (ID, text_column) if schema.get_field_index(c) < 0]
     if missing:
@@ -114,7 +108,7 @@ def inspect_file(files: ParquetFiles, path: str, text_column: str) -> FileInfo:
         raise InputFileError(display, f"unreadable as Parquet ({exc})") from None
     _check_columns(display, schema, text_column)
     groups = [metadata.row_group(i) for i in range(metadata.num_row_groups)]
-    return FileInfo(path=path, display=display, size=int(info.size or 0), mtime_ns=_mtime_ns(info),
+    return FileInfo(path=path, display=display, size=int(info.size or 0), mtime_ns=mtime_ns(info),
                     num_rows=metadata.num_rows, row_group_rows=tuple(g.num_rows for g in groups),
                     row_group_bytes=tuple(int(g.total_byte_size) for g in groups))
 

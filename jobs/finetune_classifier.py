@@ -2,8 +2,10 @@
 
     python -m jobs.finetune_classifier --config configs/finetune_classifier.local-cpu.yaml
 
-Parses the config, validates the Parquet splits, measures two baselines, trains with
-``TorchTrainer``, then logs, registers and aliases the model in MLflow.
+This module is the job's config and its task; ``jobs.train.driver`` does the rest. ``prepare``
+validates the Parquet splits and measures two baselines on the driver; ``ClassifierTask`` is the
+model-specific part of the loop inside each worker. The trained model is logged, registered and
+aliased in MLflow.
 """
 
 from __future__ import annotations
@@ -13,21 +15,21 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from data_pipeline.batching import iterate_shard
 from data_pipeline.paths import ParquetFiles, resolve_parquet_files
+from data_pipeline.ray_stages import StageResources, label_names_of, read_parquet, tokenized
 from data_pipeline.schema import classification_spec
 from data_pipeline.tokenization import PadCollate
 from data_pipeline.validation import validate_files
-from jobs import config as config_lib
-from jobs.datasets import StageResources, label_names_of, read_parquet, tokenized
-from jobs.launch import checkpoint_uri, fit, make_trainer, open_training_run
-from jobs.ray_runtime import RayConfig, check_cpu_budget, init_ray
-from jobs.tracking import TrackingConfig, TrackingTarget, client_for, prepare_tracking
-from jobs.training import (EXPORT_DIR, OptimSettings, RunSettings, ScalingSettings, iterate_shard,
-                           run_training)
+from jobs.common import config as config_lib
+from jobs.common.tracking import TrackingConfig, TrackingTarget
+from jobs.train.checkpoint import EXPORT_DIR
+from jobs.train.driver import TrainingOutcome, report_header, run_training_job
+from jobs.train.settings import OptimSettings, RunSettings, TrainingJobConfig
+from jobs.train.task import TrainingPlan
 
 SPLITS = ("train", "val", "test")
 
@@ -53,21 +55,14 @@ class ClassifierModel:
 
 
 @dataclass(frozen=True, kw_only=True)
-class FinetuneConfig:
+class FinetuneConfig(TrainingJobConfig):
     data: ClassifierData = field(default_factory=ClassifierData)
     model: ClassifierModel = field(default_factory=ClassifierModel)
     optim: OptimSettings = field(default_factory=lambda: OptimSettings(lr=1e-4))
-    scaling: ScalingSettings = field(default_factory=ScalingSettings)
     run: RunSettings = field(default_factory=lambda: RunSettings(checkpoint_metric="val_accuracy",
                                                                  checkpoint_mode="max"))
     tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(
         experiment="finetune-classifier", registered_model="review-sentiment"))
-    ray: RayConfig = field(default_factory=RayConfig)
-    baselines: bool = True
-
-    def __post_init__(self) -> None:
-        if self.optim.precision != "fp32" and not self.scaling.use_gpu:
-            raise ValueError("optim.precision bf16/fp16 is a GPU setting; CPU runs stay fp32")
 
 
 class ClassifierTask:
@@ -97,7 +92,7 @@ class ClassifierTask:
         device = next(model.parameters()).device
         mask = batch["attention_mask"].to(device)
         out = model(input_ids=batch["input_ids"].to(device), attention_mask=mask, labels=batch["labels"].to(device))
-        return out.loss, int(mask.shape[0]), int(mask.sum())
+        return out.loss, int(mask.shape[0]), mask.sum()
 
     def eval_sums(self, model, batch):
         device = next(model.parameters()).device
@@ -131,11 +126,6 @@ class ClassifierTask:
         AutoTokenizer.from_pretrained(self.model_path).save_pretrained(directory)
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    config: FinetuneConfig = loop_config["config"]
-    run_training(loop_config["task"], config.optim, config.scaling, loop_config["context"], loop_config["config_dict"])
-
-
 def _resolve_model_path(name_or_path: str) -> str:
     """Local directories become absolute (workers run elsewhere); anything else is a hub id."""
     if os.path.isdir(name_or_path):
@@ -148,7 +138,7 @@ def _resolve_model_path(name_or_path: str) -> str:
 
 def resolve_warm_start(ref: str, target: TrackingTarget) -> str:
     """A local model directory from a checkpoint directory, a model directory or an MLflow reference."""
-    from jobs.model_registry import materialize_model, resolve_model_ref
+    from jobs.common.registry import materialize_model, resolve_model_ref
 
     path = Path(ref)
     if (path / EXPORT_DIR).is_dir():  # a training checkpoint
@@ -169,7 +159,7 @@ def _texts_and_labels(files: ParquetFiles, text_column: str) -> tuple[list[str],
 
 
 def measure_baselines(files: dict[str, ParquetFiles], text_column: str) -> dict[str, float]:
-    from jobs.baselines import char_ngram_accuracy, majority_accuracy
+    from jobs.common.baselines import char_ngram_accuracy, majority_accuracy
 
     train_texts, train_labels = _texts_and_labels(files["train"], text_column)
     test_texts, test_labels = _texts_and_labels(files["test"], text_column)
@@ -178,88 +168,50 @@ def measure_baselines(files: dict[str, ParquetFiles], text_column: str) -> dict[
                                                                      test_labels)}
 
 
-@dataclass(frozen=True)
-class FinetuneOutcome:
-    run_id: str
-    metrics: dict[str, float]
-    model_uri: str
-    registered_name: str | None
-    registered_version: str | None
-    checkpoint_path: str
-    run_name: str
+def prepare(config: FinetuneConfig, target: TrackingTarget) -> TrainingPlan:
+    """Validate the splits, load the tokenizer, measure the baselines: everything before compute."""
+    import pandas as pd
 
-
-def run(config: FinetuneConfig) -> FinetuneOutcome:
     from data_pipeline.tokenization import load_tokenizer
-    from jobs.model_registry import TextClassifierModel, log_and_register
+    from jobs.common.registry import TextClassifierModel
 
-    # 1. Everything that can be wrong with the inputs fails here, before any compute.
-    files = {split: resolve_parquet_files(getattr(config.data, split)) for split in SPLITS}
+    data = config.data
+    files = {split: resolve_parquet_files(getattr(data, split)) for split in SPLITS}
     label_names = label_names_of(files["train"])
     if label_names is None:
         raise ValueError(f"{files['train'].uris()[0]}: no label_names in the Parquet metadata "
                          "(write corpora with `python -m jobs.prepare_corpus`)")
-    spec = classification_spec(config.data.text_column)
+    spec = classification_spec(data.text_column)
     rows = {split: validate_files(files[split], spec, range(len(label_names))).rows for split in SPLITS}
-    target: TrackingTarget = prepare_tracking(config.tracking)
     model_path = _resolve_model_path(config.model.name_or_path) if config.model.warm_start is None \
         else resolve_warm_start(config.model.warm_start, target)
     tokenizer = load_tokenizer(model_path)
 
-    # 2. Baselines on the same split, in the same run.
-    baselines = measure_baselines(files, config.data.text_column) if config.baselines else {}
+    def make_datasets():
+        return {split: tokenized(read_parquet(files[split], ["id", data.text_column, "label"], data.stages),
+                                 model_path, data.text_column, data.max_length, ["id", "label"], data.stages)
+                for split in SPLITS}
 
-    init_ray(config.ray)
-    stages = config.data.stages
-    check_cpu_budget({"training workers": config.scaling.num_workers * config.scaling.cpus_per_worker,
-                      "read tasks": stages.read_cpus,
-                      "tokenizer actors": stages.tokenize_concurrency * stages.tokenize_cpus})
-    world = max(config.scaling.num_workers, 1)
-    steps_per_epoch = -(-(rows["train"] // world) // config.optim.batch_size)
-    config_dict = config_lib.to_dict(config)
-    training_run = open_training_run(
-        target, config.run, "finetune",
-        tags={"num_workers": str(world), "job": "finetune_classifier", "model_source": config.model.name_or_path},
-        config_dict=config_dict, params={f"rows_{k}": v for k, v in rows.items()},
-        dicts={"labels.json": {"label_names": label_names}}, baselines=baselines)
-
-    datasets = {}
-    for split in SPLITS:
-        ds = read_parquet(files[split], ["id", config.data.text_column, "label"], config.data.stages)
-        datasets[split] = tokenized(ds, model_path, config.data.text_column, config.data.max_length,
-                                    ["id", "label"], config.data.stages)
-    context = training_run.loop_context(target, config.run, steps_per_epoch)
-    task = ClassifierTask(model_path, label_names, config.optim, tokenizer.pad_token_id)
-    trainer = make_trainer(train_loop_per_worker,
-                           {"config": config, "task": task, "context": context, "config_dict": config_dict},
-                           config.scaling, config.run, training_run.name, training_run.storage_path, datasets,
-                           ["val", "test"])
-    result = fit(trainer, target, training_run)
-
-    # 3. The model of the last epoch (the one the test metrics measure) goes to the registry.
-    metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
-    with result.checkpoint.as_directory() as checkpoint_dir:
-        import pandas as pd
-
-        registered = log_and_register(target, training_run.mlflow_run_id, TextClassifierModel(),
-                                      Path(checkpoint_dir) / EXPORT_DIR, config.tracking.registered_model,
-                                      config.tracking.alias, input_example=pd.DataFrame({"text": ["质量很好，物流也快"]}))
-    client_for(target).set_terminated(training_run.mlflow_run_id)
-    metrics.update(baselines)
-    return FinetuneOutcome(run_id=training_run.mlflow_run_id, metrics=metrics, model_uri=registered.model_uri,
-                           registered_name=registered.name, registered_version=registered.version,
-                           checkpoint_path=checkpoint_uri(result.checkpoint, training_run.storage_path),
-                           run_name=training_run.name)
+    stages = data.stages
+    return TrainingPlan(
+        task=ClassifierTask(model_path, label_names, config.optim, tokenizer.pad_token_id),
+        run_prefix="finetune", job="finetune_classifier", rows=rows,
+        micro_batches_per_epoch=-(-(rows["train"] // config.scaling.world_size) // config.optim.batch_size),
+        stage_cpus={"read tasks": stages.read_cpus,
+                    "tokenizer actors": stages.tokenize_concurrency * stages.tokenize_cpus},
+        make_datasets=make_datasets, pyfunc_model=TextClassifierModel(),
+        input_example=pd.DataFrame({"text": ["质量很好，物流也快"]}),
+        dicts={"labels.json": {"label_names": label_names}}, tags={"model_source": config.model.name_or_path},
+        baselines=measure_baselines(files, data.text_column) if config.baselines else {})
 
 
-def report(outcome: FinetuneOutcome, config: FinetuneConfig) -> None:
+def run(config: FinetuneConfig) -> TrainingOutcome:
+    return run_training_job(config, prepare)
+
+
+def report(outcome: TrainingOutcome, config: FinetuneConfig) -> None:
     m = outcome.metrics
-    print("\n=== fine-tuning finished ===")
-    print(f"MLflow run      : {outcome.run_id} (experiment '{config.tracking.experiment}')")
-    if outcome.registered_name:
-        print(f"registered model: {outcome.registered_name} version {outcome.registered_version} "
-              f"(alias @{config.tracking.alias})")
-    print(f"checkpoint      : {outcome.checkpoint_path}")
+    report_header("fine-tuning finished", outcome, config)
     print("test accuracy, same split, same run:")
     print(f"  model ({config.model.name_or_path}): {m.get('test_accuracy', float('nan')):.4f} "
           f"(macro-F1 {m.get('test_macro_f1', float('nan')):.4f})")

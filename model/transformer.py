@@ -18,42 +18,57 @@ from torch import Tensor, nn
 
 
 @dataclass(frozen=True, kw_only=True)
-class Seq2SeqConfig:
-    src_vocab_size: int
-    tgt_vocab_size: int
+class Seq2SeqArchitecture:
+    """The model's shape: what a job's config sets (vocabulary sizes come from the trained tokenizers)."""
     d_model: int = 256
     n_heads: int = 4
     d_ff: int = 1024
     n_encoder_layers: int = 3
     n_decoder_layers: int = 3
     dropout: float = 0.1
-    max_len: int = 256  # longest source or target sequence (positions)
+    max_len: int = 128  # positions: the longest source, and the longest target + 1
     norm_first: bool = True  # pre-LN (stable without warm-up) vs the paper's post-LN
     tie_target_embeddings: bool = True  # decoder input embedding == output projection weight
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("int", int) and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{name}.{f.name}: expected an int, got {value!r}")
+            if f.type in ("float", float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ValueError(f"{name}.{f.name}: expected a number, got {value!r}")
+            if f.type in ("bool", bool) and not isinstance(value, bool):
+                raise ValueError(f"{name}.{f.name}: expected a bool, got {value!r}")
+        for field_name in ("d_model", "n_heads", "d_ff", "n_encoder_layers", "n_decoder_layers", "max_len"):
+            if getattr(self, field_name) <= 0:
+                raise ValueError(f"{name}.{field_name} must be positive, got {getattr(self, field_name)}")
+        if self.d_model % self.n_heads != 0:
+            raise ValueError(f"{name}.d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if self.d_model % 2 != 0:  # sinusoidal encoding interleaves sin/cos pairs
+            raise ValueError(f"{name}.d_model must be even, got {self.d_model}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"{name}.dropout must be in [0, 1), got {self.dropout}")
+
+    def with_vocab(self, src_vocab_size: int, tgt_vocab_size: int) -> Seq2SeqConfig:
+        shape = {f.name: getattr(self, f.name) for f in dataclasses.fields(Seq2SeqArchitecture)}
+        return Seq2SeqConfig(src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size, **shape)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Seq2SeqConfig(Seq2SeqArchitecture):
+    """A buildable model: the shape plus the vocabularies and special token ids."""
+    src_vocab_size: int
+    tgt_vocab_size: int
     pad_id: int = 0
     bos_id: int = 1
     eos_id: int = 2
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.type in ("int", int) and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ValueError(f"Seq2SeqConfig.{f.name}: expected an int, got {value!r}")
-            if f.type in ("float", float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise ValueError(f"Seq2SeqConfig.{f.name}: expected a number, got {value!r}")
-            if f.type in ("bool", bool) and not isinstance(value, bool):
-                raise ValueError(f"Seq2SeqConfig.{f.name}: expected a bool, got {value!r}")
-        for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "d_ff",
-                     "n_encoder_layers", "n_decoder_layers", "max_len"):
+        super().__post_init__()
+        for name in ("src_vocab_size", "tgt_vocab_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"Seq2SeqConfig.{name} must be positive, got {getattr(self, name)}")
-        if self.d_model % self.n_heads != 0:
-            raise ValueError(
-                f"Seq2SeqConfig.d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
-        if self.d_model % 2 != 0:  # sinusoidal encoding interleaves sin/cos pairs
-            raise ValueError(f"Seq2SeqConfig.d_model must be even, got {self.d_model}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"Seq2SeqConfig.dropout must be in [0, 1), got {self.dropout}")
         # pad is used on both sides; bos/eos only in the target vocabulary.
         limits = {"pad_id": min(self.src_vocab_size, self.tgt_vocab_size),
                   "bos_id": self.tgt_vocab_size, "eos_id": self.tgt_vocab_size}

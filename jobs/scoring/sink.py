@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from data_pipeline.paths import filesystem_for
+from data_pipeline.paths import filesystem_for, join_path
 from data_pipeline.quarantine import FILE_ERROR, GROUP, ID, REJECT_REASON, SCORABLE, SOURCE_FILE
 
 MANIFEST = "_SUCCESS"
@@ -44,10 +44,6 @@ try:
     from ray.data import Datasink as _Datasink
 except ImportError:  # pragma: no cover
     _Datasink = object
-
-
-def _join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts])
 
 
 class SplitScoredSink(_Datasink):
@@ -70,7 +66,7 @@ class SplitScoredSink(_Datasink):
 
     def on_write_start(self, schema=None) -> None:
         for fs, base in self.locations.values():
-            fs.create_dir(_join(base, REJECTED_DIR), recursive=True)
+            fs.create_dir(join_path(base, REJECTED_DIR), recursive=True)
 
     def write(self, blocks: Iterable, ctx) -> dict[str, dict[str, Any]]:
         from ray.data.block import BlockAccessor
@@ -115,7 +111,7 @@ class SplitScoredSink(_Datasink):
                 continue
             key = (group, kind)
             if key not in writers:
-                writers[key] = pq.ParquetWriter(_join(base, relative), schema, filesystem=fs,
+                writers[key] = pq.ParquetWriter(join_path(base, relative), schema, filesystem=fs,
                                                 compression=self.compression)
                 entry["files"].append({"path": relative, "rows": 0, "kind": kind})
             writers[key].write_table(part)
@@ -176,12 +172,12 @@ def read_json(fs: pafs.FileSystem, path: str) -> dict | None:
 
 def write_manifest(output: str, manifest: dict) -> None:
     fs, base = filesystem_for(output)
-    write_json(fs, _join(base, MANIFEST), manifest)
+    write_json(fs, join_path(base, MANIFEST), manifest)
 
 
 def read_manifest(output: str) -> dict | None:
     fs, base = filesystem_for(output)
-    return read_json(fs, _join(base, MANIFEST))
+    return read_json(fs, join_path(base, MANIFEST))
 
 
 def committed_files(output: str, kind: str = "scored") -> list[str]:
@@ -189,4 +185,4 @@ def committed_files(output: str, kind: str = "scored") -> list[str]:
     manifest = read_manifest(output)
     if manifest is None:
         return []
-    return [_join(output, f["path"]) for f in manifest["files"] if f["kind"] == kind]
+    return [join_path(output, f["path"]) for f in manifest["files"] if f["kind"] == kind]

@@ -17,7 +17,7 @@ import torch
 
 from data_pipeline.quarantine import GROUP, REJECT_REASON, SCORABLE, SOURCE_FILE
 from data_pipeline.tokenization import TokenizeBatch, pad_batch
-from jobs.model_registry import ResolvedModel, materialize_model, model_kind
+from jobs.common.registry import ResolvedModel, materialize_model, model_kind
 
 PASS_THROUGH = (SOURCE_FILE, REJECT_REASON, GROUP)  # columns carried from the read stage to the sink
 

@@ -91,7 +91,7 @@ def test_config_dict_roundtrip_and_unknown_keys():
 
 
 def test_model_code_imports_no_ray_mlflow_or_distributed():
-    root = Path(__file__).resolve().parents[1] / "model"
+    root = Path(__file__).resolve().parents[2] / "model"
     for name in ("transformer.py", "decoding.py"):
         for node in ast.walk(ast.parse((root / name).read_text())):
             if isinstance(node, (ast.Import, ast.ImportFrom)):

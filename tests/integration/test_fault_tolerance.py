@@ -17,15 +17,15 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from jobs.config import load
+from jobs.common.config import load
 from jobs.finetune_classifier import FinetuneConfig
 from jobs.finetune_classifier import run as run_finetune
 
-from jobs.training import STEP_DELAY_ENV
+from jobs.train.callbacks import STEP_DELAY_ENV
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs/finetune_classifier.tiny.yaml"
 TOLERANCE = 1e-4
 # A tiny epoch takes about a second; slowed down, a kill issued right after the first checkpoint

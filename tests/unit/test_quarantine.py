@@ -1,4 +1,4 @@
-"""Quarantine of unscorable rows and files: pure pyarrow checks, then batch_infer on a real local Ray.
+"""Quarantine of unscorable rows and files: pure pyarrow checks (batch_infer's part: tests/integration).
 
 Every row that enters comes out once, scored or in ``_rejected/`` with its reason and source
 file; a file that cannot be read fails with a message naming it.
@@ -6,10 +6,8 @@ file; a file that cannot be read fails with a message naming it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import mlflow
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -104,54 +102,3 @@ def test_row_groups_are_packed_into_read_units(tmp_path: Path):
 
 # ------------------------------------------------------------------ batch_infer on a real local Ray
 
-@pytest.fixture(scope="module")
-def mixed_input(tmp_path_factory, tiny_corpus: Path) -> tuple[Path, dict[str, str | None]]:
-    folder = tmp_path_factory.mktemp("quarantine-input")
-    good = pq.read_table(tiny_corpus / "val.parquet").select(["id", "text"]).slice(0, 20)
-    pq.write_table(good, folder / "good.parquet")
-    expected = {i: None for i in good.column("id").to_pylist()}
-    expected.update(write_bad_rows(folder / "bad.parquet"))
-    return folder, expected
-
-
-def test_batch_infer_quarantines_bad_rows_in_one_pass(ray_local, mlflow_uri, tiny_model_dir: Path, mixed_input,
-                                                      tmp_path: Path):
-    from jobs.batch_infer import BatchInferConfig, run
-    from jobs.datasets import StageResources
-    from jobs.predictors import PredictorSettings
-    from jobs.tracking import TrackingConfig
-
-    folder, expected = mixed_input
-    # The default layout (a tokenizer actor feeding the predictor actors), with one predictor to save a start-up.
-    outcome = run(BatchInferConfig(input=str(folder), output_dir=str(tmp_path / "scores"), model=str(tiny_model_dir),
-                                   max_length=32, stages=StageResources(min_blocks=2),
-                                   predictor=PredictorSettings(concurrency=1, rows_per_call=16),
-                                   tracking=TrackingConfig(experiment="test-quarantine")))
-    scored = pq.read_table(outcome.output_path)  # pyarrow skips _rejected/ and _SUCCESS, as readers should
-    rejected = pq.read_table(outcome.rejected_path)
-    good_ids = sorted(k for k, v in expected.items() if v is None)
-    assert sorted(scored.column("id").to_pylist()) == good_ids
-    assert dict(zip(rejected.column("id").to_pylist(), rejected.column("reason").to_pylist())) == \
-        {k: v for k, v in expected.items() if v is not None}
-    assert set(rejected.column("source_file").to_pylist()) == {str(folder / "bad.parquet")}
-    truncated = dict(zip(scored.column("id").to_pylist(), scored.column("truncated").to_pylist()))
-    assert truncated["b-long"] is True and truncated["b-ok"] is False
-    assert outcome.rows_in == len(expected) == outcome.rows_out + outcome.rows_rejected
-    assert outcome.rows_rejected == 4 and outcome.rejected_by_reason == {EMPTY_TEXT: 2, NULL_TEXT: 1,
-                                                                         UNDECODABLE_TEXT: 1}
-    manifest = json.loads((Path(outcome.output_path) / "_SUCCESS").read_text())
-    assert manifest["rows_in"] == len(expected) and sum(f["rows"] for f in manifest["files"]) == len(expected)
-    metrics = mlflow.MlflowClient(mlflow_uri).get_run(outcome.run_id).data.metrics
-    assert (metrics["rows_in"], metrics["rows_out"], metrics["rows_rejected"]) == (len(expected), len(good_ids), 4)
-    assert metrics["rows_rejected_empty_text"] == 2 and metrics["rows_per_s"] > 0
-
-
-def test_batch_infer_fails_naming_a_corrupt_file(mlflow_uri, tiny_model_dir: Path, tmp_path: Path, capsys):
-    from jobs.batch_infer import main
-
-    pq.write_table(pa.table({"id": ["a"], "text": ["好"]}), tmp_path / "fine.parquet")
-    (tmp_path / "broken.parquet").write_bytes(b"PAR1" + b"\x00" * 64)
-    code = main(["--set", f"input={tmp_path}", "--set", f"output_dir={tmp_path / 'out'}",
-                 "--set", f"model={tiny_model_dir}"])
-    assert code == 1
-    assert f"{tmp_path / 'broken.parquet'}: unreadable as Parquet" in capsys.readouterr().err

@@ -15,11 +15,11 @@ import pytest
 
 from jobs.batch_infer import BatchInferConfig
 from jobs.batch_infer import run as run_scoring
-from jobs.datasets import StageResources
+from data_pipeline.ray_stages import StageResources
 from jobs.finetune_classifier import ClassifierData, ClassifierModel, FinetuneConfig
 from jobs.finetune_classifier import run as run_finetune
-from jobs.tracking import TrackingConfig
-from jobs.training import OptimSettings, RunSettings, ScalingSettings
+from jobs.common.tracking import TrackingConfig
+from jobs.train.settings import OptimSettings, RunSettings, ScalingSettings
 
 REGISTERED = "tiny-sentiment"
 EPOCHS = 2

@@ -1,7 +1,7 @@
 """`ray job submit` end to end: a real Ray head (job server, token auth) and a real MLflow server.
 
 The module starts ``ray start --head`` on 127.0.0.1 with its own ports, temp dir and token, and
-``python -m jobs.mlflow_server`` (what ``make mlflow-server`` runs), then submits the jobs the
+``python -m tools.mlflow_server`` (what ``make mlflow-server`` runs), then submits the jobs the
 way README's "Deploy on a cluster" does: ``--working-dir .`` with deploy/runtime_env.yaml's
 excludes and env vars, ``-- python -m jobs.<name> --config configs/<tiny>.yaml --set ...``.
 Each job must end SUCCEEDED and leave its MLflow run (queried over HTTP) and its outputs.
@@ -31,11 +31,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from jobs import mlflow_server
+from tools import mlflow_server
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 RAY = str(BIN / "ray")
 MIB = 1024 * 1024

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from data_pipeline.pinyin import write_pairs
-from jobs import config as config_lib
+from jobs.common import config as config_lib
 from jobs.train_seq2seq import Seq2SeqTrainConfig
 
 torch.set_num_threads(1)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def _batch_generation_matches_the_pyfunc(model_uri, pyfunc_model, test_file: Pat
 
     from jobs.batch_infer import BatchInferConfig
     from jobs.batch_infer import run as score
-    from jobs.scored_output import committed_files
+    from jobs.scoring.sink import committed_files
 
     pairs = pq.read_table(test_file).select(["id", "source"])
     bad = pa.table({"id": ["empty-1"], "source": ["   "]}, schema=pairs.schema)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from jobs import mlflow_server
+from tools import mlflow_server
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _closed_port() -> int:

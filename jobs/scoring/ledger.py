@@ -52,24 +52,17 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from data_pipeline.paths import filesystem_for
-from jobs.scored_output import MANIFEST, read_json, write_json
+from data_pipeline.paths import filesystem_for, join_path
+from jobs.common.naming import now_iso
+from jobs.scoring.sink import MANIFEST, read_json, write_json
 
 STAGING, LEASES, LEDGER = "_staging", "_leases", "_ledger"
 _VERSION = re.compile(r"^v(\d+)$")
 
 
-def now_iso(t: float | None = None) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if t is None else t))
-
-
 def partition_key(partition: str) -> str:
     """A flat, file-name-safe key for a partition path such as ``date=2026-11-25`` or ``y=2026/m=11``."""
     return partition.strip("/").replace("/", "__")
-
-
-def _join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts if p]])
 
 
 class Store:
@@ -82,10 +75,10 @@ class Store:
         self.uri_prefix = self.root[:self.root.index("://") + 3] if "://" in self.root else ""
 
     def uri(self, *parts: str) -> str:
-        return self.uri_prefix + _join(self.base, *parts) if self.uri_prefix else _join(self.base, *parts)
+        return self.uri_prefix + join_path(self.base, *parts) if self.uri_prefix else join_path(self.base, *parts)
 
     def path(self, *parts: str) -> str:
-        return _join(self.base, *parts)
+        return join_path(self.base, *parts)
 
     def listdir(self, *parts: str) -> list[pafs.FileInfo]:
         selector = pafs.FileSelector(self.path(*parts), allow_not_found=True)
@@ -168,7 +161,7 @@ def committed_versions(store: Store, partition: str) -> list[OutputVersion]:
 
 
 def version_dir(partition: str, number: int) -> str:
-    return _join(partition, f"v{number}")
+    return join_path(partition, f"v{number}")
 
 
 @dataclass
@@ -204,7 +197,7 @@ class Attempt:
         store = self.store
         if store.local:
             staging = store.path(STAGING, partition_key(self.partition), self.attempt_id)
-            write_json(store.fs, _join(staging, MANIFEST), manifest)
+            write_json(store.fs, join_path(staging, MANIFEST), manifest)
             final = store.path(version_dir(self.partition, self.number))
             os.makedirs(os.path.dirname(final), exist_ok=True)
             try:
@@ -251,7 +244,7 @@ def committed_outputs(root: str, kind: str = "scored") -> dict[str, list[str]]:
         versions = committed_versions(store, partition)
         if versions:
             latest = versions[-1]
-            out[partition] = [_join(latest.uri, f["path"]) for f in latest.manifest["files"] if f["kind"] == kind]
+            out[partition] = [join_path(latest.uri, f["path"]) for f in latest.manifest["files"] if f["kind"] == kind]
     return out
 
 

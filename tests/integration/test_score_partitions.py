@@ -21,12 +21,12 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from jobs.ledger import (Attempt, Lease, LeaseLost, LeaseSettings, Ledger, Store, committed_outputs,
+from jobs.scoring.ledger import (Attempt, Lease, LeaseLost, LeaseSettings, Ledger, Store, committed_outputs,
                          committed_versions, holder_alive)
-from jobs.model_registry import ResolvedModel
+from jobs.common.registry import ResolvedModel
 from jobs.score_partitions import Decision, decide, discover_partitions
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MODEL = "sp-sentiment"
 
 
@@ -87,7 +87,7 @@ def test_commit_is_atomic_and_happens_once_per_version(tmp_path: Path):
 
 
 def test_decide_new_done_stale_and_changed_inputs(tmp_path: Path):
-    from jobs.ledger import OutputVersion
+    from jobs.scoring.ledger import OutputVersion
 
     inputs = [{"file": "part-0.parquet", "size": 10, "mtime_ns": 1}]
     v2 = ResolvedModel(load_uri="", name="m", version="2", run_id="r")
@@ -115,8 +115,8 @@ def test_discover_partitions_matches_each_level_and_skips_hidden(tmp_path: Path)
 @pytest.fixture(scope="module")
 def registry(mlflow_uri, tiny_model_dir: Path):
     """Register the debug model (no training) and return a function that adds versions and moves aliases."""
-    from jobs.model_registry import TextClassifierModel, log_and_register
-    from jobs.tracking import TrackingConfig, prepare_tracking
+    from jobs.common.registry import TextClassifierModel, log_and_register
+    from jobs.common.tracking import TrackingConfig, prepare_tracking
 
     target = prepare_tracking(TrackingConfig(experiment="test-score-partitions"))
 
@@ -156,7 +156,7 @@ def job_config(input_root: Path, output_root: Path, model: str = MODEL, **overri
 
 
 def run_job(config: dict):
-    from jobs import config as config_lib
+    from jobs.common import config as config_lib
     from jobs.score_partitions import ScorePartitionsConfig, run
 
     return run(config_lib.build(ScorePartitionsConfig, config))

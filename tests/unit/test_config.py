@@ -9,9 +9,9 @@ from typing import Literal
 
 import pytest
 
-from jobs.config import ConfigError, apply_override, build, flatten, load, parse_args, to_dict
+from jobs.common.config import ConfigError, apply_override, build, flatten, load, parse_args, to_dict
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # A small schema that exercises every kind of field the loader supports.

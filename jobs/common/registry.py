@@ -16,7 +16,7 @@ from typing import Literal
 import mlflow
 import pandas as pd
 
-from jobs.tracking import TrackingTarget, client_for
+from jobs.common.tracking import TrackingTarget, client_for
 
 MODEL_ARTIFACT = "hf_model"
 

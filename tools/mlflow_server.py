@@ -1,6 +1,6 @@
 """Run an MLflow tracking server: sqlite backend, proxied artifact store, 127.0.0.1 by default.
 
-    python -m jobs.mlflow_server --root /srv/mlflow --port 5000        # what `make mlflow-server` runs
+    python -m tools.mlflow_server --root /srv/mlflow --port 5000        # what `make mlflow-server` runs
 
 Jobs then log with ``MLFLOW_TRACKING_URI=http://<host>:<port>``; artifacts (checkpoints'
 exports, models) travel through the server (``mlflow-artifacts:/``), so nodes need no access

@@ -10,7 +10,7 @@ from __future__ import annotations
 import mlflow
 import pandas as pd
 
-from jobs.model_registry import MODEL_ARTIFACT
+from jobs.common.registry import MODEL_ARTIFACT
 
 SOURCE_COLUMN = "source"
 EXAMPLE_SOURCES = ["银行行长还没来", "这本书还行"]

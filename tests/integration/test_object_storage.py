@@ -28,14 +28,14 @@ import pytest
 from data_pipeline.paths import filesystem_for
 from jobs.batch_infer import BatchInferConfig
 from jobs.batch_infer import run as run_scoring
-from jobs.config import load
+from jobs.common.config import load
 from jobs.finetune_classifier import FinetuneConfig
 from jobs.finetune_classifier import run as run_finetune
-from jobs.scored_output import MANIFEST, committed_files, read_manifest
+from jobs.scoring.sink import MANIFEST, committed_files, read_manifest
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BUCKET = "text-jobs"
 REGISTERED = "s3-sentiment"
 RUN_NAME = "s3-finetune"

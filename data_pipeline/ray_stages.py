@@ -1,11 +1,10 @@
-"""Ray Data pipelines for the jobs: read validated Parquet, tokenize in a streaming stage."""
+"""Ray Data stages the jobs share: read validated Parquet, tokenize in a streaming stage."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import pyarrow.parquet as pq
-import ray.data
-import ray.train
 
 from data_pipeline.paths import ParquetFiles
 from data_pipeline.schema import label_names_from_schema
@@ -22,6 +21,8 @@ class StageResources:
 
 
 def read_parquet(files: ParquetFiles, columns: list[str] | None, resources: StageResources):
+    import ray.data
+
     # Ray 2.60's default Parquet reader (DataSourceV2) lists files in a task that needs one whole
     # CPU; with training workers and a tokenizer actor holding fractions of a 2-CPU node it never
     # gets scheduled and the job hangs. The V1 reader honours num_cpus for all of its tasks.
@@ -37,6 +38,8 @@ def read_parquet(files: ParquetFiles, columns: list[str] | None, resources: Stag
 
 def tokenized(dataset, tokenizer_path: str, text_column: str, max_length: int, keep_columns: list[str],
               resources: StageResources):
+    import ray.data
+
     return dataset.map_batches(
         tokenize_texts, fn_kwargs={"tokenizer_path": tokenizer_path, "text_column": text_column,
                                    "max_length": max_length, "keep_columns": keep_columns},
@@ -47,36 +50,3 @@ def tokenized(dataset, tokenizer_path: str, text_column: str, max_length: int, k
 def label_names_of(files: ParquetFiles) -> list[str] | None:
     with files.filesystem.open_input_file(files.paths[0]) as handle:
         return label_names_from_schema(pq.read_schema(handle))
-
-
-class EvalShardingDataConfig(ray.train.DataConfig):
-    """Shards training data equally and evaluation data without dropping rows.
-
-    ``streaming_split(equal=True)`` (Ray's default) may drop up to world_size-1 rows so every
-    worker runs the same number of steps: right for training, wrong for metrics.
-    """
-
-    def __init__(self, eval_splits: list[str], deterministic_train: bool = False):
-        super().__init__()
-        self.eval_splits = list(eval_splits)
-        self.deterministic_train = deterministic_train
-
-    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
-        train = {k: v for k, v in datasets.items() if k not in self.eval_splits}
-        if self.deterministic_train:
-            # Materialise, then split in block order: the same rows reach the same rank every run.
-            output = [{} for _ in range(world_size)]
-            for name, ds in train.items():
-                ds.context.execution_options.preserve_order = True
-                for rank, split in enumerate(ds.split(world_size, equal=True)):
-                    output[rank][name] = split.iterator()
-        else:
-            output = super().configure(train, world_size, worker_handles, worker_node_ids, **kwargs)
-        for name in self.eval_splits:
-            if name not in datasets:
-                continue
-            ds = datasets[name].copy(datasets[name])
-            ds.context.execution_options = self._resolve_execution_options(name)
-            for rank, split in enumerate(ds.streaming_split(world_size, equal=False)):
-                output[rank][name] = split
-        return output

@@ -1,0 +1,155 @@
+"""The streaming scoring pipeline: read + tag bad rows -> tokenize -> predict -> split write.
+
+``score_groups`` runs one Ray Data pipeline over one or more groups of input files (a single
+input, or a scheduled run's partitions) and returns each group's row counts; committing the
+output (the ``_SUCCESS`` manifest, the ledger) is the caller's step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from data_pipeline.paths import ParquetFiles, join_path
+from data_pipeline.quarantine import TAG_COLUMNS, FileInfo, ScoringGroup, ScoringSource, describe_failure
+from jobs.common.naming import now_iso
+from jobs.common.registry import ModelKind, ResolvedModel, materialize_model, model_kind, resolve_model_ref
+from jobs.scoring.predictors import (ClassifierPredictor, Seq2SeqPredictor, TokenizingClassifierPredictor,
+                                     tokenize_tagged)
+from jobs.scoring.settings import ScoringSettings
+from jobs.scoring.sink import SCORED_SCHEMAS, SplitScoredSink
+
+
+@dataclass(frozen=True)
+class ScoringModel:
+    """A model resolved once on the driver; ``local_dir`` is reused by workers that can see it."""
+    resolved: ResolvedModel
+    tracking_uri: str | None
+    local_dir: str
+    kind: ModelKind  # classifier: label + probability per row; seq2seq: the decoded text
+
+    @classmethod
+    def load(cls, ref: str, target) -> "ScoringModel":
+        return cls.of(resolve_model_ref(ref, target), target.tracking_uri if target is not None else None)
+
+    @classmethod
+    def of(cls, resolved: ResolvedModel, tracking_uri: str | None) -> "ScoringModel":
+        local_dir = materialize_model(resolved, tracking_uri)
+        kind = model_kind(local_dir)
+        if kind is None:
+            raise FileNotFoundError(f"{resolved.load_uri}: neither a Hugging Face classifier (config.json) "
+                                    "nor a seq2seq export (seq2seq_config.json)")
+        return cls(resolved, tracking_uri, str(local_dir), kind)
+
+
+@dataclass(frozen=True)
+class PipelineCounts:
+    rows_in: int
+    rows_out: int
+    rows_rejected: int
+    rejected_by_reason: dict[str, int]
+    files: list[dict]
+    seconds: float
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows_in / self.seconds if self.seconds > 0 else 0.0
+
+
+class ScoringError(RuntimeError):
+    """A scoring pipeline failed; the message names the bad input file when one is to blame."""
+
+
+def output_location(output_dir: str, name: str) -> str:
+    return join_path(output_dir if "://" in output_dir else str(Path(output_dir).resolve()), name)
+
+
+def score_groups(groups: list[ScoringGroup], outputs: dict[str, str], model: ScoringModel,
+                 settings: ScoringSettings) -> dict[str, PipelineCounts | str]:
+    """One streaming pipeline for several groups of files (partitions), each written to its own output.
+
+    read+tag -> tokenize -> predict -> split write. Returns, per group, its row counts or the
+    error that failed it (a corrupt file named; rows out + rejected != rows in). Raises
+    ``ScoringError`` when the pipeline itself fails. Never writes a manifest: committing is the
+    caller's step, so a failed or killed run's output is never mistaken for a complete one.
+    """
+    import ray.data
+
+    start = time.perf_counter()
+    stages, predictor = settings.stages, settings.predictor
+    common = {"resolved": model.resolved, "tracking_uri": model.tracking_uri, "local_model_dir": model.local_dir}
+    sink = SplitScoredSink(outputs, compression=settings.sink.compression, scored_schema=SCORED_SCHEMAS[model.kind])
+    try:
+        ds = ray.data.read_datasource(ScoringSource(groups, settings.text_column, settings.read),
+                                      override_num_blocks=max(stages.min_blocks, 1), num_cpus=stages.read_cpus)
+        tokenize = {"text_column": settings.text_column, "max_length": settings.max_length,
+                    "keep_columns": list(TAG_COLUMNS)}
+        if model.kind == "seq2seq":
+            predictor_class, predictor_kwargs, batch_format = Seq2SeqPredictor, tokenize, "pyarrow"
+        elif not settings.tokenize_stage(model.kind):
+            predictor_class, predictor_kwargs, batch_format = TokenizingClassifierPredictor, tokenize, "pyarrow"
+        else:
+            ds = ds.map_batches(tokenize_tagged, fn_kwargs={**common, **tokenize},
+                                batch_format="pyarrow", batch_size=stages.tokenize_batch_rows,
+                                compute=ray.data.TaskPoolStrategy(size=stages.tokenize_concurrency),
+                                num_cpus=stages.tokenize_cpus)
+            predictor_class, predictor_kwargs, batch_format = ClassifierPredictor, {}, "numpy"
+        ds = ds.map_batches(predictor_class, fn_constructor_kwargs={**common, **predictor_kwargs,
+                                                                    "settings": predictor},
+                            batch_size=predictor.rows_per_call, batch_format=batch_format,
+                            compute=ray.data.ActorPoolStrategy(size=predictor.concurrency),
+                            num_cpus=predictor.num_cpus, num_gpus=predictor.num_gpus)
+        ds.write_datasink(sink, ray_remote_args={"num_cpus": settings.sink.num_cpus})
+    except Exception as exc:  # Ray wraps worker errors; surface the file that caused them
+        raise ScoringError(describe_failure(exc)) from exc
+    seconds = time.perf_counter() - start
+    results: dict[str, PipelineCounts | str] = {}
+    for group in groups:
+        written = (sink.result or {}).get(group.name, {"files": [], "rows_out": 0, "rows_rejected": 0,
+                                                       "rejected_by_reason": {}, "errors": []})
+        if written["errors"]:
+            results[group.name] = "; ".join(written["errors"])
+            continue
+        counts = PipelineCounts(rows_in=group.rows, rows_out=written["rows_out"],
+                                rows_rejected=written["rows_rejected"],
+                                rejected_by_reason=written["rejected_by_reason"], files=written["files"],
+                                seconds=seconds)
+        if counts.rows_out + counts.rows_rejected != counts.rows_in:
+            results[group.name] = (f"{outputs[group.name]}: {counts.rows_out} rows scored + {counts.rows_rejected} "
+                                   f"rejected != {counts.rows_in} rows in: rows were lost or duplicated")
+        else:
+            results[group.name] = counts
+    return results
+
+
+def score_files(files: ParquetFiles, infos: list[FileInfo], output: str, model: ScoringModel,
+                settings: ScoringSettings) -> PipelineCounts:
+    """Score one input into ``output``; raises ``ScoringError`` naming the bad file, if any."""
+    result = score_groups([ScoringGroup("", files, tuple(infos))], {"": output}, model, settings)[""]
+    if isinstance(result, str):
+        raise ScoringError(result)
+    return result
+
+
+def manifest_for(counts: PipelineCounts, infos: list[FileInfo], model: ScoringModel, **extra) -> dict:
+    return {"rows_in": counts.rows_in, "rows_out": counts.rows_out, "rows_rejected": counts.rows_rejected,
+            "rejected_by_reason": counts.rejected_by_reason, "files": counts.files,
+            "inputs": [info.fingerprint() for info in infos],
+            "model": {"name": model.resolved.name, "version": model.resolved.version,
+                      "run_id": model.resolved.run_id, "kind": model.kind},
+            "seconds": round(counts.seconds, 3), "committed_at": now_iso(),
+            **extra}
+
+
+def summary_line(counts: PipelineCounts) -> str:
+    reasons = ", ".join(f"{k} {v}" for k, v in counts.rejected_by_reason.items())
+    return (f"rows in {counts.rows_in}, out {counts.rows_out}, rejected {counts.rows_rejected}"
+            f"{f' ({reasons})' if reasons else ''}; {counts.rows_per_s:.0f} rows/s over {counts.seconds:.1f} s")
+
+
+def counts_metrics(counts: PipelineCounts) -> dict[str, float]:
+    metrics = {"rows_in": counts.rows_in, "rows_out": counts.rows_out, "rows_rejected": counts.rows_rejected,
+               "rows_per_s": counts.rows_per_s, "seconds": counts.seconds}
+    metrics.update({f"rows_rejected_{reason}": n for reason, n in counts.rejected_by_reason.items()})
+    return metrics

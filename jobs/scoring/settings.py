@@ -1,0 +1,37 @@
+"""The scoring pipeline's settings, shared by every job that scores text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from data_pipeline.quarantine import ReadSettings
+from data_pipeline.ray_stages import StageResources
+from jobs.common.registry import ModelKind
+from jobs.scoring.predictors import PredictorSettings
+
+
+@dataclass(frozen=True, kw_only=True)
+class SinkSettings:
+    num_cpus: float = 0.25  # per write task; writes run beside the predictor actors
+    compression: str = "zstd"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScoringSettings:
+    """The pipeline's knobs, declared once: ``batch_infer``'s and ``score_partitions``' configs extend it."""
+    text_column: str = "text"
+    max_length: int = 128
+    read: ReadSettings = field(default_factory=ReadSettings)
+    stages: StageResources = field(default_factory=StageResources)
+    predictor: PredictorSettings = field(default_factory=PredictorSettings)
+    sink: SinkSettings = field(default_factory=SinkSettings)
+
+    def tokenize_stage(self, kind: ModelKind) -> bool:
+        """A separate tokenizer stage feeds classifiers; seq2seq predictors tokenize with their own vocabulary."""
+        return kind == "classifier" and not self.predictor.tokenize_in_actor
+
+    def cpu_demands(self, kind: ModelKind) -> dict[str, float]:
+        stages = self.stages
+        tokenize = stages.tokenize_cpus * stages.tokenize_concurrency if self.tokenize_stage(kind) else 0.0
+        return {"read": stages.read_cpus, "tokenize": tokenize,
+                "predict": self.predictor.num_cpus * self.predictor.concurrency, "write": self.sink.num_cpus}

@@ -1,0 +1,110 @@
+"""Hooks around the training loop that tests and audits use; none of them runs unless asked for.
+
+``StepDelay`` slows each optimiser step so that a fault-injection test's SIGKILL lands mid-epoch
+on a seconds-long tiny run. ``ShardAudit`` writes the row ids each rank trained on per epoch and
+the final parameter digest (determinism and sharding tests).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from jobs.train.distributed import unwrap
+
+STEP_DELAY_ENV = "TEXT_JOBS_TEST_STEP_DELAY_S"
+
+
+class LoopCallback:
+    def wrap_batches(self, epoch: int, batches: Iterable[dict[str, Any]]) -> Iterable[dict[str, Any]]:
+        return batches
+
+    def after_step(self, step: int) -> None: ...
+
+    def after_epoch(self, epoch: int) -> None: ...
+
+    def after_training(self, model: torch.nn.Module, step: int) -> None: ...
+
+
+class Callbacks(LoopCallback):
+    """Several callbacks as one."""
+
+    def __init__(self, callbacks: list[LoopCallback]):
+        self.callbacks = callbacks
+
+    def __bool__(self) -> bool:
+        return bool(self.callbacks)
+
+    def wrap_batches(self, epoch, batches):
+        for callback in self.callbacks:
+            batches = callback.wrap_batches(epoch, batches)
+        return batches
+
+    def after_step(self, step):
+        for callback in self.callbacks:
+            callback.after_step(step)
+
+    def after_epoch(self, epoch):
+        for callback in self.callbacks:
+            callback.after_epoch(epoch)
+
+    def after_training(self, model, step):
+        for callback in self.callbacks:
+            callback.after_training(model, step)
+
+
+class StepDelay(LoopCallback):
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def after_step(self, step: int) -> None:
+        time.sleep(self.seconds)
+
+
+def parameter_digest(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(unwrap(model).state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class ShardAudit(LoopCallback):
+    def __init__(self, directory: str, rank: int):
+        self.directory = Path(directory)
+        self.rank = rank
+        self.seen_ids: list[str] = []
+
+    def wrap_batches(self, epoch: int, batches: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        self.seen_ids = []
+        for batch in batches:
+            self.seen_ids.extend(batch.get("ids", ()))
+            yield batch
+
+    def _write(self, name: str, payload: dict[str, Any]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / f"{name}-rank{self.rank}.json").write_text(json.dumps(payload))
+
+    def after_epoch(self, epoch: int) -> None:
+        self._write(f"epoch{epoch}", {"ids": self.seen_ids})
+
+    def after_training(self, model: torch.nn.Module, step: int) -> None:
+        self._write("final", {"parameter_digest": parameter_digest(model), "step": step})
+
+
+def callbacks_for(rank: int, audit_dir: str | None) -> Callbacks:
+    """The callbacks a run asked for: the step delay from its environment, the audit from its config."""
+    callbacks: list[LoopCallback] = []
+    delay = float(os.environ.get(STEP_DELAY_ENV) or 0)
+    if delay:
+        callbacks.append(StepDelay(delay))
+    if audit_dir is not None:
+        callbacks.append(ShardAudit(audit_dir, rank))
+    return Callbacks(callbacks)

@@ -1,0 +1,206 @@
+"""The one training driver: every training job's orchestration, from a validated plan to a registered model.
+
+``run_training_job(config, prepare)``: tracking -> the job's ``prepare`` (inputs validated, baselines
+measured, nothing trained yet) -> Ray -> CPU budget -> the MLflow run (new, or found again when a
+run of the same name resumes) -> ``TorchTrainer`` over ``jobs.train.loop.train_worker`` -> fit ->
+the final checkpoint's model logged, registered and aliased -> a ``TrainingOutcome``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from data_pipeline.paths import filesystem_for, to_uri
+from jobs.common import config as config_lib
+from jobs.common.naming import unique_run_name
+from jobs.common.ray_runtime import check_cpu_budget, init_ray
+from jobs.common.tracking import TrackingTarget, client_for, environment_tags, prepare_tracking
+from jobs.train.checkpoint import EXPORT_DIR
+from jobs.train.data_config import EvalShardingDataConfig
+from jobs.train.loop import LoopContext, WorkerSpec, train_worker, worker_env
+from jobs.train.settings import RunSettings, ScalingSettings, TrainingJobConfig
+from jobs.train.task import TrainingPlan
+
+EVAL_SPLITS = ["val", "test"]
+ConfigT = TypeVar("ConfigT", bound=TrainingJobConfig)
+
+RUN_NAME_TAG = "ray_run_name"
+
+
+def run_name_and_storage(run: RunSettings, prefix: str) -> tuple[str, str]:
+    """A fresh unique name unless one is configured (then an earlier run of that name resumes)."""
+    name = run.name or unique_run_name(prefix)
+    storage = run.storage_path if "://" in run.storage_path else str(Path(run.storage_path).resolve())
+    if run.audit_shards and "://" in storage:
+        raise ValueError("run.audit_shards writes per-rank files with local file I/O: "
+                         "use a local or mounted run.storage_path with it")
+    return name, storage
+
+
+def ray_storage(storage_path: str):
+    """``(path, filesystem)`` for Ray Train's RunConfig: URIs get the filesystem from ``data_pipeline.paths``.
+
+    Ray would otherwise build its own from the URI in each process, and those that do not see
+    ``AWS_ENDPOINT_URL`` (workers of a Ray started earlier) would write to AWS instead.
+    With a filesystem, Ray wants the path without its scheme.
+    """
+    if "://" not in storage_path:
+        return storage_path, None
+    filesystem, path = filesystem_for(storage_path)
+    return path, filesystem
+
+
+def checkpoint_uri(checkpoint, storage_path: str) -> str:
+    """Where a result's checkpoint lives, as a URI when the storage is one (Ray reports it scheme-less)."""
+    return to_uri(checkpoint.path, storage_path)
+
+
+def start_or_resume_mlflow_run(target: TrackingTarget, run_name: str, tags: dict[str, str]) -> tuple[str, bool]:
+    """The MLflow run of this Ray Train run: the existing one when a rerun resumes, else a new one."""
+    client = client_for(target)
+    found = client.search_runs([target.experiment_id], filter_string=f"tags.{RUN_NAME_TAG} = '{run_name}'",
+                               max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        return run_id, True
+    run = client.create_run(target.experiment_id, run_name=run_name, tags={**tags, RUN_NAME_TAG: run_name})
+    return run.info.run_id, False
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """One training job's run: its Ray Train name and storage, and the MLflow run it logs to."""
+    name: str
+    storage_path: str
+    mlflow_run_id: str
+
+    def loop_context(self, target: TrackingTarget, run: RunSettings, micro_batches_per_epoch: int) -> LoopContext:
+        audit_dir = str(Path(self.storage_path) / self.name / "audit") if run.audit_shards else None
+        return LoopContext(tracking=target, mlflow_run_id=self.mlflow_run_id,
+                           micro_batches_per_epoch=micro_batches_per_epoch,
+                           checkpoint_metric=run.checkpoint_metric, checkpoint_mode=run.checkpoint_mode,
+                           audit_dir=audit_dir)
+
+
+def open_training_run(target: TrackingTarget, run: RunSettings, prefix: str, tags: dict[str, str],
+                      config_dict: dict[str, Any], params: dict[str, Any], dicts: dict[str, Any],
+                      baselines: dict[str, float]) -> TrainingRun:
+    """Name the run and start its MLflow run, or find both again when a rerun of that name resumes.
+
+    A new run gets the flattened config and ``params`` as params, ``dicts`` as JSON artifacts
+    and the baselines as metrics; a resumed run already has them (MLflow params are immutable).
+    """
+    import mlflow
+
+    name, storage_path = run_name_and_storage(run, prefix)
+    run_id, resumed = start_or_resume_mlflow_run(target, name, {**environment_tags(), **tags})
+    if not resumed:
+        mlflow.set_tracking_uri(target.tracking_uri)
+        with mlflow.start_run(run_id=run_id):
+            mlflow.log_params(config_lib.flatten(config_dict))
+            mlflow.log_params(params)
+            for artifact, payload in dicts.items():
+                mlflow.log_dict(payload, artifact)
+            if baselines:
+                mlflow.log_metrics(baselines)
+    return TrainingRun(name=name, storage_path=storage_path, mlflow_run_id=run_id)
+
+
+def fit(trainer, target: TrackingTarget, training_run: TrainingRun):
+    """``trainer.fit()``; a failure marks the MLflow run FAILED before it propagates."""
+    try:
+        return trainer.fit()
+    except Exception:
+        client_for(target).set_terminated(training_run.mlflow_run_id, status="FAILED")
+        raise
+
+
+def make_trainer(spec: WorkerSpec, scaling: ScalingSettings, run: RunSettings, training_run: TrainingRun,
+                 datasets: dict[str, Any]):
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    path, filesystem = ray_storage(training_run.storage_path)
+    resources = {"CPU": scaling.cpus_per_worker}
+    if scaling.use_gpu:
+        resources["GPU"] = scaling.gpus_per_worker
+    return TorchTrainer(
+        functools.partial(train_worker, spec),  # the typed spec itself, not a string-keyed dict
+        torch_config=TorchConfig(backend=None if scaling.backend == "auto" else scaling.backend),
+        scaling_config=ray.train.ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=training_run.name, storage_path=path, storage_filesystem=filesystem,
+            failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=run.keep_checkpoints, checkpoint_score_attribute=run.checkpoint_metric,
+                checkpoint_score_order=run.checkpoint_mode),
+            worker_runtime_env={"env_vars": worker_env()}),
+        datasets=datasets,
+        dataset_config=EvalShardingDataConfig(EVAL_SPLITS, deterministic_train=run.deterministic),
+    )
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    run_id: str
+    metrics: dict[str, float]  # the last epoch's metrics and the baselines
+    model_uri: str
+    registered_name: str | None
+    registered_version: str | None
+    checkpoint_path: str
+    run_name: str
+
+    @property
+    def model_dir(self) -> str:
+        """The exported model inside the final checkpoint."""
+        return f"{self.checkpoint_path}/{EXPORT_DIR}"
+
+
+def run_training_job(config: ConfigT, prepare: Callable[[ConfigT, TrackingTarget], TrainingPlan]) -> TrainingOutcome:
+    """Train, register and alias a model: the orchestration every training job shares."""
+    from jobs.common.registry import log_and_register
+
+    target = prepare_tracking(config.tracking)
+    plan = prepare(config, target)  # everything that can be wrong with the inputs fails here
+
+    init_ray(config.ray)
+    scaling = config.scaling
+    check_cpu_budget({"training workers": scaling.num_workers * scaling.cpus_per_worker, **plan.stage_cpus})
+    config_dict = config_lib.to_dict(config)
+    training_run = open_training_run(
+        target, config.run, plan.run_prefix,
+        tags={"num_workers": str(scaling.world_size), "job": plan.job, **plan.tags}, config_dict=config_dict,
+        params={**{f"rows_{k}": v for k, v in plan.rows.items()}, **plan.params}, dicts=plan.dicts,
+        baselines=plan.baselines)
+    spec = WorkerSpec(task=plan.task, optim=config.optim, scaling=scaling, config_dict=config_dict,
+                      context=training_run.loop_context(target, config.run, plan.micro_batches_per_epoch))
+    result = fit(make_trainer(spec, scaling, config.run, training_run, plan.make_datasets()), target, training_run)
+
+    # The model of the last epoch (the one the test metrics measure) goes to the registry.
+    metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    with result.checkpoint.as_directory() as checkpoint_dir:
+        registered = log_and_register(target, training_run.mlflow_run_id, plan.pyfunc_model,
+                                      Path(checkpoint_dir) / EXPORT_DIR, config.tracking.registered_model,
+                                      config.tracking.alias, input_example=plan.input_example)
+    client_for(target).set_terminated(training_run.mlflow_run_id)
+    return TrainingOutcome(run_id=training_run.mlflow_run_id, metrics={**metrics, **plan.baselines},
+                           model_uri=registered.model_uri, registered_name=registered.name,
+                           registered_version=registered.version,
+                           checkpoint_path=checkpoint_uri(result.checkpoint, training_run.storage_path),
+                           run_name=training_run.name)
+
+
+def report_header(title: str, outcome: TrainingOutcome, config: TrainingJobConfig) -> None:
+    """The first lines of every training job's summary: where its run, model and checkpoint are."""
+    print(f"\n=== {title} ===")
+    print(f"MLflow run      : {outcome.run_id} (experiment '{config.tracking.experiment}')")
+    if outcome.registered_name:
+        print(f"registered model: {outcome.registered_name} version {outcome.registered_version} "
+              f"(alias @{config.tracking.alias})")
+    print(f"checkpoint      : {outcome.checkpoint_path}")

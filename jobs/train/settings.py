@@ -1,0 +1,85 @@
+"""The typed config sections every training job shares: optimiser, scaling, run and the job's base."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from jobs.common.ray_runtime import RayConfig
+from jobs.common.tracking import TrackingConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScalingSettings:
+    num_workers: int = 2
+    use_gpu: bool = False
+    # Fractional CPUs leave room for the Ray Data read/tokenize stages: two workers reserving a
+    # whole CPU each on a 2-CPU node starve the readers and the job waits on itself forever.
+    cpus_per_worker: float = 0.5
+    gpus_per_worker: float = 1.0
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl with GPUs, gloo without
+    torch_threads: int = 1  # intra-op threads per worker; workers x threads <= cores
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 0:
+            raise ValueError("num_workers must be >= 0 (0 runs the loop in the driver process)")
+        if self.backend == "nccl" and not self.use_gpu:
+            raise ValueError("backend nccl needs use_gpu: true")
+
+    @property
+    def world_size(self) -> int:
+        return max(self.num_workers, 1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimSettings:
+    epochs: int = 3
+    batch_size: int = 32  # per worker, per micro-batch
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    schedule: Literal["linear", "cosine", "inverse_sqrt", "constant"] = "linear"
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables
+    grad_accum_steps: int = 1  # micro-batches per optimiser step; an epoch's trailing partial group is applied
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16/fp16 autocast on GPU only
+    seed: int = 0
+    max_steps: int | None = None  # stop after this many optimiser steps (smoke runs)
+    log_every_steps: int = 10
+    shuffle_buffer_rows: int = 2048  # local shuffle buffer per worker
+    length_grouping: int = 16  # sort this many batches' worth of rows by length before batching; 0: off
+    early_stopping_patience: int | None = None  # stop after this many epochs without a better run.checkpoint_metric
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.grad_accum_steps < 1:
+            raise ValueError("epochs, batch_size and grad_accum_steps must be >= 1")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError("warmup_ratio must be in [0, 1)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSettings:
+    name: str | None = None  # Ray Train run name; None: a new unique name per launch
+    storage_path: str = "runs/ray"  # local folder, shared mount or s3://... on a cluster
+    max_failures: int = 0  # worker-group restarts from the latest checkpoint
+    keep_checkpoints: int = 2
+    checkpoint_metric: str = "val_loss"
+    checkpoint_mode: Literal["min", "max"] = "min"
+    audit_shards: bool = False  # write per-rank row ids and final parameter digests (tests, audits)
+    # Same seed, config and worker count give the same loss curve: the training split is materialised
+    # and split in order (Ray Data's streaming split hands blocks to whichever worker asks first).
+    deterministic: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingJobConfig:
+    """The sections of every training job's config; a job subclasses it with its data and model."""
+    optim: OptimSettings = field(default_factory=OptimSettings)
+    scaling: ScalingSettings = field(default_factory=ScalingSettings)
+    run: RunSettings = field(default_factory=RunSettings)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    baselines: bool = True  # measure the task's reference models on the same split, in the same run
+
+    def __post_init__(self) -> None:
+        if self.optim.precision != "fp32" and not self.scaling.use_gpu:
+            raise ValueError("optim.precision bf16/fp16 is a GPU setting; CPU runs stay fp32")
