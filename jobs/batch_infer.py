@@ -72,7 +72,7 @@ def run(config: BatchInferConfig) -> ScoringOutcome:
     import mlflow
 
     files = resolve_parquet_files(config.input)
-    infos = inspect_files(files, config.text_column)  # footers only: a corrupt file fails here, by name
+    infos = inspect_files(files, config.input_columns)  # footers only: a corrupt file fails here, by name
     target = prepare_tracking(config.tracking)
     model = ScoringModel.load(config.model, target)
     init_ray(config.ray)
@@ -86,7 +86,7 @@ def run(config: BatchInferConfig) -> ScoringOutcome:
         mlflow.log_params({"input": config.input, "output": output, "model_ref": config.model,
                            "model_name": resolved.name, "model_version": resolved.version,
                            "model_run_id": resolved.run_id, **config_lib.flatten(config_lib.to_dict(config))})
-        counts = score_files(files, infos, output, model, config)
+        counts = score_files(files, infos, output, model, config, config.input_columns)
         manifest = manifest_for(counts, infos, model, mlflow_run_id=run.info.run_id)
         write_manifest(output, manifest)  # last: the directory is complete once _SUCCESS exists
         mlflow.log_metrics(counts_metrics(counts))

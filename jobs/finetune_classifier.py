@@ -15,7 +15,9 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
+import numpy as np
 import torch
 
 from data_pipeline.batching import iterate_shard
@@ -26,12 +28,14 @@ from data_pipeline.tokenization import PadCollate
 from data_pipeline.validation import validate_files
 from jobs.common import config as config_lib
 from jobs.common.tracking import TrackingConfig, TrackingTarget
+from jobs.evaluation.metrics import ClassReport, ClassScores, class_report, metric_key
 from jobs.train.checkpoint import EXPORT_DIR
 from jobs.train.driver import TrainingOutcome, report_header, run_training_job
 from jobs.train.settings import OptimSettings, RunSettings, TrainingJobConfig
 from jobs.train.task import TrainingPlan
 
 SPLITS = ("train", "val", "test")
+PAIR_COLUMN = "text_pair"  # the second text of a sentence-pair corpus (prepare_corpus writes it)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,7 +44,7 @@ class ClassifierData:
     val: str = "data/corpus/val.parquet"
     test: str = "data/corpus/test.parquet"
     text_column: str = "text"
-    max_length: int = 128  # tokens; longer texts are truncated
+    max_length: int = 128  # tokens; longer texts (or text pairs, from the end of the longer one) are truncated
     stages: StageResources = field(default_factory=StageResources)
 
 
@@ -55,10 +59,17 @@ class ClassifierModel:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ClassifierOptim(OptimSettings):
+    # balanced: each class's loss weighted by n_rows / (n_classes * its rows in the training split),
+    # so a small class is not ignored; pair it with run.checkpoint_metric: val_macro_f1.
+    class_weights: Literal["none", "balanced"] = "none"
+
+
+@dataclass(frozen=True, kw_only=True)
 class FinetuneConfig(TrainingJobConfig):
     data: ClassifierData = field(default_factory=ClassifierData)
     model: ClassifierModel = field(default_factory=ClassifierModel)
-    optim: OptimSettings = field(default_factory=lambda: OptimSettings(lr=1e-4))
+    optim: ClassifierOptim = field(default_factory=lambda: ClassifierOptim(lr=1e-4))
     run: RunSettings = field(default_factory=lambda: RunSettings(checkpoint_metric="val_accuracy",
                                                                  checkpoint_mode="max"))
     tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(
@@ -70,11 +81,13 @@ class ClassifierTask:
 
     primary_metric = "accuracy"
 
-    def __init__(self, model_path: str, label_names: list[str], optim: OptimSettings, pad_id: int):
+    def __init__(self, model_path: str, label_names: list[str], optim: OptimSettings, pad_id: int,
+                 class_weights: list[float] | None = None):
         self.model_path = model_path
         self.label_names = label_names
         self.optim = optim
         self.pad_id = pad_id
+        self.class_weights = class_weights
 
     def build_model(self) -> torch.nn.Module:
         from model.classifier import load_classifier
@@ -88,17 +101,23 @@ class ClassifierTask:
                              PadCollate(self.pad_id, keep_ids=split == "train"), seed, epoch, shuffle,
                              self.optim.shuffle_buffer_rows, self.optim.length_grouping if shuffle else 0)
 
+    @staticmethod
+    def _logits(model, batch, device):
+        token_types = batch.get("token_type_ids")
+        return model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                     token_type_ids=None if token_types is None else token_types.to(device)).logits
+
     def train_loss(self, model, batch):
         device = next(model.parameters()).device
-        mask = batch["attention_mask"].to(device)
-        out = model(input_ids=batch["input_ids"].to(device), attention_mask=mask, labels=batch["labels"].to(device))
-        return out.loss, int(mask.shape[0]), mask.sum()
+        logits = self._logits(model, batch, device)
+        weight = None if self.class_weights is None else torch.tensor(self.class_weights, device=device)
+        loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"].to(device), weight=weight)
+        return loss, int(logits.shape[0]), batch["attention_mask"].to(device).sum()
 
     def eval_sums(self, model, batch):
         device = next(model.parameters()).device
         labels = batch["labels"].to(device)
-        logits = model(input_ids=batch["input_ids"].to(device),
-                       attention_mask=batch["attention_mask"].to(device)).logits.float()
+        logits = self._logits(model, batch, device).float()
         n = len(self.label_names)
         predicted = logits.argmax(dim=-1)
         confusion = torch.bincount(labels * n + predicted, minlength=n * n).reshape(n, n)  # (true, predicted)
@@ -110,14 +129,8 @@ class ClassifierTask:
         return {"loss_sum": torch.zeros(()), "confusion": torch.zeros(n, n, dtype=torch.long)}
 
     def eval_metrics(self, sums):
-        confusion = sums["confusion"]
-        count = confusion.sum()
-        true_pos = confusion.diagonal()
-        precision = true_pos / confusion.sum(dim=0).clamp(min=1)
-        recall = true_pos / confusion.sum(dim=1).clamp(min=1)
-        f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
-        return {"loss": float(sums["loss_sum"] / count), "accuracy": float(true_pos.sum() / count),
-                "macro_f1": float(f1.mean()), "rows": float(count)}
+        report = class_report(sums["confusion"].numpy(), self.label_names)
+        return {"loss": float(sums["loss_sum"]) / max(report.rows, 1), **report.as_metrics()}
 
     def export(self, model, directory: Path) -> None:
         from transformers import AutoTokenizer
@@ -146,26 +159,45 @@ def resolve_warm_start(ref: str, target: TrackingTarget) -> str:
     return str(materialize_model(resolve_model_ref(ref, target), target.tracking_uri).resolve())
 
 
-def _texts_and_labels(files: ParquetFiles, text_column: str) -> tuple[list[str], list[int]]:
+def _read_columns(files: ParquetFiles, columns: list[str]) -> dict[str, list]:
     import pyarrow.parquet as pq
 
-    texts, labels = [], []
+    out: dict[str, list] = {name: [] for name in columns}
     for path in files.paths:
         with files.filesystem.open_input_file(path) as handle:
-            table = pq.read_table(handle, columns=[text_column, "label"])
-        texts.extend(table.column(text_column).to_pylist())
-        labels.extend(table.column("label").to_pylist())
-    return texts, labels
+            table = pq.read_table(handle, columns=columns)
+        for name in columns:
+            out[name].extend(table.column(name).to_pylist())
+    return out
 
 
-def measure_baselines(files: dict[str, ParquetFiles], text_column: str) -> dict[str, float]:
-    from jobs.common.baselines import char_ngram_accuracy, majority_accuracy
+def label_counts(files: ParquetFiles, n_labels: int) -> list[int]:
+    labels = _read_columns(files, ["label"])["label"]
+    return [int(n) for n in np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_labels)]
 
-    train_texts, train_labels = _texts_and_labels(files["train"], text_column)
-    test_texts, test_labels = _texts_and_labels(files["test"], text_column)
-    return {"baseline_majority_test_accuracy": majority_accuracy(train_labels, test_labels),
-            "baseline_char_ngram_test_accuracy": char_ngram_accuracy(train_texts, train_labels, test_texts,
-                                                                     test_labels)}
+
+def balanced_class_weights(counts: list[int]) -> list[float]:
+    """n_rows / (n_classes * rows of the class); a class absent from training gets weight 0."""
+    total, n = sum(counts), len(counts)
+    return [total / (n * count) if count else 0.0 for count in counts]
+
+
+def measure_baselines(files: dict[str, ParquetFiles], text_column: str, pair_column: str | None,
+                      label_names: list[str]) -> dict[str, float]:
+    from jobs.common.baselines import baseline_metrics, joined
+
+    columns = [text_column, "label"] + ([pair_column] if pair_column else [])
+    train, test = _read_columns(files["train"], columns), _read_columns(files["test"], columns)
+    return baseline_metrics(joined(train[text_column], train.get(pair_column)), train["label"],
+                            joined(test[text_column], test.get(pair_column)), test["label"], label_names)
+
+
+def pair_column_of(files: ParquetFiles) -> str | None:
+    """``text_pair`` when the corpus holds sentence pairs (prepare_corpus with source.fields.pair_column)."""
+    import pyarrow.parquet as pq
+
+    with files.filesystem.open_input_file(files.paths[0]) as handle:
+        return PAIR_COLUMN if PAIR_COLUMN in pq.read_schema(handle).names else None
 
 
 def prepare(config: FinetuneConfig, target: TrackingTarget) -> TrainingPlan:
@@ -181,43 +213,70 @@ def prepare(config: FinetuneConfig, target: TrackingTarget) -> TrainingPlan:
     if label_names is None:
         raise ValueError(f"{files['train'].uris()[0]}: no label_names in the Parquet metadata "
                          "(write corpora with `python -m jobs.prepare_corpus`)")
-    spec = classification_spec(data.text_column)
+    pair_column = pair_column_of(files["train"])
+    spec = classification_spec(data.text_column, pair_column=pair_column)
     rows = {split: validate_files(files[split], spec, range(len(label_names))).rows for split in SPLITS}
+    counts = {split: label_counts(files[split], len(label_names)) for split in SPLITS}
+    class_weights = balanced_class_weights(counts["train"]) if config.optim.class_weights == "balanced" else None
     model_path = _resolve_model_path(config.model.name_or_path) if config.model.warm_start is None \
         else resolve_warm_start(config.model.warm_start, target)
     tokenizer = load_tokenizer(model_path)
+    columns = ["id", data.text_column, "label"] + ([pair_column] if pair_column else [])
 
     def make_datasets():
-        return {split: tokenized(read_parquet(files[split], ["id", data.text_column, "label"], data.stages),
-                                 model_path, data.text_column, data.max_length, ["id", "label"], data.stages)
+        return {split: tokenized(read_parquet(files[split], columns, data.stages), model_path, data.text_column,
+                                 data.max_length, ["id", "label"], data.stages, pair_column=pair_column)
                 for split in SPLITS}
 
     stages = data.stages
     return TrainingPlan(
-        task=ClassifierTask(model_path, label_names, config.optim, tokenizer.pad_token_id),
+        task=ClassifierTask(model_path, label_names, config.optim, tokenizer.pad_token_id, class_weights),
         run_prefix="finetune", job="finetune_classifier", rows=rows,
         micro_batches_per_epoch=-(-(rows["train"] // config.scaling.world_size) // config.optim.batch_size),
         stage_cpus={"read tasks": stages.read_cpus,
                     "tokenizer actors": stages.tokenize_concurrency * stages.tokenize_cpus},
         make_datasets=make_datasets, pyfunc_model=TextClassifierModel(),
         input_example=pd.DataFrame({"text": ["质量很好，物流也快"]}),
-        dicts={"labels.json": {"label_names": label_names}}, tags={"model_source": config.model.name_or_path},
-        baselines=measure_baselines(files, data.text_column) if config.baselines else {})
+        dicts={"labels.json": {"label_names": label_names},
+               "label_counts.json": {split: dict(zip(label_names, n)) for split, n in counts.items()},
+               **({"class_weights.json": dict(zip(label_names, class_weights))} if class_weights else {})},
+        params={"text_pair_column": pair_column or ""}, tags={"model_source": config.model.name_or_path},
+        baselines=measure_baselines(files, data.text_column, pair_column, label_names) if config.baselines else {})
 
 
 def run(config: FinetuneConfig) -> TrainingOutcome:
     return run_training_job(config, prepare)
 
 
+def test_report(outcome: TrainingOutcome) -> ClassReport:
+    """The test split's per-class scores, rebuilt from the run's flat metrics and label counts."""
+    m, names = outcome.metrics, outcome.details["labels.json"]["label_names"]
+    support = outcome.details["label_counts.json"]["test"]
+    classes = tuple(ClassScores(name, m[f"test_precision_{metric_key(name)}"], m[f"test_recall_{metric_key(name)}"],
+                                m[f"test_f1_{metric_key(name)}"], support[name],
+                                int(m[f"test_predicted_{metric_key(name)}"])) for name in names)
+    return ClassReport(rows=int(m["test_rows"]), accuracy=m["test_accuracy"], macro_f1=m["test_macro_f1"],
+                       classes=classes)
+
+
 def report(outcome: TrainingOutcome, config: FinetuneConfig) -> None:
+    from jobs.common.baselines import BASELINES
+
     m = outcome.metrics
     report_header("fine-tuning finished", outcome, config)
-    print("test accuracy, same split, same run:")
-    print(f"  model ({config.model.name_or_path}): {m.get('test_accuracy', float('nan')):.4f} "
-          f"(macro-F1 {m.get('test_macro_f1', float('nan')):.4f})")
-    if "baseline_majority_test_accuracy" in m:
-        print(f"  majority class             : {m['baseline_majority_test_accuracy']:.4f}")
-        print(f"  char 1-3-gram TF-IDF + LR  : {m['baseline_char_ngram_test_accuracy']:.4f}")
+    print("label counts     : " + "; ".join(f"{split} " + ", ".join(f"{k}={v}" for k, v in counts.items())
+                                            for split, counts in outcome.details["label_counts.json"].items()))
+    print("test split, same run        accuracy  macro-F1")
+    print(f"  model                      {m['test_accuracy']:8.4f}  {m['test_macro_f1']:8.4f}")
+    for name, title in BASELINES.items():
+        if f"baseline_{name}_test_accuracy" in m:
+            print(f"  {title:<26} {m[f'baseline_{name}_test_accuracy']:8.4f}  {m[f'baseline_{name}_test_macro_f1']:8.4f}")
+    scores = test_report(outcome)
+    print("test split, per class:")
+    print("\n".join(scores.table()))
+    if scores.never_predicted:
+        print(f"WARNING: the model never predicts {', '.join(scores.never_predicted)} on the test split "
+              "(try optim.class_weights=balanced and run.checkpoint_metric=val_macro_f1)")
 
 
 def _resume_flag(parser) -> None:

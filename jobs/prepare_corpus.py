@@ -74,7 +74,8 @@ def run(config: PrepareCorpusConfig) -> CorpusStats:
         data = read_user_table(source.path, source.text_column, source.label_column, source.id_column,
                                source.label_names)
     stats = CorpusStats()
-    ids, texts, labels = clean(data, stats)
+    cleaned = clean(data, stats)
+    ids, texts, labels = cleaned.ids, cleaned.texts, cleaned.labels
     fractions = {"train": config.split.train, "val": config.split.val, "test": config.split.test}
     splits = split_by_hash(ids, texts, labels, fractions, config.split.limit_per_label)
     out = Path(config.output_dir)

@@ -186,7 +186,7 @@ def _claim(partition: Partition, store: Store, resolved: ResolvedModel, config: 
         attempt.prepare()
         claimed = _Claimed(partition, lease, decision, attempt, now_iso())
         files = resolve_parquet_files(partition.uri)
-        claimed.group = ScoringGroup(partition.name, files, tuple(inspect_files(files, config.text_column)))
+        claimed.group = ScoringGroup(partition.name, files, tuple(inspect_files(files, config.input_columns)))
         return claimed
     except Exception as exc:  # noqa: BLE001 - footers are read here: a corrupt file fails its partition only
         lease.release()
@@ -237,7 +237,7 @@ def score_chunk(partitions: list[Partition], store: Store, ledger: Ledger, model
         print(f"scoring {', '.join(c.partition.name for c in claimed)} ...", flush=True)
         try:
             results = score_groups([c.group for c in claimed], {c.partition.name: c.attempt.write_uri for c in claimed},
-                                   model, config)
+                                   model, config, config.input_columns)
         except ScoringError as exc:  # the pipeline itself failed: every partition in it failed
             results = {c.partition.name: str(exc) for c in claimed}
         pause = float(os.environ.get(PAUSE_BEFORE_COMMIT_ENV, "0") or 0)

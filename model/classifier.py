@@ -98,25 +98,28 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def class_probabilities(model: PreTrainedModel, input_ids: torch.Tensor,
-                        attention_mask: torch.Tensor) -> torch.Tensor:
+def class_probabilities(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                        token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax class probabilities (B, C), computed in float32 whatever the autocast dtype."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, C)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                   token_type_ids=token_type_ids).logits  # (B, C)
     return torch.softmax(logits.float(), dim=-1)
 
 
-def classify_texts(loaded: LoadedClassifier, texts: Sequence[str], batch_size: int = 64,
-                   max_length: int = 128) -> tuple[list[int], list[float]]:
-    """Predicted label ids and their probabilities for a list of texts (in-process, no Ray)."""
+def classify_texts(loaded: LoadedClassifier, texts: Sequence[str], batch_size: int = 64, max_length: int = 128,
+                   text_pairs: Sequence[str] | None = None) -> tuple[list[int], list[float]]:
+    """Predicted label ids and their probabilities for texts, or sentence pairs (in-process, no Ray)."""
     model, tokenizer = loaded.model.eval(), loaded.tokenizer
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch
     labels, probs = [0] * len(texts), [0.0] * len(texts)
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
-            encoded = tokenizer([texts[i] for i in rows], truncation=True, max_length=max_length,
+            pairs = None if text_pairs is None else [text_pairs[i] for i in rows]
+            encoded = tokenizer([texts[i] for i in rows], pairs, truncation="longest_first", max_length=max_length,
                                 padding=True, return_tensors="pt")
-            p = class_probabilities(model, encoded["input_ids"], encoded["attention_mask"])
+            p = class_probabilities(model, encoded["input_ids"], encoded["attention_mask"],
+                                    encoded.get("token_type_ids"))
             best = p.max(dim=-1)
             for i, label, prob in zip(rows, best.indices.tolist(), best.values.tolist()):
                 labels[i], probs[i] = label, prob

@@ -5,14 +5,18 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
+import numpy as np
 
-def majority_accuracy(train_labels: Sequence[int], test_labels: Sequence[int]) -> float:
+BASELINES = {"majority": "majority class", "char_ngram": "char 1-3-gram TF-IDF + LR"}
+
+
+def majority_predictions(train_labels: Sequence[int], n_rows: int) -> np.ndarray:
     majority = Counter(train_labels).most_common(1)[0][0]
-    return sum(label == majority for label in test_labels) / len(test_labels)
+    return np.full(n_rows, majority, dtype=np.int64)
 
 
-def char_ngram_accuracy(train_texts: Sequence[str], train_labels: Sequence[int], test_texts: Sequence[str],
-                        test_labels: Sequence[int], ngram_range: tuple[int, int] = (1, 3)) -> float:
+def char_ngram_predictions(train_texts: Sequence[str], train_labels: Sequence[int], test_texts: Sequence[str],
+                           ngram_range: tuple[int, int] = (1, 3)) -> np.ndarray:
     """TF-IDF over character 1-3-grams with logistic regression (~85% on the review split)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
@@ -21,5 +25,24 @@ def char_ngram_accuracy(train_texts: Sequence[str], train_labels: Sequence[int],
     features = vectorizer.fit_transform(train_texts)
     classifier = LogisticRegression(max_iter=2000, C=4.0)
     classifier.fit(features, train_labels)
-    predicted = classifier.predict(vectorizer.transform(test_texts))
-    return float((predicted == list(test_labels)).mean())
+    return np.asarray(classifier.predict(vectorizer.transform(test_texts)), dtype=np.int64)
+
+
+def baseline_metrics(train_texts: Sequence[str], train_labels: Sequence[int], test_texts: Sequence[str],
+                     test_labels: Sequence[int], label_names: Sequence[str], split: str = "test") -> dict[str, float]:
+    """``baseline_<name>_<split>_accuracy`` and ``..._macro_f1`` of each reference classifier."""
+    from jobs.evaluation.metrics import class_report, confusion_matrix
+
+    predictions = {"majority": majority_predictions(train_labels, len(test_labels)),
+                   "char_ngram": char_ngram_predictions(train_texts, train_labels, test_texts)}
+    metrics = {}
+    for name, predicted in predictions.items():
+        report = class_report(confusion_matrix(test_labels, predicted, len(label_names)), label_names)
+        metrics[f"baseline_{name}_{split}_accuracy"] = report.accuracy
+        metrics[f"baseline_{name}_{split}_macro_f1"] = report.macro_f1
+    return metrics
+
+
+def joined(texts: Sequence[str], pairs: Sequence[str] | None) -> list[str]:
+    """The baselines see a sentence pair as one text."""
+    return list(texts) if pairs is None else [f"{a} {b}" for a, b in zip(texts, pairs)]

@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_pipeline.paths import ParquetFiles, join_path
-from data_pipeline.quarantine import TAG_COLUMNS, FileInfo, ScoringGroup, ScoringSource, describe_failure
+from data_pipeline.quarantine import (TAG_COLUMNS, FileInfo, InputColumns, ScoringGroup, ScoringSource,
+                                      describe_failure)
 from jobs.common.naming import now_iso
 from jobs.common.registry import ModelKind, ResolvedModel, materialize_model, model_kind, resolve_model_ref
 from jobs.scoring.predictors import (ClassifierPredictor, Seq2SeqPredictor, TokenizingClassifierPredictor,
                                      tokenize_tagged)
-from jobs.scoring.settings import ScoringSettings
+from jobs.scoring.settings import PipelineSettings
 from jobs.scoring.sink import SCORED_SCHEMAS, SplitScoredSink
 
 
@@ -66,7 +67,7 @@ def output_location(output_dir: str, name: str) -> str:
 
 
 def score_groups(groups: list[ScoringGroup], outputs: dict[str, str], model: ScoringModel,
-                 settings: ScoringSettings) -> dict[str, PipelineCounts | str]:
+                 settings: PipelineSettings, columns: InputColumns) -> dict[str, PipelineCounts | str]:
     """One streaming pipeline for several groups of files (partitions), each written to its own output.
 
     read+tag -> tokenize -> predict -> split write. Returns, per group, its row counts or the
@@ -76,21 +77,25 @@ def score_groups(groups: list[ScoringGroup], outputs: dict[str, str], model: Sco
     """
     import ray.data
 
+    if model.kind == "seq2seq" and columns.pair is not None:
+        raise ScoringError("text_pair_column: a seq2seq model reads one text per row")
     start = time.perf_counter()
     stages, predictor = settings.stages, settings.predictor
     common = {"resolved": model.resolved, "tracking_uri": model.tracking_uri, "local_model_dir": model.local_dir}
     sink = SplitScoredSink(outputs, compression=settings.sink.compression, scored_schema=SCORED_SCHEMAS[model.kind])
     try:
-        ds = ray.data.read_datasource(ScoringSource(groups, settings.text_column, settings.read),
+        ds = ray.data.read_datasource(ScoringSource(groups, columns, settings.read),
                                       override_num_blocks=max(stages.min_blocks, 1), num_cpus=stages.read_cpus)
-        tokenize = {"text_column": settings.text_column, "max_length": settings.max_length,
+        tokenize = {"text_column": columns.text, "max_length": settings.max_length,
                     "keep_columns": list(TAG_COLUMNS)}
+        pair = {"pair_column": columns.pair}  # classifiers encode a sentence pair
         if model.kind == "seq2seq":
             predictor_class, predictor_kwargs, batch_format = Seq2SeqPredictor, tokenize, "pyarrow"
         elif not settings.tokenize_stage(model.kind):
-            predictor_class, predictor_kwargs, batch_format = TokenizingClassifierPredictor, tokenize, "pyarrow"
+            predictor_class, predictor_kwargs, batch_format = TokenizingClassifierPredictor, {**tokenize, **pair}, \
+                "pyarrow"
         else:
-            ds = ds.map_batches(tokenize_tagged, fn_kwargs={**common, **tokenize},
+            ds = ds.map_batches(tokenize_tagged, fn_kwargs={**common, **tokenize, **pair},
                                 batch_format="pyarrow", batch_size=stages.tokenize_batch_rows,
                                 compute=ray.data.TaskPoolStrategy(size=stages.tokenize_concurrency),
                                 num_cpus=stages.tokenize_cpus)
@@ -124,9 +129,9 @@ def score_groups(groups: list[ScoringGroup], outputs: dict[str, str], model: Sco
 
 
 def score_files(files: ParquetFiles, infos: list[FileInfo], output: str, model: ScoringModel,
-                settings: ScoringSettings) -> PipelineCounts:
+                 settings: PipelineSettings, columns: InputColumns) -> PipelineCounts:
     """Score one input into ``output``; raises ``ScoringError`` naming the bad file, if any."""
-    result = score_groups([ScoringGroup("", files, tuple(infos))], {"": output}, model, settings)[""]
+    result = score_groups([ScoringGroup("", files, tuple(infos))], {"": output}, model, settings, columns)[""]
     if isinstance(result, str):
         raise ScoringError(result)
     return result

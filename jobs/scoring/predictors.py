@@ -77,9 +77,12 @@ class ClassifierPredictor:
         with torch.inference_mode():
             for start in range(0, len(order), self.forward_batch_size):
                 rows = order[start:start + self.forward_batch_size]
-                padded = pad_batch({"input_ids": batch["input_ids"][rows]}, self.pad_id, label_column=None)
+                padded = pad_batch({key: batch[key][rows] for key in ("input_ids", "token_type_ids") if key in batch},
+                                   self.pad_id, label_column=None)
+                token_types = padded.get("token_type_ids")
                 p = class_probabilities(self.model, padded["input_ids"].to(self.device),
-                                        padded["attention_mask"].to(self.device))
+                                        padded["attention_mask"].to(self.device),
+                                        None if token_types is None else token_types.to(self.device))
                 best = p.max(dim=-1)
                 labels[rows] = best.indices.cpu().numpy()
                 probs[rows] = best.values.cpu().numpy()
@@ -100,19 +103,19 @@ _TOKENIZERS: dict[tuple, TokenizeBatch] = {}  # per worker process, reused acros
 
 def tokenize_tagged(batch: pa.Table, resolved: ResolvedModel, tracking_uri: str | None,
                     local_model_dir: str | None, text_column: str, max_length: int,
-                    keep_columns: Sequence[str]) -> pa.Table:
+                    keep_columns: Sequence[str], pair_column: str | None = None) -> pa.Table:
     """The shared tokenizer stage as a task function, loading the model's tokenizer on whichever node runs it.
 
     Tasks run in warm worker processes that keep the tokenizer between pipelines (an actor pool
     starts again for every dataset execution). Rejected rows arrive with text ``""`` (two
     tokens), so they cost next to nothing; ``keep_columns`` carries the tags to the predictor.
     """
-    key = (resolved.load_uri, local_model_dir, text_column, max_length, tuple(keep_columns))
+    key = (resolved.load_uri, local_model_dir, text_column, max_length, tuple(keep_columns), pair_column)
     stage = _TOKENIZERS.get(key)
     if stage is None:
         _TOKENIZERS.clear()  # one model per process at a time
         stage = _TOKENIZERS[key] = TokenizeBatch(model_dir_on_node(resolved, tracking_uri, local_model_dir),
-                                                 text_column, max_length, keep_columns)
+                                                 text_column, max_length, keep_columns, pair_column)
     return stage(batch)
 
 
@@ -121,10 +124,10 @@ class TokenizingClassifierPredictor(ClassifierPredictor):
 
     def __init__(self, resolved: ResolvedModel, tracking_uri: str | None, settings: PredictorSettings,
                  local_model_dir: str | None = None, text_column: str = "text", max_length: int = 128,
-                 keep_columns: Sequence[str] = ()):
+                 keep_columns: Sequence[str] = (), pair_column: str | None = None):
         super().__init__(resolved, tracking_uri, settings, local_model_dir)
         self.tokenize = TokenizeBatch(model_dir_on_node(resolved, tracking_uri, local_model_dir), text_column,
-                                      max_length, keep_columns)
+                                      max_length, keep_columns, pair_column)
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:  # type: ignore[override]
         tokens = self.tokenize(batch)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from data_pipeline.quarantine import ReadSettings
+from data_pipeline.quarantine import InputColumns, ReadSettings
 from data_pipeline.ray_stages import StageResources
 from jobs.common.registry import ModelKind
 from jobs.scoring.predictors import PredictorSettings
@@ -17,10 +17,9 @@ class SinkSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ScoringSettings:
-    """The pipeline's knobs, declared once: ``batch_infer``'s and ``score_partitions``' configs extend it."""
-    text_column: str = "text"
-    max_length: int = 128
+class PipelineSettings:
+    """The pipeline's resources and model knobs, declared once: every scoring job's config extends it."""
+    max_length: int = 128  # tokens (classifiers) or generated tokens (seq2seq)
     read: ReadSettings = field(default_factory=ReadSettings)
     stages: StageResources = field(default_factory=StageResources)
     predictor: PredictorSettings = field(default_factory=PredictorSettings)
@@ -35,3 +34,17 @@ class ScoringSettings:
         tokenize = stages.tokenize_cpus * stages.tokenize_concurrency if self.tokenize_stage(kind) else 0.0
         return {"read": stages.read_cpus, "tokenize": tokenize,
                 "predict": self.predictor.num_cpus * self.predictor.concurrency, "write": self.sink.num_cpus}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScoringSettings(PipelineSettings):
+    """A Parquet input's columns beside the pipeline's knobs (``batch_infer``, ``score_partitions``)."""
+    text_column: str = "text"
+    # A second text per row (e.g. a body beside a title), encoded as a BERT sentence pair
+    # [CLS] text [SEP] pair [SEP]; truncation keeps the start of each. Classifiers only.
+    text_pair_column: str | None = None
+    id_column: str | None = "id"  # written as `id` in the output; None: ids derived from the content
+
+    @property
+    def input_columns(self) -> InputColumns:
+        return InputColumns(text=self.text_column, id=self.id_column, pair=self.text_pair_column)

@@ -172,6 +172,7 @@ def read_json(fs: pafs.FileSystem, path: str) -> dict | None:
 
 def write_manifest(output: str, manifest: dict) -> None:
     fs, base = filesystem_for(output)
+    fs.create_dir(base, recursive=True)  # an input of zero rows wrote no part file, so no directory yet
     write_json(fs, join_path(base, MANIFEST), manifest)
 
 

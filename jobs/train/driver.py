@@ -155,6 +155,7 @@ class TrainingOutcome:
     registered_version: str | None
     checkpoint_path: str
     run_name: str
+    details: dict[str, Any]  # the plan's JSON artifacts (label names and counts, model config...)
 
     @property
     def model_dir(self) -> str:
@@ -193,7 +194,7 @@ def run_training_job(config: ConfigT, prepare: Callable[[ConfigT, TrackingTarget
                            model_uri=registered.model_uri, registered_name=registered.name,
                            registered_version=registered.version,
                            checkpoint_path=checkpoint_uri(result.checkpoint, training_run.storage_path),
-                           run_name=training_run.name)
+                           run_name=training_run.name, details=plan.dicts)
 
 
 def report_header(title: str, outcome: TrainingOutcome, config: TrainingJobConfig) -> None:

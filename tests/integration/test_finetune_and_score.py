@@ -16,10 +16,10 @@ import pytest
 from jobs.batch_infer import BatchInferConfig
 from jobs.batch_infer import run as run_scoring
 from data_pipeline.ray_stages import StageResources
-from jobs.finetune_classifier import ClassifierData, ClassifierModel, FinetuneConfig
+from jobs.finetune_classifier import ClassifierData, ClassifierModel, ClassifierOptim, FinetuneConfig
 from jobs.finetune_classifier import run as run_finetune
 from jobs.common.tracking import TrackingConfig
-from jobs.train.settings import OptimSettings, RunSettings, ScalingSettings
+from jobs.train.settings import RunSettings, ScalingSettings
 
 REGISTERED = "tiny-sentiment"
 EPOCHS = 2
@@ -31,7 +31,7 @@ def finetuned(ray_local, mlflow_uri, tiny_corpus: Path, tiny_model_dir: Path, se
         data=ClassifierData(train=str(tiny_corpus / "train.parquet"), val=str(tiny_corpus / "val.parquet"),
                             test=str(tiny_corpus / "test.parquet"), max_length=64),
         model=ClassifierModel(name_or_path=str(tiny_model_dir)),
-        optim=OptimSettings(epochs=EPOCHS, batch_size=8, lr=1e-3, log_every_steps=1, length_grouping=2),
+        optim=ClassifierOptim(epochs=EPOCHS, batch_size=8, lr=1e-3, log_every_steps=1, length_grouping=2),
         # Default sizing (2 workers x 0.5 CPU, 0.25-CPU read and tokenize stages) on the 2-CPU Ray:
         # the run finishing at all shows the local defaults do not wait on themselves.
         scaling=ScalingSettings(),

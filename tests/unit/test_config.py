@@ -229,10 +229,18 @@ def test_flatten_produces_dotted_string_keys():
 # ---- the real job configs ---------------------------------------------------------------------
 
 def _job_classes():
+    from jobs.batch_infer import BatchInferConfig
+    from jobs.evaluate import EvaluateConfig
     from jobs.finetune_classifier import FinetuneConfig
+    from jobs.init_offline_model import InitOfflineModelConfig
     from jobs.prepare_corpus import PrepareCorpusConfig
+    from jobs.score_partitions import ScorePartitionsConfig
+    from jobs.train_seq2seq import Seq2SeqTrainConfig
 
-    return {"finetune_classifier": FinetuneConfig, "prepare_corpus": PrepareCorpusConfig}
+    return {"finetune_classifier": FinetuneConfig, "prepare_corpus": PrepareCorpusConfig,
+            "train_seq2seq": Seq2SeqTrainConfig, "batch_infer": BatchInferConfig,
+            "score_partitions": ScorePartitionsConfig, "evaluate": EvaluateConfig,
+            "init_offline_model": InitOfflineModelConfig}
 
 
 def test_real_configs_build_from_defaults_and_flatten():

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_pipeline.corpus import (CorpusStats, LabelledTexts, clean, normalise_text, read_user_table,
-                                  split_by_hash, text_id)
+                                  split_by_hash, text_id, write_split)
 from data_pipeline.schema import label_names_from_schema
 
 FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
@@ -46,7 +46,9 @@ def test_clean_dedups_drops_contradictions_and_counts_every_row():
         labels=[1, 1, 1, 0, 1, 0, 0, 1, 0, 1, 1],
         label_names=("negative", "positive"))
     stats = CorpusStats()
-    ids, texts, labels = clean(data, stats)
+    rows = clean(data, stats)
+    ids, texts, labels = rows.ids, rows.texts, rows.labels
+    assert rows.text_pairs is None
     # "好用" x3 (one only differs by whitespace) -> one row; "一般" has both labels -> all 3 rows gone.
     assert sorted(zip(texts, labels)) == sorted([("好用", 1), ("太差", 0), ("还行", 1), ("不错", 1)])
     assert "一般" not in texts
@@ -63,9 +65,50 @@ def test_clean_dedups_drops_contradictions_and_counts_every_row():
 def test_clean_keeps_the_first_user_id_of_a_duplicate():
     data = LabelledTexts(texts=["a", "b", "a"], labels=[0, 1, 0], label_names=("n", "p"), ids=["x1", "x2", "x3"])
     stats = CorpusStats()
-    ids, texts, labels = clean(data, stats)
-    assert list(zip(ids, texts, labels)) == [("x1", "a", 0), ("x2", "b", 1)]
+    rows = clean(data, stats)
+    assert list(zip(rows.ids, rows.texts, rows.labels)) == [("x1", "a", 0), ("x2", "b", 1)]
     check_counts_add_up(stats, 2)
+
+
+def test_clean_judges_duplicates_and_contradictions_on_the_text_pair():
+    data = LabelledTexts(
+        texts=["今天几号", "今天几号", " 今天几号\t", "今天几号", "你好", "你好", "", "天气"],
+        text_pairs=["三号", "周三", " 三号 ", "五号", "再见", "再见", "孤儿", ""],
+        labels=[1, 0, 1, 0, 1, 0, 1, 1],
+        label_names=("no", "yes"))
+    stats = CorpusStats()
+    rows = clean(data, stats)
+    # Same text, different pairs: separate rows. ("今天几号", "三号") twice (once with extra spaces): kept once.
+    # ("你好", "再见") with both labels: a contradiction. An empty pair is kept, an empty text is not.
+    assert list(zip(rows.texts, rows.text_pairs, rows.labels)) == [
+        ("今天几号", "三号", 1), ("今天几号", "周三", 0), ("今天几号", "五号", 0), ("天气", "", 1)]
+    assert (stats.empty_removed, stats.duplicates_removed, stats.contradictions_removed) == (1, 1, 2)
+    assert stats.contradictory_texts == 1
+    check_counts_add_up(stats, 4)
+    # Derived ids tell rows with the same text apart; single-text rows keep text_id(text).
+    assert len(set(rows.ids)) == 4
+    assert rows.ids[0] == text_id("今天几号\n三号")
+
+
+def test_write_split_writes_the_text_pair_column(tmp_path):
+    ids, texts, pairs, labels = ["b", "a", "c"], ["问一", "问二", "问三"], ["答一", "", "答三"], [1, 0, 1]
+    write_split(tmp_path / "pairs.parquet", ids, texts, labels, [1, 2], ("no", "yes"), text_pairs=pairs)
+    table = pq.read_table(tmp_path / "pairs.parquet")
+    assert table.schema.names == ["id", "text", "text_pair", "label"]
+    assert table.schema.field("text_pair").type == pa.string()
+    assert table.to_pylist() == [{"id": "a", "text": "问二", "text_pair": "", "label": 0},
+                                 {"id": "c", "text": "问三", "text_pair": "答三", "label": 1}]
+    assert label_names_from_schema(table.schema) == ["no", "yes"]
+    write_split(tmp_path / "single.parquet", ids, texts, labels, [0], ("no", "yes"))
+    assert pq.read_schema(tmp_path / "single.parquet").names == ["id", "text", "label"]
+
+
+def test_classification_spec_with_a_pair_column():
+    from data_pipeline.schema import classification_spec
+
+    spec = classification_spec("review", pair_column="answer")
+    assert spec.names == ["id", "review", "answer", "label"]
+    assert [c.nonempty for c in spec.columns] == [False, True, False, False]
 
 
 # ---- split_by_hash ----------------------------------------------------------------------------

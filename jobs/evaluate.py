@@ -1,0 +1,233 @@
+"""Measure a model on a labelled file: score it through the batch pipeline, compare with the truth.
+
+    python -m jobs.evaluate --config configs/evaluate.local-cpu.yaml \
+        --set model=models:/review-sentiment@candidate --set data=data/corpus/test.parquet
+
+The file may be any form ``prepare_corpus`` reads (CSV in any encoding, JSON Lines, Parquet;
+several text columns or a sentence pair: ``input.*``). Its rows go through the same Ray Data
+pipeline as ``batch_infer`` (rejected rows are counted and listed, never silently dropped),
+then are joined back to their labels by id. Classifiers: accuracy, macro-F1, per-class
+precision/recall/F1, the confusion matrix (table and picture), calibration (expected calibration
+error, reliability plot) and, given ``train_data``, the majority and char n-gram baselines on the
+same rows. Seq2seq models: token and syllable accuracy, polyphonic accuracy, exact match and,
+given ``train_data``, the per-character baseline. Everything goes to one MLflow run, linked to
+the model version (tags on both sides).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from data_pipeline.paths import resolve_parquet_files
+from data_pipeline.quarantine import InputFileError, inspect_files
+from data_pipeline.readers import InputFormatError
+from jobs.common import config as config_lib
+from jobs.common.baselines import BASELINES
+from jobs.common.naming import unique_run_name
+from jobs.common.ray_runtime import RayConfig, check_cpu_budget, init_ray
+from jobs.common.tracking import TrackingConfig, TrackingTarget, client_for, environment_tags, prepare_tracking
+from jobs.evaluation.inputs import EvalRows, LabelledInput, read_classification_rows, read_seq2seq_rows
+from jobs.evaluation.results import (ClassifierResult, Seq2SeqResult, classifier_baselines, classifier_result,
+                                     polyphonic_characters, seq2seq_baseline, seq2seq_result)
+from jobs.scoring.pipeline import PipelineCounts, ScoringError, ScoringModel, manifest_for, score_files
+from jobs.scoring.settings import PipelineSettings
+from jobs.scoring.sink import REJECTED_DIR, committed_files, write_manifest
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateConfig(PipelineSettings):
+    model: str = "models:/review-sentiment@candidate"  # models:/name@alias, models:/name/version, run id, dir
+    data: str = "data/corpus/test.parquet"  # the labelled file to measure the model on
+    train_data: str | None = None  # the model's training file: baselines fitted on it, measured on the same rows
+    input: LabelledInput = field(default_factory=LabelledInput)  # how to read data and train_data
+    output_dir: str = "runs/evaluations"  # each run writes <output_dir>/<run name>/ (staged rows, scores)
+    tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(experiment="evaluate"))
+    ray: RayConfig = field(default_factory=RayConfig)
+    run_name: str | None = None
+
+
+@dataclass(frozen=True)
+class EvaluationOutcome:
+    run_id: str
+    model: ScoringModel
+    counts: PipelineCounts
+    metrics: dict[str, float]
+    result: ClassifierResult | Seq2SeqResult
+    label_names: list[str] | None
+    rejected: list[dict]
+    output_path: str
+
+
+def file_digest(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def model_label_names(model: ScoringModel) -> list[str]:
+    config = json.loads((Path(model.local_dir) / "config.json").read_text())
+    id2label = config.get("id2label") or {}
+    return [id2label[key] for key in sorted(id2label, key=int)]
+
+
+def read_rows(config: EvaluateConfig, model: ScoringModel) -> tuple[EvalRows, EvalRows | None, list[str] | None]:
+    """The evaluation rows, the training rows (for baselines) and the model's label names."""
+    if model.kind == "seq2seq":
+        rows = read_seq2seq_rows(config.data, config.input)
+        train = read_seq2seq_rows(config.train_data, config.input) if config.train_data else None
+        return rows, train, None
+    names = model_label_names(model)
+    rows = read_classification_rows(config.data, config.input, names)
+    train = read_classification_rows(config.train_data, config.input, names) if config.train_data else None
+    return rows, train, names
+
+
+def score_rows(rows: EvalRows, model: ScoringModel, config: EvaluateConfig, output: str) -> PipelineCounts:
+    staged = resolve_parquet_files(str(rows.stage(Path(output) / "_input")))
+    infos = inspect_files(staged, rows.columns)
+    init_ray(config.ray)
+    check_cpu_budget(config.cpu_demands(model.kind))
+    scores = f"{output}/scores"
+    counts = score_files(staged, infos, scores, model, config, rows.columns)
+    write_manifest(scores, manifest_for(counts, infos, model))
+    return counts
+
+
+def _read_committed(output: str, kind: str):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = committed_files(f"{output}/scores", kind)
+    return pa.concat_tables([pq.read_table(f) for f in files]) if files else None
+
+
+def measure(rows: EvalRows, train: EvalRows | None, names: list[str] | None, model: ScoringModel,
+            output: str) -> tuple[ClassifierResult | Seq2SeqResult, dict[str, float]]:
+    scored = _read_committed(output, "scored")
+    if scored is None:
+        raise ScoringError(f"{rows.path}: no row could be scored (see {output}/scores/{REJECTED_DIR})")
+    if model.kind == "seq2seq":
+        result = seq2seq_result(rows, scored, polyphonic_characters(rows, train))
+        baselines = seq2seq_baseline(train, rows, result) if train is not None else {}
+    else:
+        result = classifier_result(rows, scored, names)
+        baselines = classifier_baselines(train, rows, result, names) if train is not None else {}
+    return result, {**result.metrics(), **baselines}
+
+
+def log_run(run_id: str, outcome_parts: dict, result, names, metrics, counts, rejected, target: TrackingTarget,
+            model: ScoringModel) -> None:
+    import mlflow
+
+    from jobs.evaluation.plots import confusion_figure, reliability_figure
+    from jobs.scoring.pipeline import counts_metrics
+
+    mlflow.log_metrics({**metrics, **{f"pipeline_{k}": v for k, v in counts_metrics(counts).items()}})
+    mlflow.log_dict(outcome_parts, "evaluation.json")
+    if rejected:
+        mlflow.log_table({"id": [r["id"] for r in rejected], "reason": [r["reason"] for r in rejected]},
+                         "rejected_rows.json")
+    if isinstance(result, ClassifierResult):
+        table = {"true": names, **{f"predicted {name}": result.confusion[:, j].tolist() for j, name in enumerate(names)}}
+        mlflow.log_table(table, "confusion_matrix.json")
+        mlflow.log_figure(confusion_figure(result.confusion, names), "confusion_matrix.png")
+        mlflow.log_figure(reliability_figure(result.calibration), "reliability.png")
+        mlflow.log_dict({"ece": result.calibration.ece, "bin_edges": result.calibration.bin_edges.tolist(),
+                         "bin_rows": result.calibration.bin_rows.tolist(),
+                         "bin_accuracy": [None if v != v else v for v in result.calibration.bin_accuracy.tolist()],
+                         "bin_confidence": [None if v != v else v for v in result.calibration.bin_confidence.tolist()]},
+                        "calibration.json")
+    resolved = model.resolved
+    if resolved.version not in ("local", "run"):  # a registered version: the link back from the model's side
+        client = client_for(target)
+        headline = "accuracy" if isinstance(result, ClassifierResult) else "syllable_accuracy"
+        client.set_model_version_tag(resolved.name, resolved.version, "last_evaluation_run_id", run_id)
+        client.set_model_version_tag(resolved.name, resolved.version, f"evaluation.{outcome_parts['data_digest']}",
+                                     json.dumps({"run_id": run_id, "data": outcome_parts["data"],
+                                                 headline: round(metrics.get(headline, float("nan")), 6)}))
+
+
+def _rejected_rows(output: str) -> list[dict]:
+    rejected = _read_committed(output, "rejected")
+    return [] if rejected is None else rejected.select(["id", "reason"]).to_pylist()
+
+
+def run(config: EvaluateConfig) -> EvaluationOutcome:
+    import mlflow
+
+    target = prepare_tracking(config.tracking)
+    model = ScoringModel.load(config.model, target)
+    rows, train, names = read_rows(config, model)  # every input problem fails here, before any compute
+    run_name = config.run_name or unique_run_name("evaluate")
+    output = str(Path(config.output_dir).resolve() / run_name)
+    resolved = model.resolved
+    digest = file_digest(config.data)
+    with mlflow.start_run(experiment_id=target.experiment_id, run_name=run_name,
+                          tags={**environment_tags(), "job": "evaluate", "model_name": resolved.name,
+                                "model_version": resolved.version, "model_run_id": resolved.run_id,
+                                "model_uri": resolved.load_uri, "data_digest": digest}) as active:
+        mlflow.log_params({"model_ref": config.model, "rows": len(rows.ids),
+                           **config_lib.flatten(config_lib.to_dict(config))})
+        counts = score_rows(rows, model, config, output)
+        result, metrics = measure(rows, train, names, model, output)
+        rejected = _rejected_rows(output)
+        parts = {"data": str(Path(config.data).resolve()), "data_digest": digest, "model_kind": model.kind,
+                 "rows_in": counts.rows_in, "rows_scored": counts.rows_out, "rows_rejected": counts.rows_rejected,
+                 "rejected_by_reason": counts.rejected_by_reason, "label_names": names}
+        log_run(active.info.run_id, parts, result, names, metrics, counts, rejected, target, model)
+    return EvaluationOutcome(run_id=active.info.run_id, model=model, counts=counts, metrics=metrics, result=result,
+                             label_names=names, rejected=rejected, output_path=output)
+
+
+def report(outcome: EvaluationOutcome, config: EvaluateConfig) -> None:
+    m, counts, resolved = outcome.metrics, outcome.counts, outcome.model.resolved
+    print("\n=== evaluation finished ===")
+    print(f"model           : {resolved.name} version {resolved.version} ({outcome.model.kind})")
+    print(f"data            : {config.data}: {counts.rows_in} rows, {counts.rows_out} scored, "
+          f"{counts.rows_rejected} rejected" + (f" ({', '.join(f'{k} {v}' for k, v in counts.rejected_by_reason.items())})"
+                                                if counts.rejected_by_reason else ""))
+    for row in outcome.rejected[:10]:
+        print(f"  rejected {row['id']}: {row['reason']}")
+    if len(outcome.rejected) > 10:
+        print(f"  ... {len(outcome.rejected) - 10} more (MLflow artifact rejected_rows.json)")
+    print(f"MLflow run      : {outcome.run_id} (experiment '{config.tracking.experiment}')")
+    if isinstance(outcome.result, ClassifierResult):
+        print("scored rows               accuracy  macro-F1")
+        print(f"  model                   {m['accuracy']:9.4f}  {m['macro_f1']:8.4f}   (ECE {m['ece']:.4f})")
+        for name, title in BASELINES.items():
+            if f"baseline_{name}_eval_accuracy" in m:
+                print(f"  {title:<23} {m[f'baseline_{name}_eval_accuracy']:9.4f}  "
+                      f"{m[f'baseline_{name}_eval_macro_f1']:8.4f}")
+        print("\n".join(outcome.result.report.table()))
+        if outcome.result.report.never_predicted:
+            print(f"WARNING: the model never predicts {', '.join(outcome.result.report.never_predicted)}")
+        return
+    nan = float("nan")
+    print("scored rows               syllable acc  polyphonic acc  exact match")
+    print(f"  model (greedy)          {m.get('syllable_accuracy', nan):12.4f}  "
+          f"{m.get('polyphonic_accuracy', nan):14.4f}  {m.get('exact_match', nan):11.4f}")
+    if "baseline_char_eval_syllable_accuracy" in m:
+        print(f"  per-character reading   {m['baseline_char_eval_syllable_accuracy']:12.4f}  "
+              f"{m.get('baseline_char_eval_polyphonic_accuracy', nan):14.4f}  "
+              f"{m['baseline_char_eval_exact_match']:11.4f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    config, _ = config_lib.parse_args(EvaluateConfig, __doc__.splitlines()[0], argv)
+    try:
+        outcome = run(config)
+    except (InputFormatError, InputFileError, ScoringError, FileNotFoundError) as exc:
+        print(f"\nevaluation failed: {exc}", file=sys.stderr)
+        return 1
+    report(outcome, config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
