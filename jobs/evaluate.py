@@ -33,7 +33,8 @@ from jobs.common.tracking import TrackingConfig, TrackingTarget, client_for, env
 from jobs.evaluation.inputs import EvalRows, LabelledInput, read_classification_rows, read_seq2seq_rows
 from jobs.evaluation.results import (ClassifierResult, Seq2SeqResult, classifier_baselines, classifier_result,
                                      polyphonic_characters, seq2seq_baseline, seq2seq_result)
-from jobs.scoring.pipeline import PipelineCounts, ScoringError, ScoringModel, manifest_for, score_files
+from jobs.scoring.pipeline import (PipelineCounts, ScoringError, ScoringModel, manifest_for, output_location,
+                                   score_files)
 from jobs.scoring.settings import PipelineSettings
 from jobs.scoring.sink import REJECTED_DIR, committed_files, write_manifest
 
@@ -89,7 +90,7 @@ def read_rows(config: EvaluateConfig, model: ScoringModel) -> tuple[EvalRows, Ev
 
 
 def score_rows(rows: EvalRows, model: ScoringModel, config: EvaluateConfig, output: str) -> PipelineCounts:
-    staged = resolve_parquet_files(str(rows.stage(Path(output) / "_input")))
+    staged = resolve_parquet_files(rows.stage(f"{output}/_input"))
     infos = inspect_files(staged, rows.columns)
     init_ray(config.ray)
     check_cpu_budget(config.cpu_demands(model.kind))
@@ -165,7 +166,7 @@ def run(config: EvaluateConfig) -> EvaluationOutcome:
     model = ScoringModel.load(config.model, target)
     rows, train, names = read_rows(config, model)  # every input problem fails here, before any compute
     run_name = config.run_name or unique_run_name("evaluate")
-    output = str(Path(config.output_dir).resolve() / run_name)
+    output = output_location(config.output_dir, run_name)
     resolved = model.resolved
     digest = file_digest(config.data)
     with mlflow.start_run(experiment_id=target.experiment_id, run_name=run_name,

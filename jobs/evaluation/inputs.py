@@ -10,13 +10,13 @@ labels and references stay on the driver and are joined back by id.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from data_pipeline.paths import filesystem_for, join_path
 from data_pipeline.quarantine import InputColumns
-from data_pipeline.readers import FileFormat, InputFormatError, TextFields, read_labelled, read_table
+from data_pipeline.readers import FileFormat, InputFormatError, TextFields, file_format, read_labelled, read_table
 from data_pipeline.schema import label_names_from_schema
 
 ID, TEXT, PAIR = "id", "text", "text_pair"
@@ -48,15 +48,16 @@ class EvalRows:
     def columns(self) -> InputColumns:
         return InputColumns(text=TEXT, id=ID, pair=PAIR if self.text_pairs is not None else None)
 
-    def stage(self, directory: Path) -> Path:
-        """The rows as the Parquet file the scoring pipeline reads."""
+    def stage(self, directory: str) -> str:
+        """The rows as the Parquet file the scoring pipeline reads (a local path or URI every node sees)."""
         columns = {ID: self.ids, TEXT: self.texts}
         if self.text_pairs is not None:
             columns[PAIR] = self.text_pairs
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / "rows.parquet"
-        pq.write_table(pa.table(columns, schema=pa.schema([(name, pa.string()) for name in columns])), path)
-        return path
+        fs, base = filesystem_for(directory)
+        fs.create_dir(base, recursive=True)
+        table = pa.table(columns, schema=pa.schema([(name, pa.string()) for name in columns]))
+        pq.write_table(table, join_path(base, "rows.parquet"), filesystem=fs)
+        return join_path(directory, "rows.parquet")
 
 
 def _row_ids(path: str, ids: list[str] | None, n: int) -> list[str]:
@@ -71,12 +72,8 @@ def _row_ids(path: str, ids: list[str] | None, n: int) -> list[str]:
     return ids
 
 
-def _is_parquet(path: str, fmt: FileFormat) -> bool:
-    return fmt.format == "parquet" or (fmt.format == "auto" and Path(path).suffix.lower() == ".parquet")
-
-
 def _prepared_corpus_names(path: str, fmt: FileFormat) -> list[str] | None:
-    if not _is_parquet(path, fmt):
+    if file_format(path, fmt) != "parquet":
         return None
     return label_names_from_schema(pq.read_schema(path))
 
@@ -117,4 +114,4 @@ def read_seq2seq_rows(path: str, settings: LabelledInput) -> EvalRows:
 
 
 def _prepared_corpus_layout(path: str, fmt: FileFormat) -> bool:
-    return _is_parquet(path, fmt) and ID in pq.read_schema(path).names
+    return file_format(path, fmt) == "parquet" and ID in pq.read_schema(path).names

@@ -7,19 +7,12 @@ made safe for MLflow (``f1_体育``, ``recall_sports``).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-_UNSAFE_KEY_CHARS = re.compile(r"[^\w\-. /]")
-
-
-def metric_key(name: str) -> str:
-    """A label name as part of an MLflow metric key (letters of any script, digits, _ - . / and space)."""
-    return _UNSAFE_KEY_CHARS.sub("_", str(name)) or "_"
-
+from data_pipeline.schema import metric_key
 
 def confusion_matrix(true: Sequence[int], predicted: Sequence[int], n_labels: int) -> np.ndarray:
     """(n_labels, n_labels) counts, rows the true label and columns the predicted one."""

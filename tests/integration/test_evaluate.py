@@ -108,9 +108,10 @@ def test_a_csv_with_a_title_and_a_body_as_a_pair_and_a_bad_row(ray_local, mlflow
                  "--set", f"tracking.tracking_uri={mlflow_uri}", "--set", "predictor.concurrency=1",
                  "--set", "input.format.encoding=gb18030", "--set", "input.fields.text_columns=[title]",
                  "--set", "input.fields.pair_column=body", "--set", "input.label_column=sentiment",
-                 "--set", "input.id_column=doc_id"])
-    printed = capsys.readouterr().out
-    assert code == 0, printed
+                 "--set", "input.id_column=doc_id", "--set", "train_data=null"])
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert code == 0, captured.err
     assert "11 rows, 10 scored, 1 rejected (empty_text 1)" in printed and "rejected d999: empty_text" in printed
 
     run_id = printed.split("MLflow run      : ")[1].split()[0]

@@ -261,7 +261,7 @@ def test_real_config_validation_is_reported_as_config_error():
         load(classes["finetune_classifier"], None, ["optim.precision=bf16"])
     with pytest.raises(ConfigError, match="optim.precision"):
         load(classes["finetune_classifier"], None, ["optim.precision=fp8"])
-    with pytest.raises(ConfigError, match="source.path is required"):
+    with pytest.raises(ConfigError, match="source.path .one file. or source.train, source.val and source.test"):
         load(classes["prepare_corpus"], None, ["source.kind=file"])
     with pytest.raises(ConfigError, match="sum to 1"):
         load(classes["prepare_corpus"], None, ["split.train=0.9"])

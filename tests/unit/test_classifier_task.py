@@ -1,0 +1,78 @@
+"""The classifier task in-process (no Ray): class weights, sentence pairs, per-class metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from jobs.evaluation.metrics import calibration, class_report, confusion_matrix
+from jobs.finetune_classifier import ClassifierOptim, ClassifierTask, balanced_class_weights
+
+
+class TinyClassifier(torch.nn.Module):
+    """Stands in for a BERT classifier: logits from the mean token embedding (token types add in)."""
+
+    def __init__(self, n_labels: int):
+        super().__init__()
+        self.embed = torch.nn.Embedding(50, n_labels)
+        self.types = torch.nn.Embedding(2, n_labels)
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        hidden = self.embed(input_ids) + (0 if token_type_ids is None else self.types(token_type_ids))
+        logits = (hidden * attention_mask[..., None]).sum(1) / attention_mask.sum(1, keepdim=True)
+        return type("Output", (), {"logits": logits})()
+
+
+def _batch(labels, pairs: bool = False):
+    torch.manual_seed(0)
+    ids = torch.randint(1, 50, (len(labels), 6))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor(labels)}
+    if pairs:
+        batch["token_type_ids"] = torch.tensor([[0, 0, 0, 1, 1, 1]] * len(labels))
+    return batch
+
+
+def test_balanced_weights_are_inverse_frequency():
+    assert balanced_class_weights([60, 30, 10]) == pytest.approx([100 / 180, 100 / 90, 100 / 30])
+    assert balanced_class_weights([5, 0]) == [0.5, 0.0]  # a class absent from training weighs nothing
+
+
+def test_weighted_loss_is_the_weighted_cross_entropy_and_pairs_use_token_types():
+    weights = [0.5, 1.0, 3.0]
+    task = ClassifierTask("unused", ["a", "b", "c"], ClassifierOptim(), pad_id=0, class_weights=weights)
+    model, batch = TinyClassifier(3), _batch([0, 0, 1, 2], pairs=True)
+    loss, rows, tokens = task.train_loss(model, batch)
+    logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).logits
+    expected = torch.nn.functional.cross_entropy(logits, batch["labels"], weight=torch.tensor(weights))
+    torch.testing.assert_close(loss, expected)
+    assert rows == 4 and int(tokens) == 24
+    unweighted, _, _ = ClassifierTask("unused", ["a", "b", "c"], ClassifierOptim(), 0).train_loss(model, batch)
+    assert not torch.allclose(loss, unweighted)
+    without_types = model(batch["input_ids"], batch["attention_mask"]).logits
+    assert not torch.allclose(logits, without_types)  # the second segment is told apart
+
+
+def test_eval_metrics_give_per_class_scores_and_flag_a_class_never_predicted():
+    task = ClassifierTask("unused", ["体育", "财经", "科技"], ClassifierOptim(), pad_id=0)
+    confusion = torch.tensor([[5, 1, 0], [2, 3, 0], [1, 1, 0]])
+    metrics = task.eval_metrics({"loss_sum": torch.tensor(8.0), "confusion": confusion})
+    assert metrics["accuracy"] == pytest.approx(8 / 13) and metrics["loss"] == pytest.approx(8 / 13)
+    assert metrics["precision_体育"] == pytest.approx(5 / 8) and metrics["recall_财经"] == pytest.approx(3 / 5)
+    assert metrics["f1_科技"] == 0.0 and metrics["predicted_科技"] == 0.0
+    assert metrics["macro_f1"] == pytest.approx(np.mean([2 * (5 / 8) * (5 / 6) / (5 / 8 + 5 / 6),
+                                                         0.6, 0.0]))  # 财经: P = R = 3/5
+    report = class_report(confusion.numpy(), task.label_names)
+    assert report.never_predicted == ["科技"]
+    assert any("科技" in line for line in report.table())
+
+
+def test_confusion_matrix_and_calibration():
+    confusion = confusion_matrix([0, 1, 1, 2], [0, 1, 0, 2], 3)
+    assert confusion.tolist() == [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
+    result = calibration([0.95, 0.95, 0.55, 0.55], [True, True, True, False], bins=10)
+    # bin (0.9, 1.0]: confidence 0.95, accuracy 1.0; bin (0.5, 0.6]: confidence 0.55, accuracy 0.5
+    assert result.ece == pytest.approx(0.5 * 0.05 + 0.5 * 0.05)
+    assert result.bin_rows.tolist() == [0, 0, 0, 0, 0, 2, 0, 0, 0, 2]
+    perfect = calibration([1.0, 1.0], [True, True])
+    assert perfect.ece == 0.0
