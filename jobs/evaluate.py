@@ -32,7 +32,8 @@ from jobs.common.ray_runtime import RayConfig, check_cpu_budget, init_ray
 from jobs.common.tracking import TrackingConfig, TrackingTarget, client_for, environment_tags, prepare_tracking
 from jobs.evaluation.inputs import EvalRows, LabelledInput, read_classification_rows, read_seq2seq_rows
 from jobs.evaluation.results import (ClassifierResult, Seq2SeqResult, classifier_baselines, classifier_result,
-                                     polyphonic_characters, seq2seq_baseline, seq2seq_result)
+                                     polyphonic_characters, rows_also_in_training, seq2seq_baseline,
+                                     seq2seq_result)
 from jobs.scoring.pipeline import (PipelineCounts, ScoringError, ScoringModel, manifest_for, output_location,
                                    score_files)
 from jobs.scoring.settings import PipelineSettings
@@ -119,6 +120,8 @@ def measure(rows: EvalRows, train: EvalRows | None, names: list[str] | None, mod
     else:
         result = classifier_result(rows, scored, names)
         baselines = classifier_baselines(train, rows, result, names) if train is not None else {}
+    if train is not None:
+        baselines["rows_also_in_train_data"] = float(rows_also_in_training(rows, train))
     return result, {**result.metrics(), **baselines}
 
 
@@ -198,12 +201,15 @@ def report(outcome: EvaluationOutcome, config: EvaluateConfig) -> None:
     if len(outcome.rejected) > 10:
         print(f"  ... {len(outcome.rejected) - 10} more (MLflow artifact rejected_rows.json)")
     print(f"MLflow run      : {outcome.run_id} (experiment '{config.tracking.experiment}')")
+    if m.get("rows_also_in_train_data"):
+        print(f"WARNING: {m['rows_also_in_train_data']:.0f} evaluated row(s) also appear in train_data: the model "
+              "has seen them (prepare_corpus with given splits removes such rows from the later split)")
     if isinstance(outcome.result, ClassifierResult):
-        print("scored rows               accuracy  macro-F1")
-        print(f"  model                   {m['accuracy']:9.4f}  {m['macro_f1']:8.4f}   (ECE {m['ece']:.4f})")
+        print("scored rows                   accuracy  macro-F1")
+        print(f"  model                       {m['accuracy']:8.4f}  {m['macro_f1']:8.4f}   (ECE {m['ece']:.4f})")
         for name, title in BASELINES.items():
             if f"baseline_{name}_eval_accuracy" in m:
-                print(f"  {title:<23} {m[f'baseline_{name}_eval_accuracy']:9.4f}  "
+                print(f"  {title:<27} {m[f'baseline_{name}_eval_accuracy']:8.4f}  "
                       f"{m[f'baseline_{name}_eval_macro_f1']:8.4f}")
         print("\n".join(outcome.result.report.table()))
         if outcome.result.report.never_predicted:

@@ -80,6 +80,7 @@ class ClassifierTask:
     """The classifier's part of the shared training loop (runs inside each Ray Train worker)."""
 
     primary_metric = "accuracy"
+    headline_metrics = ("loss", "accuracy", "macro_f1")
 
     def __init__(self, model_path: str, label_names: list[str], optim: OptimSettings, pad_id: int,
                  class_weights: list[float] | None = None):

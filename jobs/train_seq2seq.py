@@ -97,6 +97,7 @@ class Seq2SeqTask:
     """The seq2seq part of the shared training loop (runs inside each Ray Train worker)."""
 
     primary_metric = "syllable_accuracy"
+    headline_metrics = ("loss", "token_accuracy", "syllable_accuracy", "polyphonic_accuracy", "exact_match")
 
     def __init__(self, model_config: Seq2SeqConfig, source_tokenizer_json: str, target_tokenizer_json: str,
                  data: Seq2SeqData, optim: OptimSettings, objective: Seq2SeqObjective, polyphonic: frozenset[str],

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from data_pipeline.corpus import normalise_text
 from data_pipeline.pinyin import ReadingTable, Scores, baseline_scores, score
 from jobs.common.baselines import baseline_metrics, joined
 from jobs.evaluation.inputs import EvalRows
@@ -88,3 +89,14 @@ def seq2seq_baseline(train: EvalRows, rows: EvalRows, result: Seq2SeqResult) -> 
     pairs = [(rows.texts[i], rows.targets[i]) for i in result.rows]
     scores, _ = baseline_scores(zip(train.texts, train.targets), pairs)
     return {f"baseline_char_eval_{k}": v for k, v in scores.rates().items() if not np.isnan(v)}
+
+
+def _content_keys(rows: EvalRows) -> list[tuple[str, str]]:
+    pairs = rows.text_pairs if rows.text_pairs is not None else [""] * len(rows.texts)
+    return [(normalise_text(text), normalise_text(pair)) for text, pair in zip(rows.texts, pairs)]
+
+
+def rows_also_in_training(rows: EvalRows, train: EvalRows) -> int:
+    """Evaluated rows whose (normalised) text also appears in the training file: a leak that flatters the model."""
+    seen = set(_content_keys(train))
+    return sum(key in seen for key in _content_keys(rows))

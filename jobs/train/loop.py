@@ -232,7 +232,8 @@ class TrainingWorker:
         self.metrics_log.flush()
         self.report_checkpoint(epoch, metrics)
         if self.rank == 0:
-            headline = {k: round(v, 4) for k, v in metrics.items() if k.startswith(("val_", "test_"))}
+            shown = {f"{split}_{name}" for split in ("val", "test") for name in self.task.headline_metrics}
+            headline = {k: round(v, 4) for k, v in metrics.items() if k in shown}
             log.info("[train] epoch %d step %d: %s (%.0fs)", epoch, self.progress.step, headline, seconds)
         return finished
 

@@ -19,6 +19,7 @@ class TrainingTask(Protocol):
     """The model-specific part of the training loop; runs inside each Ray Train worker."""
 
     primary_metric: str  # the headline validation metric, e.g. "accuracy"
+    headline_metrics: tuple[str, ...]  # what the end-of-epoch log line shows (all are logged to MLflow)
 
     def build_model(self) -> torch.nn.Module: ...
 

@@ -60,7 +60,7 @@ def test_a_prepared_split_is_measured_logged_and_linked_to_the_model_version(
     expected_accuracy = float((predicted == truth["label"].to_numpy()).mean())
     assert outcome.counts.rows_in == outcome.counts.rows_out == len(truth)
     assert outcome.metrics["accuracy"] == pytest.approx(expected_accuracy)
-    assert outcome.result.confusion.sum() == len(truth)
+    assert outcome.result.confusion.sum() == len(truth) and outcome.metrics["rows_also_in_train_data"] == 0
 
     client = mlflow.MlflowClient(mlflow_uri)
     logged = client.get_run(outcome.run_id)

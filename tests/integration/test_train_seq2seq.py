@@ -76,6 +76,25 @@ def test_tiny_run_logs_metrics_and_registers_a_model_that_transliterates(ray_loc
     # decodes it, with lineage; a row with no text is rejected, not lost.
     _batch_generation_matches_the_pyfunc(outcome.model_uri, model, data_dir / "test.parquet", mlflow_uri, tmp_path)
 
+    # The evaluation job measures the registered model on the test split through the scoring pipeline:
+    # the same greedy decoding, so the same syllable accuracy as the training job's own test pass.
+    _evaluation_matches_the_training_run(outcome, data_dir, mlflow_uri, tmp_path)
+
+
+def _evaluation_matches_the_training_run(outcome, data_dir: Path, mlflow_uri: str, tmp_path: Path) -> None:
+    from jobs.evaluate import EvaluateConfig
+    from jobs.evaluate import run as evaluate
+
+    config = config_lib.load(EvaluateConfig, ROOT / "configs/evaluate.local-cpu.yaml", [
+        f"model={outcome.model_uri}", f"data={data_dir / 'test.parquet'}", f"train_data={data_dir / 'train.parquet'}",
+        f"output_dir={tmp_path / 'evaluations'}", f"tracking.tracking_uri={mlflow_uri}", "predictor.concurrency=1"])
+    result = evaluate(config)
+    trained = outcome.metrics
+    assert result.counts.rows_out == int(trained["test_decoded_rows"])
+    for key in ("syllable_accuracy", "polyphonic_accuracy"):
+        assert result.metrics[key] == pytest.approx(trained[f"test_{key}"]), key
+        assert result.metrics[f"baseline_char_eval_{key}"] == pytest.approx(trained[f"baseline_char_test_{key}"]), key
+
 
 def _batch_generation_matches_the_pyfunc(model_uri, pyfunc_model, test_file: Path, mlflow_uri: str,
                                          tmp_path: Path) -> None:
