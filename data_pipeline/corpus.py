@@ -70,7 +70,8 @@ class CorpusStats:
         out = [f"read {self.read} rows",
                f"removed {self.empty_removed} empty texts",
                f"removed {self.duplicates_removed} exact duplicates",
-               f"removed {self.contradictions_removed} rows of {self.contradictory_texts} texts seen with several labels"]
+               f"removed {self.contradictions_removed} rows of {self.contradictory_texts} texts "
+               "seen with several labels"]
         for o in self.cross_split:
             fate = f"removed from {o['later']}" if self.cross_split_removed else "kept (split.cross_split_duplicates)"
             out.append(f"{o['rows']} row(s) of {o['later']} also in {o['earlier']}: {fate}")

@@ -138,7 +138,8 @@ def log_run(run_id: str, outcome_parts: dict, result, names, metrics, counts, re
         mlflow.log_table({"id": [r["id"] for r in rejected], "reason": [r["reason"] for r in rejected]},
                          "rejected_rows.json")
     if isinstance(result, ClassifierResult):
-        table = {"true": names, **{f"predicted {name}": result.confusion[:, j].tolist() for j, name in enumerate(names)}}
+        columns = {f"predicted {name}": result.confusion[:, j].tolist() for j, name in enumerate(names)}
+        table = {"true": names, **columns}
         mlflow.log_table(table, "confusion_matrix.json")
         mlflow.log_figure(confusion_figure(result.confusion, names), "confusion_matrix.png")
         mlflow.log_figure(reliability_figure(result.calibration), "reliability.png")
@@ -193,9 +194,9 @@ def report(outcome: EvaluationOutcome, config: EvaluateConfig) -> None:
     m, counts, resolved = outcome.metrics, outcome.counts, outcome.model.resolved
     print("\n=== evaluation finished ===")
     print(f"model           : {resolved.name} version {resolved.version} ({outcome.model.kind})")
+    reasons = ", ".join(f"{k} {v}" for k, v in counts.rejected_by_reason.items())
     print(f"data            : {config.data}: {counts.rows_in} rows, {counts.rows_out} scored, "
-          f"{counts.rows_rejected} rejected" + (f" ({', '.join(f'{k} {v}' for k, v in counts.rejected_by_reason.items())})"
-                                                if counts.rejected_by_reason else ""))
+          f"{counts.rows_rejected} rejected" + (f" ({reasons})" if reasons else ""))
     for row in outcome.rejected[:10]:
         print(f"  rejected {row['id']}: {row['reason']}")
     if len(outcome.rejected) > 10:

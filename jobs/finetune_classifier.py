@@ -237,7 +237,8 @@ def prepare(config: FinetuneConfig, target: TrackingTarget) -> TrainingPlan:
         stage_cpus={"read tasks": stages.read_cpus,
                     "tokenizer actors": stages.tokenize_concurrency * stages.tokenize_cpus},
         make_datasets=make_datasets, pyfunc_model=TextClassifierModel(),
-        input_example=pd.DataFrame({"text": ["质量很好，物流也快"]}),
+        input_example=pd.DataFrame({"text": ["质量很好，物流也快"], **({PAIR_COLUMN: ["包装完好"]} if pair_column
+                                                                   else {})}),
         dicts={"labels.json": {"label_names": label_names},
                "label_counts.json": {split: dict(zip(label_names, n)) for split, n in counts.items()},
                **({"class_weights.json": dict(zip(label_names, class_weights))} if class_weights else {})},
@@ -249,7 +250,7 @@ def run(config: FinetuneConfig) -> TrainingOutcome:
     return run_training_job(config, prepare)
 
 
-def test_report(outcome: TrainingOutcome) -> ClassReport:
+def per_class_on_test(outcome: TrainingOutcome) -> ClassReport:
     """The test split's per-class scores, rebuilt from the run's flat metrics and label counts."""
     m, names = outcome.metrics, outcome.details["labels.json"]["label_names"]
     support = outcome.details["label_counts.json"]["test"]
@@ -271,8 +272,9 @@ def report(outcome: TrainingOutcome, config: FinetuneConfig) -> None:
     print(f"  model                      {m['test_accuracy']:8.4f}  {m['test_macro_f1']:8.4f}")
     for name, title in BASELINES.items():
         if f"baseline_{name}_test_accuracy" in m:
-            print(f"  {title:<26} {m[f'baseline_{name}_test_accuracy']:8.4f}  {m[f'baseline_{name}_test_macro_f1']:8.4f}")
-    scores = test_report(outcome)
+            accuracy, macro_f1 = m[f"baseline_{name}_test_accuracy"], m[f"baseline_{name}_test_macro_f1"]
+            print(f"  {title:<26} {accuracy:8.4f}  {macro_f1:8.4f}")
+    scores = per_class_on_test(outcome)
     print("test split, per class:")
     print("\n".join(scores.table()))
     if scores.never_predicted:

@@ -22,7 +22,10 @@ MODEL_ARTIFACT = "hf_model"
 
 
 class TextClassifierModel(mlflow.pyfunc.PythonModel):
-    """``predict(DataFrame with a 'text' column) -> DataFrame(label, label_name, probability)``."""
+    """``predict(DataFrame with a 'text' column) -> DataFrame(label, label_name, probability)``.
+
+    A model fine-tuned on sentence pairs reads the second text from a ``text_pair`` column.
+    """
 
     def load_context(self, context) -> None:
         from model.classifier import load_classifier
@@ -34,7 +37,10 @@ class TextClassifierModel(mlflow.pyfunc.PythonModel):
         from model.classifier import classify_texts
 
         texts = list(model_input["text"] if isinstance(model_input, pd.DataFrame) else model_input)
-        labels, probs = classify_texts(self.loaded, [str(t) for t in texts])
+        pairs = None
+        if isinstance(model_input, pd.DataFrame) and "text_pair" in model_input.columns:
+            pairs = ["" if p is None else str(p) for p in model_input["text_pair"]]
+        labels, probs = classify_texts(self.loaded, [str(t) for t in texts], text_pairs=pairs)
         names = self.loaded.label_names
         return pd.DataFrame({"label": labels, "label_name": [names[i] for i in labels], "probability": probs})
 

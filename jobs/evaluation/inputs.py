@@ -102,7 +102,8 @@ def read_seq2seq_rows(path: str, settings: LabelledInput) -> EvalRows:
     table = read_table(path, settings.format, columns)
     missing = [c for c in columns if c not in table.column_names]
     if missing:
-        raise InputFormatError(path, f"lacks column(s) {', '.join(missing)} (file has: {', '.join(table.column_names)})")
+        raise InputFormatError(path, f"lacks column(s) {', '.join(missing)} "
+                                     f"(file has: {', '.join(table.column_names)})")
     targets = table.column(settings.target_column).to_pylist()
     empty = sum(not (t or "").strip() for t in targets)
     if empty:

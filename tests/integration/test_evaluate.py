@@ -128,7 +128,8 @@ def test_a_csv_with_a_title_and_a_body_as_a_pair_and_a_bad_row(ray_local, mlflow
 def test_labels_the_model_does_not_know_fail_before_any_compute(mlflow_uri, registered, tmp_path: Path, capsys):
     path = tmp_path / "other.jsonl"
     path.write_text('{"text": "好", "label": "sports"}\n{"text": "差", "label": "negative"}\n', encoding="utf-8")
-    code = main(["--set", f"model={registered}", "--set", f"data={path}", "--set", f"tracking.tracking_uri={mlflow_uri}",
+    code = main(["--set", f"model={registered}", "--set", f"data={path}",
+                 "--set", f"tracking.tracking_uri={mlflow_uri}",
                  "--set", f"output_dir={tmp_path / 'evaluations'}"])
     assert code == 1
     assert "other.jsonl" in capsys.readouterr().err and not (tmp_path / "evaluations").exists()

@@ -61,9 +61,18 @@ def test_imbalanced_three_labels_fine_tune_with_class_weights_and_report_per_cla
     client = mlflow.MlflowClient(mlflow_uri)
     artifacts = {a.path for a in client.list_artifacts(outcome.run_id)}
     assert {"class_weights.json", "label_counts.json", "labels.json"} <= artifacts
-    weights = json.loads(Path(client.download_artifacts(outcome.run_id, "class_weights.json", str(tmp_path))).read_text())
+    weights_file = client.download_artifacts(outcome.run_id, "class_weights.json", str(tmp_path))
+    weights = json.loads(Path(weights_file).read_text())
     assert weights == pytest.approx({"negative": 80 / 72, "news": 80 / 24, "positive": 80 / 144})
     assert client.get_run(outcome.run_id).data.params["text_pair_column"] == "text_pair"
+    # The registered pyfunc reads the second text from a text_pair column, as the job trained it.
+    import pandas as pd
+
+    from model.classifier import classify_texts, load_classifier
+    titles, bodies = ["球队夺冠", "质量很差"], ["昨晚的决赛\n比分三比一", "用了两天就坏了"]
+    predicted = mlflow.pyfunc.load_model(outcome.model_uri).predict(pd.DataFrame({"text": titles, "text_pair": bodies}))
+    expected, _ = classify_texts(load_classifier(outcome.model_dir), titles, max_length=64, text_pairs=bodies)
+    assert predicted["label"].tolist() == expected
     report(outcome, config)
     printed = capsys.readouterr().out
     assert "train negative=24, news=8, positive=48" in printed and "precision  recall" in printed
