@@ -203,7 +203,7 @@ def test_incremental_run_skips_done_partitions(ray_local, registry, texts, tmp_p
 def test_bad_rows_and_corrupt_files_fail_only_their_partition(ray_local, registry, texts, tmp_path: Path,
                                                               mlflow_uri, capsys):
     from jobs.score_partitions import main
-    from test_quarantine import corrupt_data_page, write_bad_rows
+    from bad_parquet import corrupt_data_page, write_bad_rows
 
     incoming, scored = tmp_path / "incoming", tmp_path / "scored"
     good = write_partition(incoming, "2026-11-21", texts, 20)

@@ -13,28 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_pipeline.paths import resolve_parquet_files
-from data_pipeline.quarantine import (EMPTY_TEXT, FILE_ERROR, NULL_ID, NULL_TEXT, UNDECODABLE_TEXT, WRONG_TYPE_TEXT,
+from data_pipeline.quarantine import (EMPTY_TEXT, FILE_ERROR, NULL_ID, UNDECODABLE_TEXT, WRONG_TYPE_TEXT,
                                       InputFileError, ReadUnit, ScoringGroup, inspect_files, read_tagged, read_units,
                                       tag_rows)
 
-LONG_TEXT = "质量很好" * 100  # 400 characters: over any max_length used here
-
-
-def write_bad_rows(path: Path) -> dict[str, str | None]:
-    """A file whose text column is binary, holding each kind of bad row; returns id -> expected reason."""
-    rows = {"b-ok": ("很好".encode(), None), "b-undecodable": (b"\xff\xfe\x00bad", UNDECODABLE_TEXT),
-            "b-null": (None, NULL_TEXT), "b-blank": (" \t\u3000 ".encode(), EMPTY_TEXT),
-            "b-empty": (b"", EMPTY_TEXT), "b-long": (LONG_TEXT.encode(), None)}
-    table = pa.table({"id": list(rows), "text": pa.array([v[0] for v in rows.values()], pa.binary())})
-    pq.write_table(table, path)
-    return {k: v[1] for k, v in rows.items()}
-
-
-def corrupt_data_page(path: Path) -> None:
-    """Keep the footer valid but overwrite the first page header: readers fail only when reading data."""
-    raw = bytearray(path.read_bytes())
-    raw[4:60] = b"\xde\xad\xbe\xef" * 14
-    path.write_bytes(bytes(raw))
+from bad_parquet import corrupt_data_page, write_bad_rows
 
 
 def test_tag_rows_gives_each_bad_row_one_reason(tmp_path: Path):
