@@ -9,6 +9,7 @@ the final checkpoint's model logged, registered and aliased -> a ``TrainingOutco
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +20,10 @@ from jobs.common import config as config_lib
 from jobs.common.naming import unique_run_name
 from jobs.common.ray_runtime import check_cpu_budget, init_ray
 from jobs.common.tracking import TrackingTarget, client_for, environment_tags, prepare_tracking
+from jobs.train.callbacks import STEP_DELAY_ENV
 from jobs.train.checkpoint import EXPORT_DIR
 from jobs.train.data_config import EvalShardingDataConfig
-from jobs.train.loop import LoopContext, WorkerSpec, train_worker, worker_env
+from jobs.train.loop import LoopContext, WorkerSpec, train_worker
 from jobs.train.settings import RunSettings, ScalingSettings, TrainingJobConfig
 from jobs.train.task import TrainingPlan
 
@@ -118,6 +120,15 @@ def fit(trainer, target: TrackingTarget, training_run: TrainingRun):
     except Exception:
         client_for(target).set_terminated(training_run.mlflow_run_id, status="FAILED")
         raise
+
+
+def worker_env() -> dict[str, str]:
+    """Environment for training workers: quiet tokenizer threads, no MLflow telemetry."""
+    env = {"TOKENIZERS_PARALLELISM": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    if os.environ.get(STEP_DELAY_ENV):  # workers of an already running Ray do not see the driver's env
+        env[STEP_DELAY_ENV] = os.environ[STEP_DELAY_ENV]
+    return env
 
 
 def make_trainer(spec: WorkerSpec, scaling: ScalingSettings, run: RunSettings, training_run: TrainingRun,

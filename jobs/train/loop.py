@@ -271,16 +271,3 @@ class TrainingWorker:
 def train_worker(spec: WorkerSpec) -> None:
     """Ray Train's ``train_loop_per_worker`` for every training job."""
     TrainingWorker(spec).run()
-
-
-def worker_env() -> dict[str, str]:
-    """Environment for training workers: quiet tokenizer threads, no MLflow telemetry."""
-    import os
-
-    from jobs.train.callbacks import STEP_DELAY_ENV
-
-    env = {"TOKENIZERS_PARALLELISM": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    if os.environ.get(STEP_DELAY_ENV):  # workers of an already running Ray do not see the driver's env
-        env[STEP_DELAY_ENV] = os.environ[STEP_DELAY_ENV]
-    return env
