@@ -125,37 +125,44 @@ def measure(rows: EvalRows, train: EvalRows | None, names: list[str] | None, mod
     return result, {**result.metrics(), **baselines}
 
 
-def log_run(run_id: str, outcome_parts: dict, result, names, metrics, counts, rejected, target: TrackingTarget,
-            model: ScoringModel) -> None:
+def log_evaluation(outcome: EvaluationOutcome, summary: dict) -> None:
+    """Metrics, the summary, the rejected rows and, for classifiers, the confusion matrix and calibration."""
+    import mlflow
+
+    from jobs.scoring.pipeline import counts_metrics
+
+    mlflow.log_metrics({**outcome.metrics, **{f"pipeline_{k}": v for k, v in counts_metrics(outcome.counts).items()}})
+    mlflow.log_dict(summary, "evaluation.json")
+    if outcome.rejected:
+        mlflow.log_table({"id": [r["id"] for r in outcome.rejected], "reason": [r["reason"] for r in outcome.rejected]},
+                         "rejected_rows.json")
+    if isinstance(outcome.result, ClassifierResult):
+        log_classifier_artifacts(outcome.result, outcome.label_names)
+
+
+def log_classifier_artifacts(result: ClassifierResult, names: list[str]) -> None:
     import mlflow
 
     from jobs.evaluation.plots import confusion_figure, reliability_figure
-    from jobs.scoring.pipeline import counts_metrics
 
-    mlflow.log_metrics({**metrics, **{f"pipeline_{k}": v for k, v in counts_metrics(counts).items()}})
-    mlflow.log_dict(outcome_parts, "evaluation.json")
-    if rejected:
-        mlflow.log_table({"id": [r["id"] for r in rejected], "reason": [r["reason"] for r in rejected]},
-                         "rejected_rows.json")
-    if isinstance(result, ClassifierResult):
-        columns = {f"predicted {name}": result.confusion[:, j].tolist() for j, name in enumerate(names)}
-        table = {"true": names, **columns}
-        mlflow.log_table(table, "confusion_matrix.json")
-        mlflow.log_figure(confusion_figure(result.confusion, names), "confusion_matrix.png")
-        mlflow.log_figure(reliability_figure(result.calibration), "reliability.png")
-        mlflow.log_dict({"ece": result.calibration.ece, "bin_edges": result.calibration.bin_edges.tolist(),
-                         "bin_rows": result.calibration.bin_rows.tolist(),
-                         "bin_accuracy": [None if v != v else v for v in result.calibration.bin_accuracy.tolist()],
-                         "bin_confidence": [None if v != v else v for v in result.calibration.bin_confidence.tolist()]},
-                        "calibration.json")
-    resolved = model.resolved
-    if resolved.version not in ("local", "run"):  # a registered version: the link back from the model's side
-        client = client_for(target)
-        headline = "accuracy" if isinstance(result, ClassifierResult) else "syllable_accuracy"
-        client.set_model_version_tag(resolved.name, resolved.version, "last_evaluation_run_id", run_id)
-        client.set_model_version_tag(resolved.name, resolved.version, f"evaluation.{outcome_parts['data_digest']}",
-                                     json.dumps({"run_id": run_id, "data": outcome_parts["data"],
-                                                 headline: round(metrics.get(headline, float("nan")), 6)}))
+    columns = {f"predicted {name}": result.confusion[:, j].tolist() for j, name in enumerate(names)}
+    mlflow.log_table({"true": names, **columns}, "confusion_matrix.json")
+    mlflow.log_figure(confusion_figure(result.confusion, names), "confusion_matrix.png")
+    mlflow.log_figure(reliability_figure(result.calibration), "reliability.png")
+    mlflow.log_dict(result.calibration.as_dict(), "calibration.json")
+
+
+def link_model_version(outcome: EvaluationOutcome, summary: dict, target: TrackingTarget) -> None:
+    """Tags on a registered version naming this evaluation (a local directory or a bare run has no version)."""
+    resolved = outcome.model.resolved
+    if resolved.version in ("local", "run"):
+        return
+    client = client_for(target)
+    headline = "accuracy" if isinstance(outcome.result, ClassifierResult) else "syllable_accuracy"
+    client.set_model_version_tag(resolved.name, resolved.version, "last_evaluation_run_id", outcome.run_id)
+    client.set_model_version_tag(resolved.name, resolved.version, f"evaluation.{summary['data_digest']}",
+                                 json.dumps({"run_id": outcome.run_id, "data": summary["data"],
+                                             headline: round(outcome.metrics.get(headline, float("nan")), 6)}))
 
 
 def _rejected_rows(output: str) -> list[dict]:
@@ -181,13 +188,15 @@ def run(config: EvaluateConfig) -> EvaluationOutcome:
                            **config_lib.flatten(config_lib.to_dict(config))})
         counts = score_rows(rows, model, config, output)
         result, metrics = measure(rows, train, names, model, output)
-        rejected = _rejected_rows(output)
-        parts = {"data": str(Path(config.data).resolve()), "data_digest": digest, "model_kind": model.kind,
-                 "rows_in": counts.rows_in, "rows_scored": counts.rows_out, "rows_rejected": counts.rows_rejected,
-                 "rejected_by_reason": counts.rejected_by_reason, "label_names": names}
-        log_run(active.info.run_id, parts, result, names, metrics, counts, rejected, target, model)
-    return EvaluationOutcome(run_id=active.info.run_id, model=model, counts=counts, metrics=metrics, result=result,
-                             label_names=names, rejected=rejected, output_path=output)
+        outcome = EvaluationOutcome(run_id=active.info.run_id, model=model, counts=counts, metrics=metrics,
+                                    result=result, label_names=names, rejected=_rejected_rows(output),
+                                    output_path=output)
+        summary = {"data": str(Path(config.data).resolve()), "data_digest": digest, "model_kind": model.kind,
+                   "rows_in": counts.rows_in, "rows_scored": counts.rows_out, "rows_rejected": counts.rows_rejected,
+                   "rejected_by_reason": counts.rejected_by_reason, "label_names": names}
+        log_evaluation(outcome, summary)
+        link_model_version(outcome, summary, target)
+    return outcome
 
 
 def report(outcome: EvaluationOutcome, config: EvaluateConfig) -> None:

@@ -81,6 +81,13 @@ class Calibration:
     bin_accuracy: np.ndarray  # accuracy per bin (NaN where empty)
     bin_rows: np.ndarray
 
+    def as_dict(self) -> dict:
+        """JSON-ready: empty bins' accuracy and confidence as null."""
+        def listed(values: np.ndarray) -> list:
+            return [None if np.isnan(v) else float(v) for v in values]
+        return {"ece": self.ece, "bin_edges": self.bin_edges.tolist(), "bin_rows": self.bin_rows.tolist(),
+                "bin_accuracy": listed(self.bin_accuracy), "bin_confidence": listed(self.bin_confidence)}
+
 
 def calibration(confidence: Sequence[float], correct: Sequence[bool], bins: int = 10) -> Calibration:
     confidence = np.asarray(confidence, dtype=np.float64)

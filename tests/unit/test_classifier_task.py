@@ -74,5 +74,7 @@ def test_confusion_matrix_and_calibration():
     # bin (0.9, 1.0]: confidence 0.95, accuracy 1.0; bin (0.5, 0.6]: confidence 0.55, accuracy 0.5
     assert result.ece == pytest.approx(0.5 * 0.05 + 0.5 * 0.05)
     assert result.bin_rows.tolist() == [0, 0, 0, 0, 0, 2, 0, 0, 0, 2]
+    as_json = result.as_dict()  # empty bins are null, not NaN (JSON has no NaN)
+    assert as_json["bin_accuracy"][0] is None and as_json["bin_accuracy"][5] == 0.5 and as_json["bin_accuracy"][9] == 1.0
     perfect = calibration([1.0, 1.0], [True, True])
     assert perfect.ece == 0.0
