@@ -1,21 +1,25 @@
 """Score the input partitions a model alias has not scored yet, exactly once each.
 
-    python -m jobs.score_partitions --config configs/score_partitions.local-cpu.yaml [--set rescore=true]
+    python -m jobs.score_partitions --config configs/score_partitions.local-cpu.yaml \
+        [--set on_new_model_version=rescore] [--set on_changed_inputs=fail]
 
 Meant to run on a schedule (``deploy/``: cron + ``ray job submit``, or a Kubernetes CronJob that
 creates KubeRay RayJobs). Each run:
 
 1. resolves the model reference (``models:/name@alias``) to its current version, once;
 2. lists the partitions under ``input_root`` matching ``partitions`` (e.g. ``date=*``) and, from
-   the committed outputs under ``output_root``, decides for each: score it (new; or, with
-   ``rescore``, scored by an older model version or from inputs that changed since) or skip it
-   (done by this version; stale or changed without ``rescore``; empty; not marked complete);
+   the committed outputs under ``output_root``, decides for each: score it (new; its input files
+   changed since it was scored, by default: ``on_changed_inputs``; scored by an older model
+   version, when ``on_new_model_version`` is ``rescore``), skip it (done by this version; stale;
+   empty; not marked complete by its producer's ``require_input_marker``) or fail it (inputs
+   changed and ``on_changed_inputs`` is ``fail``);
 3. takes the partitions to score a few at a time (``partitions_per_pipeline``): takes each
-   one's lease (skipping it when another live instance holds it) and decides again under the
+   one's lease (skipping it when another live instance holds it; a store error fails only that
+   partition) and decides again under the
    lease; scores the group with one streaming Ray Data pipeline (the one ``jobs.batch_infer``
    uses; actors start once per group, not once per partition), each partition written to its
    own staging location; then, partition by partition, verifies rows out + rows rejected =
-   rows in, checks the lease is still its own, commits atomically as output version ``v<k>``
+   rows in, checks the lease is still its own, commits atomically and durably as output version ``v<k>``
    and records it in the ledger (``jobs.scoring.ledger`` documents the layout, the commit protocol and
    the reader contract). A corrupt file fails only its own partition;
 4. logs one MLflow run (partitions scored / skipped / failed, rows, model version) and exits
@@ -30,6 +34,7 @@ import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 import pyarrow.fs as pafs
 
@@ -40,7 +45,7 @@ from jobs.common.naming import now_iso, unique_run_name
 from jobs.common.ray_runtime import RayConfig, check_cpu_budget, init_ray
 from jobs.common.registry import ResolvedModel, resolve_model_ref
 from jobs.common.tracking import TrackingConfig, TrackingTarget, environment_tags, prepare_tracking
-from jobs.scoring.ledger import (Attempt, Lease, LeaseLost, LeaseSettings, Ledger, OutputVersion, Store,
+from jobs.scoring.ledger import (Attempt, CommitFailed, Lease, LeaseLost, LeaseSettings, Ledger, OutputVersion, Store,
                                 committed_versions, entry_from_manifest)
 from jobs.scoring.pipeline import (PipelineCounts, ScoringError, ScoringModel, counts_metrics, manifest_for,
                                    score_groups, summary_line)
@@ -57,14 +62,28 @@ class ScorePartitionsConfig(ScoringSettings):
     partitions: str = "date=*"  # glob of partition directories under input_root; "/" separates levels
     output_root: str = "runs/scored"  # outputs, ledger and leases; local path or s3://...
     model: str = "models:/review-sentiment@production"
-    rescore: bool = False  # score again partitions scored by an older model version or from changed inputs
-    require_input_marker: str | None = None  # e.g. "_SUCCESS": only partitions their producer marked complete
+    # A partition whose input files changed (size, mtime, names) since it was scored: score it again into a
+    # new output version (its new rows are scored), skip it (reported as changed_inputs) or fail the run.
+    on_changed_inputs: Literal["rescore", "skip", "fail"] = "rescore"
+    # A partition scored by an older version of the model (the alias moved): skip (stale_model) or rescore.
+    on_new_model_version: Literal["skip", "rescore"] = "skip"
+    rescore: bool = False  # shorthand: true means both of the above are "rescore"
+    # Score only partitions their producer marked complete with this file; None scores whatever is there.
+    require_input_marker: str | None = "_SUCCESS"
     max_partitions: int | None = None  # score at most this many per run (oldest first); None: all
     partitions_per_pipeline: int = 8  # partitions scored by one Ray Data pipeline (actors start once per pipeline)
     lease: LeaseSettings = field(default_factory=LeaseSettings)
     tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(experiment="score-partitions"))
     ray: RayConfig = field(default_factory=RayConfig)
     run_name: str | None = None
+
+    @property
+    def changed_inputs_policy(self) -> str:
+        return "rescore" if self.rescore else self.on_changed_inputs
+
+    @property
+    def new_model_policy(self) -> str:
+        return "rescore" if self.rescore else self.on_new_model_version
 
 
 # ---------------------------------------------------------------- discovery and planning
@@ -125,19 +144,46 @@ class Decision:
     score: bool
     reason: str  # new, done, stale_model, changed_inputs, rescore_model, rescore_inputs
     previous: OutputVersion | None = None
+    fail: bool = False  # changed inputs with on_changed_inputs=fail: the partition fails, loudly
+
+    def outcome(self, partition: str) -> "PartitionOutcome":
+        """The outcome of a partition not scored: skipped, or failed."""
+        if not self.fail:
+            return PartitionOutcome(partition, "skipped", self.reason)
+        previous = f"v{self.previous.number}" if self.previous else "its output"
+        return PartitionOutcome(partition, "failed", self.reason,
+                                error=f"input files changed since {previous} was scored (on_changed_inputs=fail); "
+                                      "set on_changed_inputs=rescore to score them again into a new version")
 
 
-def decide(versions: list[OutputVersion], inputs: list[dict], model: ResolvedModel, rescore: bool) -> Decision:
-    """Whether to score a partition, given its committed versions and its current input files."""
+def decide(versions: list[OutputVersion], inputs: list[dict], model: ResolvedModel,
+           on_changed_inputs: str = "rescore", on_new_model_version: str = "skip") -> Decision:
+    """Whether to score a partition, given its committed versions and its current input files.
+
+    Changed inputs are checked first: rows that were never scored must not hide behind a stale
+    model version (rescored, they are scored by the current version).
+    """
     mine = [v for v in versions if v.model.get("name") == model.name]
     if not mine:
         return Decision(True, "new")
     latest = mine[-1]
-    if str(latest.model.get("version")) != model.version:
-        return Decision(rescore, "rescore_model" if rescore else "stale_model", latest)
+    model_moved = str(latest.model.get("version")) != model.version
     if not same_inputs(latest.manifest.get("inputs", []), inputs):
-        return Decision(rescore, "rescore_inputs" if rescore else "changed_inputs", latest)
+        if on_changed_inputs == "fail":
+            return Decision(False, "changed_inputs", latest, fail=True)
+        if on_changed_inputs == "rescore":
+            return Decision(True, "rescore_inputs", latest)
+        if not (model_moved and on_new_model_version == "rescore"):
+            return Decision(False, "changed_inputs", latest)
+    if model_moved:
+        return Decision(on_new_model_version == "rescore",
+                        "rescore_model" if on_new_model_version == "rescore" else "stale_model", latest)
     return Decision(False, "done", latest)
+
+
+def decide_for(config: "ScorePartitionsConfig", versions: list[OutputVersion], inputs: list[dict],
+               model: ResolvedModel) -> Decision:
+    return decide(versions, inputs, model, config.changed_inputs_policy, config.new_model_policy)
 
 
 # ---------------------------------------------------------------- one partition
@@ -170,17 +216,21 @@ class _Claimed:
 def _claim(partition: Partition, store: Store, resolved: ResolvedModel, config: ScorePartitionsConfig,
            owner: dict) -> _Claimed | PartitionOutcome:
     """Take the partition's lease and decide again under it; an outcome when there is nothing to do."""
-    lease = Lease.acquire(store, partition.name, config.lease, owner)
-    if lease is None:
-        holder = Lease.holder(store, partition.name) or {}
-        return PartitionOutcome(partition.name, "busy", f"lease held by {holder.get('host')}:{holder.get('pid')} "
-                                f"(run {holder.get('scheduled_run_id')}) until {holder.get('expires_at')}")
+    try:
+        lease = Lease.acquire(store, partition.name, config.lease, owner)
+        if lease is None:
+            holder = Lease.holder(store, partition.name) or {}
+            return PartitionOutcome(partition.name, "busy", f"lease held by {holder.get('host')}:{holder.get('pid')} "
+                                    f"(run {holder.get('scheduled_run_id')}) until {holder.get('expires_at')}")
+    except OSError as exc:  # a store error on this partition's lease fails this partition, not the run
+        return PartitionOutcome(partition.name, "failed", type(exc).__name__,
+                                error=f"could not take the lease under {store.uri('_leases')}: {exc}")
     try:
         versions = committed_versions(store, partition.name)  # again, now that no one else can commit it
-        decision = decide(versions, fingerprints(partition), resolved, config.rescore)
+        decision = decide_for(config, versions, fingerprints(partition), resolved)
         if not decision.score:
-            lease.release()
-            return PartitionOutcome(partition.name, "skipped", decision.reason)
+            _release(lease)
+            return decision.outcome(partition.name)
         number = max((v.number for v in versions), default=0) + 1
         attempt = Attempt(store, partition.name, number, f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}")
         attempt.prepare()
@@ -189,8 +239,17 @@ def _claim(partition: Partition, store: Store, resolved: ResolvedModel, config: 
         claimed.group = ScoringGroup(partition.name, files, tuple(inspect_files(files, config.input_columns)))
         return claimed
     except Exception as exc:  # noqa: BLE001 - footers are read here: a corrupt file fails its partition only
-        lease.release()
+        _release(lease)
         return PartitionOutcome(partition.name, "failed", type(exc).__name__, error=str(exc))
+
+
+def _release(lease: Lease) -> None:
+    """Release a lease; a store error leaves it to expire (its heartbeat has stopped) rather than abort the run."""
+    try:
+        lease.release()
+    except OSError as exc:
+        print(f"  {lease.partition}: could not release the lease ({exc}); it expires in {lease.settings.ttl_s} s",
+              flush=True)
 
 
 def _commit(claimed: _Claimed, result: PipelineCounts | str, store: Store, ledger: Ledger, model: ScoringModel,
@@ -209,7 +268,7 @@ def _commit(claimed: _Claimed, result: PipelineCounts | str, store: Store, ledge
         if not attempt.commit(manifest):
             attempt.abandon()
             return PartitionOutcome(name, "skipped", f"v{attempt.number} was committed by another instance")
-    except (LeaseLost, OSError) as exc:
+    except (LeaseLost, CommitFailed, OSError) as exc:
         attempt.abandon()
         return PartitionOutcome(name, "failed", type(exc).__name__, error=str(exc))
     try:
@@ -248,7 +307,7 @@ def score_chunk(partitions: list[Partition], store: Store, ledger: Ledger, model
         return outcomes
     finally:
         for c in claimed:
-            c.lease.release()
+            _release(c.lease)
 
 
 # ---------------------------------------------------------------- the run
@@ -318,20 +377,24 @@ def _run_partitions(config: ScorePartitionsConfig, target: TrackingTarget,
     repaired = 0
     to_score: list[Partition] = []
     for partition in partitions:
-        versions = committed_versions(store, partition.name)
-        repaired += ledger.repair(versions)
-        if config.require_input_marker and not _has_marker(partition, config.require_input_marker):
-            outcomes.append(PartitionOutcome(partition.name, "skipped", "incomplete"))
-            continue
         try:
-            decision = decide(versions, fingerprints(partition), resolved, config.rescore)
+            versions = committed_versions(store, partition.name)
+            repaired += ledger.repair(versions)
+            if config.require_input_marker and not _has_marker(partition, config.require_input_marker):
+                outcomes.append(PartitionOutcome(partition.name, "skipped", "incomplete"))
+                continue
+            decision = decide_for(config, versions, fingerprints(partition), resolved)
         except FileNotFoundError:
             outcomes.append(PartitionOutcome(partition.name, "skipped", "empty"))
+            continue
+        except OSError as exc:  # a store error on one partition fails that partition, not the run
+            outcomes.append(PartitionOutcome(partition.name, "failed", type(exc).__name__, error=str(exc)))
+            _print_partition(outcomes[-1])
             continue
         if decision.score:
             to_score.append(partition)
         else:
-            outcomes.append(PartitionOutcome(partition.name, "skipped", decision.reason))
+            outcomes.append(decision.outcome(partition.name))
             if decision.reason != "done":
                 _print_partition(outcomes[-1])
     done = sum(o.reason == "done" for o in outcomes)
@@ -401,10 +464,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model {result.model_name} version {result.model_version}; partitions: "
           + (", ".join(f"{n} {s}" for s, n in sorted(by_status.items())) or "none found"))
     print(summary_line(counts) + f"; run took {result.seconds:.1f} s; MLflow run {result.run_id}")
-    stale = [p.partition for p in result.partitions if p.reason in ("stale_model", "changed_inputs")]
-    if stale:
-        print(f"{len(stale)} partition(s) were scored by an older model version or from other inputs; "
-              f"--set rescore=true scores them again: {', '.join(stale[:10])}{' ...' if len(stale) > 10 else ''}")
+    for reason, setting, what in (("stale_model", "on_new_model_version", "by an older model version"),
+                                  ("changed_inputs", "on_changed_inputs", "from input files that changed since")):
+        stale = [p.partition for p in result.partitions if p.status == "skipped" and p.reason == reason]
+        if stale:
+            print(f"{len(stale)} partition(s) were scored {what}; --set {setting}=rescore scores them again: "
+                  f"{', '.join(stale[:10])}{' ...' if len(stale) > 10 else ''}")
     if result.failed:
         print(f"\n{len(result.failed)} partition(s) FAILED:", file=sys.stderr)
         for p in result.failed:

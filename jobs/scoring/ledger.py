@@ -7,6 +7,7 @@ Layout under an output root (local path or s3://...)::
     <root>/<partition>/v<k>/_SUCCESS              the commit marker: a JSON manifest (files, counts,
                                                   input fingerprints, model name/version/run id)
     <root>/_staging/<partition key>/<attempt>/    work in progress (local filesystems)
+    (a partition key is the partition path with ``%`` and ``/`` percent-encoded: ``y=2026%2Fm=11``)
     <root>/_leases/<partition key>/<generation>.json   who is scoring a partition, until when
     <root>/_ledger/<partition key>/v<k>.json      one record per committed output version
 
@@ -20,11 +21,20 @@ Reader contract (``committed_outputs`` implements it):
     scored output (pyarrow and Spark skip such paths by default).
 
 Commit: on a local or POSIX-shared filesystem the attempt writes into a staging directory,
-writes its manifest there, and renames the directory to ``v<k>``: ``rename(2)`` is atomic and
-fails when ``v<k>`` already exists, so at most one attempt ever commits a version. Object
+deletes the files its manifest does not list (a retried write task's leftovers), writes the
+manifest, fsyncs every file and directory of it (the write tasks may have run on other nodes of a
+shared filesystem: the driver's sync covers them), and renames the directory to ``v<k>``, then
+fsyncs the directories whose entries changed. ``rename(2)`` is atomic and fails when ``v<k>``
+already exists, so at most one attempt ever commits a version. A failed rename means "committed
+by another instance" only when ``v<k>`` now holds a valid manifest; any other failure (EACCES,
+ENOSPC, EXDEV, a ``v<k>`` without a valid manifest, e.g. one whose ``_SUCCESS`` an operator
+deleted) fails the partition loudly (``CommitFailed``), naming the paths and the errno: such a
+``v<k>`` is never skipped over silently, since readers that list the partition directory
+(Spark, pyarrow) would read its files; an operator removes it or restores its manifest. Object
 stores have no atomic directory rename: there the attempt writes straight into ``v<k>`` under
-file names unique to the attempt and commits by writing ``_SUCCESS`` last (one PUT, atomic per
-object); leftovers of killed attempts are unlisted and deleted by the next attempt.
+file names unique to the attempt, deletes what its manifest does not list, and commits by
+writing ``_SUCCESS`` last (one PUT, atomic and durable per object); leftovers of killed attempts
+are unlisted and deleted by the next attempt.
 
 The manifest is the source of truth; the ledger is an index of manifests, rebuilt from them
 when a run died between commit and ledger write (``Ledger.repair``).
@@ -41,6 +51,7 @@ exactly-once, at worst at the cost of scoring a partition twice.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import socket
@@ -54,6 +65,7 @@ import pyarrow.fs as pafs
 
 from data_pipeline.paths import filesystem_for, join_path
 from jobs.common.naming import now_iso
+from jobs.scoring.publish import fsync_dir, listed_files, remove_unlisted, sync_tree
 from jobs.scoring.sink import MANIFEST, read_json, write_json
 
 STAGING, LEASES, LEDGER = "_staging", "_leases", "_ledger"
@@ -61,8 +73,13 @@ _VERSION = re.compile(r"^v(\d+)$")
 
 
 def partition_key(partition: str) -> str:
-    """A flat, file-name-safe key for a partition path such as ``date=2026-11-25`` or ``y=2026/m=11``."""
-    return partition.strip("/").replace("/", "__")
+    """A flat, file-name-safe key for a partition path such as ``date=2026-11-25`` or ``y=2026/m=11``.
+
+    Injective: ``%`` and ``/`` are percent-encoded (``y=2026%2Fm=11``), so ``a/b`` and ``a__b`` (or
+    ``a%2Fb``) get different keys and never share a lease, a staging directory or ledger records.
+    Single-level names without ``%`` keep their own name as the key.
+    """
+    return partition.strip("/").replace("%", "%25").replace("/", "%2F")
 
 
 class Store:
@@ -147,6 +164,10 @@ class OutputVersion:
         return self.manifest.get("model", {})
 
 
+def valid_manifest(manifest: dict | None) -> bool:
+    return isinstance(manifest, dict) and isinstance(manifest.get("files"), list)
+
+
 def committed_versions(store: Store, partition: str) -> list[OutputVersion]:
     """Committed output versions of a partition, oldest first (a version counts only with its manifest)."""
     found = []
@@ -155,13 +176,22 @@ def committed_versions(store: Store, partition: str) -> list[OutputVersion]:
         if info.type != pafs.FileType.Directory or not match:
             continue
         manifest = store.read_json(partition, info.base_name, MANIFEST)
-        if manifest is not None:
+        if valid_manifest(manifest):
             found.append(OutputVersion(partition, int(match.group(1)), store.uri(partition, info.base_name), manifest))
     return sorted(found, key=lambda v: v.number)
 
 
 def version_dir(partition: str, number: int) -> str:
     return join_path(partition, f"v{number}")
+
+
+class CommitFailed(RuntimeError):
+    """An attempt could not be published and no other attempt committed that version: fail loudly."""
+
+
+def _errno_text(exc: OSError) -> str:
+    name = errno.errorcode.get(exc.errno or 0)
+    return f"{name}: {exc.strerror}" if name else str(exc)
 
 
 @dataclass
@@ -184,31 +214,61 @@ class Attempt:
         return self.store.uri(version_dir(self.partition, self.number))
 
     def prepare(self) -> None:
-        """Remove leftovers of earlier attempts on this partition (the caller holds the lease)."""
+        """Remove leftovers of earlier attempts on this partition (the caller holds the lease).
+
+        Locally, a ``v<k>`` that exists without a valid manifest is not an attempt's leftover (the
+        rename publishes directory and manifest together): ``CommitFailed`` before any scoring.
+        """
+        target = version_dir(self.partition, self.number)
         if self.store.local:
             self.store.delete_dir(STAGING, partition_key(self.partition))
-        else:
-            target = version_dir(self.partition, self.number)
-            if not self.store.exists(target, MANIFEST):
-                self.store.delete_dir(target)
+            if self.store.exists(target):
+                raise CommitFailed(self._blocked(self.store.path(target)))
+        elif not self.store.exists(target, MANIFEST):
+            self.store.delete_dir(target)
+
+    def _blocked(self, final: str) -> str:
+        return (f"{final} exists without a valid {MANIFEST} manifest (deleted by hand, or not written by this job): "
+                f"remove that directory, or restore its manifest, then run again")
+
+    def _committed(self) -> bool:
+        return valid_manifest(self.store.read_json(version_dir(self.partition, self.number), MANIFEST))
 
     def commit(self, manifest: dict) -> bool:
-        """Publish the attempt; False when another attempt already committed this version."""
+        """Publish the attempt; False when another attempt already committed this version.
+
+        Raises ``CommitFailed`` (naming the paths and the errno) when publishing failed for any
+        other reason; nothing is published then.
+        """
         store = self.store
+        keep = listed_files(manifest)
         if store.local:
             staging = store.path(STAGING, partition_key(self.partition), self.attempt_id)
-            write_json(store.fs, join_path(staging, MANIFEST), manifest)
             final = store.path(version_dir(self.partition, self.number))
-            os.makedirs(os.path.dirname(final), exist_ok=True)
+            remove_unlisted(store.fs, staging, keep)  # a retried write task's file is not published
+            write_json(store.fs, join_path(staging, MANIFEST), manifest)
+            sync_tree(staging)  # every listed file is on disk in full before the rename publishes it
+            fsync_dir(os.path.dirname(staging))
             try:
+                os.makedirs(os.path.dirname(final), exist_ok=True)
+                _fsync_up(os.path.dirname(final), store.base)  # a new partition directory is durable too
                 os.rename(staging, final)  # atomic; fails on an existing non-empty directory
-            except OSError:
-                return False
-            _fsync_dir(os.path.dirname(final))
+            except OSError as exc:
+                if self._committed():
+                    return False
+                blocked = f"; {self._blocked(final)}" if os.path.lexists(final) else ""
+                raise CommitFailed(f"{self.partition}: could not publish {staging} as {final}: "
+                                   f"{_errno_text(exc)}{blocked}") from exc
+            fsync_dir(os.path.dirname(final))
+            fsync_dir(os.path.dirname(staging))
             return True
-        if store.exists(version_dir(self.partition, self.number), MANIFEST):
+        target = version_dir(self.partition, self.number)
+        if self._committed():
             return False
-        store.write_json(manifest, version_dir(self.partition, self.number), MANIFEST)
+        if store.exists(target, MANIFEST):
+            raise CommitFailed(f"{self.partition}: {self._blocked(store.uri(target))}")
+        remove_unlisted(store.fs, store.path(target), keep)  # before the PUT that makes the version visible
+        store.write_json(manifest, target, MANIFEST)
         return True
 
     def abandon(self) -> None:
@@ -216,17 +276,15 @@ class Attempt:
             self.store.delete_dir(STAGING, partition_key(self.partition), self.attempt_id)
 
 
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def _fsync_up(path: str, root: str) -> None:
+    """fsync ``path`` and its parents up to ``root``'s parent: directories ``makedirs`` may just have created."""
+    stop = os.path.dirname(os.path.abspath(root))
+    current = os.path.abspath(path)
+    while True:
+        fsync_dir(current)
+        if current == stop or os.path.dirname(current) == current:
+            return
+        current = os.path.dirname(current)
 
 
 def committed_outputs(root: str, kind: str = "scored") -> dict[str, list[str]]:
@@ -275,16 +333,21 @@ class Ledger:
         return self.store.exists(LEDGER, partition_key(partition), f"v{number}.json")
 
     def entries(self) -> list[dict]:
-        out = []
+        """One record per committed version; a version recorded under an older key scheme as well (``a__b``
+        before keys were percent-encoded, then repaired under the new key) counts once, the original first."""
+        out: dict[tuple[str, int], dict] = {}
         for folder in self.store.listdir(LEDGER):
             if folder.type != pafs.FileType.Directory:
                 continue
             for info in self.store.listdir(LEDGER, folder.base_name):
                 if info.base_name.endswith(".json"):
                     entry = self.store.read_json(LEDGER, folder.base_name, info.base_name)
-                    if entry is not None:
-                        out.append(entry)
-        return sorted(out, key=lambda e: (e["partition"], e["output_version"]))
+                    if entry is None:
+                        continue
+                    key = (entry["partition"], entry["output_version"])
+                    if key not in out or (out[key].get("repaired") and not entry.get("repaired")):
+                        out[key] = entry
+        return [out[key] for key in sorted(out)]
 
     def repair(self, versions: list[OutputVersion]) -> int:
         """Write the records missing for committed versions (a run died after commit); count them."""

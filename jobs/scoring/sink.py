@@ -6,6 +6,10 @@ rejected rows (``<dir>/_rejected/part-*.parquet``, columns ``id``, ``reason``, `
 one Parquet file of each kind per group and write task, with fixed schemas. The data is read, scored and written in
 one pass; nothing is materialised and no second job re-reads the output to split it.
 
+On local and POSIX-shared filesystems each write task fsyncs the files it wrote once closed, on
+the node that wrote them (on some shared filesystems only the writing client can flush its
+data); the commit syncs the whole directory again from the driver before publishing it.
+
 An output directory is complete only when its ``_SUCCESS`` manifest exists; the manifest lists
 every data file with its row count, so a reader on an object store (where a half-written
 attempt's files may sit beside the committed ones) reads exactly the listed files.
@@ -26,6 +30,7 @@ import pyarrow.parquet as pq
 
 from data_pipeline.paths import filesystem_for, join_path
 from data_pipeline.quarantine import FILE_ERROR, GROUP, ID, REJECT_REASON, SCORABLE, SOURCE_FILE
+from jobs.scoring.publish import fsync_file
 
 MANIFEST = "_SUCCESS"
 REJECTED_DIR = "_rejected"
@@ -86,6 +91,10 @@ class SplitScoredSink(_Datasink):
         finally:
             for writer in writers.values():
                 writer.close()
+        for group, kind in writers:  # durable before anyone commits it (commit syncs again, from the driver)
+            fs, base = self.locations[group]
+            if isinstance(fs, pafs.LocalFileSystem):
+                fsync_file(join_path(base, name if kind == "scored" else f"{REJECTED_DIR}/{name}"))
         return stats
 
     def _write_group(self, group: str, table: pa.Table, name: str, writers: dict, stats: dict) -> None:
