@@ -22,9 +22,7 @@ import pytest
 import yaml
 
 from jobs.scoring.ledger import (Attempt, Lease, LeaseLost, LeaseSettings, Ledger, Store, committed_outputs,
-                         committed_versions, holder_alive)
-from jobs.common.registry import ResolvedModel
-from jobs.score_partitions import Decision, decide, discover_partitions
+                                 committed_versions, holder_alive)
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "sp-sentiment"
@@ -86,30 +84,6 @@ def test_commit_is_atomic_and_happens_once_per_version(tmp_path: Path):
     assert Ledger(store).repair([version]) == 1 and Ledger(store).repair([version]) == 0  # died before the ledger
 
 
-def test_decide_new_done_stale_and_changed_inputs(tmp_path: Path):
-    from jobs.scoring.ledger import OutputVersion
-
-    inputs = [{"file": "part-0.parquet", "size": 10, "mtime_ns": 1}]
-    v2 = ResolvedModel(load_uri="", name="m", version="2", run_id="r")
-
-    def version(model_version: str, files=inputs) -> OutputVersion:
-        return OutputVersion("p", 1, "u", {"model": {"name": "m", "version": model_version}, "inputs": files})
-
-    assert decide([], inputs, v2, rescore=False) == Decision(True, "new")
-    assert decide([version("2")], inputs, v2, rescore=False).reason == "done"
-    assert decide([version("1")], inputs, v2, rescore=False).reason == "stale_model"
-    assert decide([version("1")], inputs, v2, rescore=True).score
-    changed = [{**inputs[0], "size": 11}]
-    assert decide([version("2", changed)], inputs, v2, rescore=False).reason == "changed_inputs"
-
-
-def test_discover_partitions_matches_each_level_and_skips_hidden(tmp_path: Path):
-    for rel in ("date=2026-11-24", "date=2026-11-25", "_tmp", "other", "region=eu/date=2026-11-25"):
-        (tmp_path / rel).mkdir(parents=True)
-    assert [p.name for p in discover_partitions(str(tmp_path), "date=*")] == ["date=2026-11-24", "date=2026-11-25"]
-    assert [p.name for p in discover_partitions(str(tmp_path), "region=*/date=*")] == ["region=eu/date=2026-11-25"]
-
-
 # ------------------------------------------------------------------ end to end on a real local Ray and MLflow
 
 @pytest.fixture(scope="module")
@@ -143,6 +117,7 @@ def write_partition(root: Path, date: str, texts: list[str], rows: int, files: i
         part = slice(f * rows // files, (f + 1) * rows // files)
         pq.write_table(pa.table({"id": ids[part], "text": [texts[i % len(texts)] for i in range(rows)][part]}),
                        folder / f"part-{f}.parquet")
+    (folder / "_SUCCESS").touch()  # the producer marks the partition complete (require_input_marker)
     return ids
 
 
@@ -181,12 +156,19 @@ def test_incremental_run_skips_done_partitions(ray_local, registry, texts, tmp_p
     first = run_job(job_config(incoming, scored))
     assert statuses(first) == {"date=2026-11-23": "scored:new", "date=2026-11-24": "scored:new"}
     ids += write_partition(incoming, "2026-11-25", texts, 18, files=1)
+    (incoming / "date=2026-11-22").mkdir()  # still being written: no _SUCCESS marker yet
+    pq.write_table(pa.table({"id": ["x"], "text": ["半"]}), incoming / "date=2026-11-22" / "part-0.parquet")
+    late = ["2026-11-24-late-0", "2026-11-24-late-1"]  # rows added to a partition after it was scored
+    pq.write_table(pa.table({"id": late, "text": texts[:2]}), incoming / "date=2026-11-24" / "part-late.parquet")
+    ids += late
     second = run_job(job_config(incoming, scored))
-    assert statuses(second) == {"date=2026-11-23": "skipped:done", "date=2026-11-24": "skipped:done",
-                                "date=2026-11-25": "scored:new"}
+    assert statuses(second) == {"date=2026-11-22": "skipped:incomplete", "date=2026-11-23": "skipped:done",
+                                "date=2026-11-24": "scored:rescore_inputs", "date=2026-11-25": "scored:new"}
     assert sorted(all_committed_ids(scored)) == sorted(ids)  # every input row exactly once
     entries = Ledger(Store(str(scored))).entries()
-    assert [e["partition"] for e in entries] == ["date=2026-11-23", "date=2026-11-24", "date=2026-11-25"]
+    assert [(e["partition"], e["output_version"]) for e in entries] == \
+        [("date=2026-11-23", 1), ("date=2026-11-24", 1), ("date=2026-11-24", 2), ("date=2026-11-25", 1)]
+    assert entries[2]["rows_in"] == 24 + 2
     entry = entries[-1]
     assert (entry["rows_in"], entry["rows_out"], entry["rows_rejected"]) == (18, 18, 0)
     assert entry["model"]["name"] == MODEL and entry["model"]["version"] == "1" and entry["model"]["run_id"]
@@ -196,8 +178,8 @@ def test_incremental_run_skips_done_partitions(ray_local, registry, texts, tmp_p
     assert set(scored_rows.column("model_version").to_pylist()) == {"1"}
     run = mlflow.MlflowClient(mlflow_uri).get_run(second.run_id)
     assert run.info.status == "FINISHED" and run.data.params["model_version"] == "1"
-    assert run.data.metrics["partitions_scored"] == 1 and run.data.metrics["partitions_skipped"] == 2
-    assert run.data.metrics["rows_in"] == run.data.metrics["rows_out"] == 18
+    assert run.data.metrics["partitions_scored"] == 2 and run.data.metrics["partitions_skipped"] == 2
+    assert run.data.metrics["rows_in"] == run.data.metrics["rows_out"] == 18 + 26
 
 
 def test_bad_rows_and_corrupt_files_fail_only_their_partition(ray_local, registry, texts, tmp_path: Path,
@@ -209,6 +191,7 @@ def test_bad_rows_and_corrupt_files_fail_only_their_partition(ray_local, registr
     good = write_partition(incoming, "2026-11-21", texts, 20)
     (incoming / "date=2026-11-22").mkdir()
     expected = write_bad_rows(incoming / "date=2026-11-22" / "part-0.parquet")
+    (incoming / "date=2026-11-22" / "_SUCCESS").touch()
     write_partition(incoming, "2026-11-23", texts, 20)
     (incoming / "date=2026-11-23" / "part-1.parquet").write_bytes(b"PAR1 torn upload")  # footer unreadable
     write_partition(incoming, "2026-11-24", texts, 20, files=1)
@@ -246,7 +229,7 @@ def test_alias_moved_rescore_writes_a_new_version_and_keeps_the_old(ray_local, r
     assert registry(name) == "2"  # the alias moves to version 2
     stale = run_job(job_config(incoming, scored, model=name))
     assert statuses(stale) == {"date=2026-11-25": "skipped:stale_model"}
-    rescored = run_job(job_config(incoming, scored, model=name, rescore=True))
+    rescored = run_job(job_config(incoming, scored, model=name, on_new_model_version="rescore"))
     assert statuses(rescored) == {"date=2026-11-25": "scored:rescore_model"}
     v1, v2 = committed_versions(Store(str(scored)), "date=2026-11-25")
     assert (v1.number, v1.model["version"], v2.number, v2.model["version"]) == (1, "1", 2, "2")
