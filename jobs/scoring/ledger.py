@@ -246,6 +246,7 @@ class Attempt:
             staging = store.path(STAGING, partition_key(self.partition), self.attempt_id)
             final = store.path(version_dir(self.partition, self.number))
             remove_unlisted(store.fs, staging, keep)  # a retried write task's file is not published
+            store.fs.create_dir(staging, recursive=True)  # zero rows: no write task may have created it
             write_json(store.fs, join_path(staging, MANIFEST), manifest)
             sync_tree(staging)  # every listed file is on disk in full before the rename publishes it
             fsync_dir(os.path.dirname(staging))
