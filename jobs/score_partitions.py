@@ -15,13 +15,13 @@ creates KubeRay RayJobs). Each run:
    changed and ``on_changed_inputs`` is ``fail``);
 3. takes the partitions to score a few at a time (``partitions_per_pipeline``): takes each
    one's lease (skipping it when another live instance holds it; a store error fails only that
-   partition) and decides again under the
-   lease; scores the group with one streaming Ray Data pipeline (the one ``jobs.batch_infer``
-   uses; actors start once per group, not once per partition), each partition written to its
-   own staging location; then, partition by partition, verifies rows out + rows rejected =
-   rows in, checks the lease is still its own, commits atomically and durably as output version ``v<k>``
-   and records it in the ledger (``jobs.scoring.ledger`` documents the layout, the commit protocol and
-   the reader contract). A corrupt file fails only its own partition;
+   partition) and decides again under the lease; scores the group with one streaming Ray Data
+   pipeline (the one ``jobs.batch_infer`` uses; actors start once per group, not once per
+   partition), each partition written to its own staging location; then, partition by
+   partition, verifies rows out + rows rejected = rows in, checks the lease is still its own,
+   commits atomically and durably (fsynced) as output version ``v<k>`` and records it in the
+   ledger (``jobs.scoring.ledger`` documents the layout, the commit protocol and the reader
+   contract). A corrupt file, or a commit that fails, fails only its own partition;
 4. logs one MLflow run (partitions scored / skipped / failed, rows, model version) and exits
    non-zero naming the failed partitions; a failed partition does not stop the others.
 """
@@ -45,8 +45,8 @@ from jobs.common.naming import now_iso, unique_run_name
 from jobs.common.ray_runtime import RayConfig, check_cpu_budget, init_ray
 from jobs.common.registry import ResolvedModel, resolve_model_ref
 from jobs.common.tracking import TrackingConfig, TrackingTarget, environment_tags, prepare_tracking
-from jobs.scoring.ledger import (Attempt, CommitFailed, Lease, LeaseLost, LeaseSettings, Ledger, OutputVersion, Store,
-                                committed_versions, entry_from_manifest)
+from jobs.scoring.ledger import (Attempt, CommitFailed, Lease, LeaseLost, LeaseSettings, Ledger, OutputVersion,
+                                Store, committed_versions, entry_from_manifest)
 from jobs.scoring.pipeline import (PipelineCounts, ScoringError, ScoringModel, counts_metrics, manifest_for,
                                    score_groups, summary_line)
 from jobs.scoring.settings import ScoringSettings
@@ -63,7 +63,7 @@ class ScorePartitionsConfig(ScoringSettings):
     output_root: str = "runs/scored"  # outputs, ledger and leases; local path or s3://...
     model: str = "models:/review-sentiment@production"
     # A partition whose input files changed (size, mtime, names) since it was scored: score it again into a
-    # new output version (its new rows are scored), skip it (reported as changed_inputs) or fail the run.
+    # new output version (its new rows are scored), skip it (reported as changed_inputs) or fail it (exit 1).
     on_changed_inputs: Literal["rescore", "skip", "fail"] = "rescore"
     # A partition scored by an older version of the model (the alias moved): skip (stale_model) or rescore.
     on_new_model_version: Literal["skip", "rescore"] = "skip"

@@ -1,4 +1,4 @@
-"""SplitScoredSink's write task, run in-process on real files (no Ray cluster): its files are durable when it returns."""
+"""SplitScoredSink's write task, run in-process on real files (no Ray cluster): durable files when it returns."""
 
 from __future__ import annotations
 
