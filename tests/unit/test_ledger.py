@@ -178,3 +178,14 @@ def test_partitions_with_colliding_old_keys_keep_separate_ledgers(tmp_path):
         [version] = committed_versions(store, partition)
         assert Ledger(store).repair([version]) == 1
     assert [e["partition"] for e in Ledger(store).entries()] == ["a/b", "a__b"]
+
+
+def test_ledger_records_under_the_old_key_scheme_count_once_after_repair(tmp_path):
+    """Upgrading: ``y=1/m=2`` was recorded under ``_ledger/y=1__m=2/``; the next run repairs it under the new key."""
+    store = Store(str(tmp_path / "out"))
+    attempt = staged(store, partition="y=1/m=2")
+    assert attempt.commit(MANIFEST) is True
+    store.write_json({"partition": "y=1/m=2", "output_version": 1, "rows_in": 4}, "_ledger", "y=1__m=2", "v1.json")
+    assert Ledger(store).repair(committed_versions(store, "y=1/m=2")) == 1  # not found under the new key
+    [entry] = Ledger(store).entries()
+    assert entry["rows_in"] == 4 and not entry.get("repaired")  # the original record, once
