@@ -32,7 +32,7 @@ from jobs.evaluation.metrics import ClassReport, ClassScores, class_report, metr
 from jobs.train.checkpoint import EXPORT_DIR
 from jobs.train.driver import TrainingOutcome, report_header, run_training_job
 from jobs.train.settings import OptimSettings, RunSettings, TrainingJobConfig
-from jobs.train.task import TrainingPlan
+from jobs.train.task import TrainingPlan, require_rows
 
 SPLITS = ("train", "val", "test")
 PAIR_COLUMN = "text_pair"  # the second text of a sentence-pair corpus (prepare_corpus writes it)
@@ -217,6 +217,7 @@ def prepare(config: FinetuneConfig, target: TrackingTarget) -> TrainingPlan:
     pair_column = pair_column_of(files["train"])
     spec = classification_spec(data.text_column, pair_column=pair_column)
     rows = {split: validate_files(files[split], spec, range(len(label_names))).rows for split in SPLITS}
+    require_rows(rows, {split: ", ".join(files[split].uris()) for split in SPLITS}, config.scaling.world_size)
     counts = {split: label_counts(files[split], len(label_names)) for split in SPLITS}
     class_weights = balanced_class_weights(counts["train"]) if config.optim.class_weights == "balanced" else None
     model_path = _resolve_model_path(config.model.name_or_path) if config.model.warm_start is None \

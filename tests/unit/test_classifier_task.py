@@ -78,3 +78,44 @@ def test_confusion_matrix_and_calibration():
     assert as_json["bin_accuracy"][0] is None and as_json["bin_accuracy"][5] == 0.5 and as_json["bin_accuracy"][9] == 1.0
     perfect = calibration([1.0, 1.0], [True, True])
     assert perfect.ece == 0.0
+
+
+def _write_split(path, texts):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from data_pipeline.schema import label_names_metadata
+
+    table = pa.table({"id": pa.array([f"r{i}" for i in range(len(texts))], type=pa.string()),
+                      "text": pa.array(texts, type=pa.string()),
+                      "label": pa.array([i % 2 for i in range(len(texts))], type=pa.int64())})
+    pq.write_table(table.replace_schema_metadata(label_names_metadata(["neg", "pos"])), path)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    from model.classifier import bundled_chinese_vocab, chinese_bert_tokenizer
+
+    directory = tmp_path_factory.mktemp("tokenizer")
+    chinese_bert_tokenizer(bundled_chinese_vocab()).save_pretrained(directory)
+    return str(directory)
+
+
+@pytest.mark.parametrize("empty, workers, message", [
+    ("train", 0, r"data.train \(.*train.parquet\): no rows"),
+    ("val", 0, r"data.val \(.*val.parquet\): no rows"),
+    ("test", 0, r"data.test \(.*test.parquet\): no rows"),
+    (None, 4, r"data.train \(.*train.parquet\): 3 row\(s\), fewer than the 4 training workers"),
+])
+def test_an_empty_split_is_refused_before_anything_trains(tmp_path, tokenizer_dir, empty, workers, message):
+    from jobs.finetune_classifier import ClassifierData, ClassifierModel, FinetuneConfig, prepare
+    from jobs.train.settings import ScalingSettings
+
+    for split in ("train", "val", "test"):
+        _write_split(tmp_path / f"{split}.parquet", [] if split == empty else ["很好", "很差", "还行"])
+    paths = {split: str(tmp_path / f"{split}.parquet") for split in ("train", "val", "test")}
+    config = FinetuneConfig(data=ClassifierData(**paths),
+                            model=ClassifierModel(name_or_path=tokenizer_dir), baselines=False,
+                            scaling=ScalingSettings(num_workers=workers))
+    with pytest.raises(ValueError, match=message):
+        prepare(config, None)
