@@ -28,7 +28,7 @@ from data_pipeline.tokenization import PadCollate
 from data_pipeline.validation import validate_files
 from jobs.common import config as config_lib
 from jobs.common.tracking import TrackingConfig, TrackingTarget
-from jobs.evaluation.metrics import ClassReport, ClassScores, class_report, metric_key
+from jobs.evaluation.metrics import ClassReport, ClassScores, class_report_from_counts, metric_key
 from jobs.train.checkpoint import EXPORT_DIR
 from jobs.train.driver import TrainingOutcome, report_header, run_training_job
 from jobs.train.settings import OptimSettings, RunSettings, TrainingJobConfig
@@ -121,16 +121,19 @@ class ClassifierTask:
         logits = self._logits(model, batch, device).float()
         n = len(self.label_names)
         predicted = logits.argmax(dim=-1)
-        confusion = torch.bincount(labels * n + predicted, minlength=n * n).reshape(n, n)  # (true, predicted)
+        # Per-class counts, (n,) each: a confusion matrix would be n x n per batch, summed and all-reduced.
         return {"loss_sum": torch.nn.functional.cross_entropy(logits, labels, reduction="sum"),
-                "confusion": confusion}
+                "true_positive": torch.bincount(labels[predicted == labels], minlength=n),
+                "predicted": torch.bincount(predicted, minlength=n), "support": torch.bincount(labels, minlength=n)}
 
     def zero_eval_sums(self):
         n = len(self.label_names)
-        return {"loss_sum": torch.zeros(()), "confusion": torch.zeros(n, n, dtype=torch.long)}
+        return {"loss_sum": torch.zeros(()), **{key: torch.zeros(n, dtype=torch.long)
+                                                 for key in ("true_positive", "predicted", "support")}}
 
     def eval_metrics(self, sums):
-        report = class_report(sums["confusion"].numpy(), self.label_names)
+        report = class_report_from_counts(sums["true_positive"].numpy(), sums["predicted"].numpy(),
+                                          sums["support"].numpy(), self.label_names)
         return {"loss": float(sums["loss_sum"]) / max(report.rows, 1), **report.as_metrics()}
 
     def export(self, model, directory: Path) -> None:

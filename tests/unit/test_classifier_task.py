@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.evaluation.metrics import calibration, class_report, confusion_matrix
+from jobs.evaluation.metrics import (calibration, class_counts, class_report, class_report_from_counts,
+                                    confusion_matrix)
 from jobs.finetune_classifier import ClassifierOptim, ClassifierTask, balanced_class_weights
 
 
@@ -56,7 +57,8 @@ def test_weighted_loss_is_the_weighted_cross_entropy_and_pairs_use_token_types()
 def test_eval_metrics_give_per_class_scores_and_flag_a_class_never_predicted():
     task = ClassifierTask("unused", ["体育", "财经", "科技"], ClassifierOptim(), pad_id=0)
     confusion = torch.tensor([[5, 1, 0], [2, 3, 0], [1, 1, 0]])
-    metrics = task.eval_metrics({"loss_sum": torch.tensor(8.0), "confusion": confusion})
+    counts = {"true_positive": confusion.diag(), "predicted": confusion.sum(0), "support": confusion.sum(1)}
+    metrics = task.eval_metrics({"loss_sum": torch.tensor(8.0), **counts})
     assert metrics["accuracy"] == pytest.approx(8 / 13) and metrics["loss"] == pytest.approx(8 / 13)
     assert metrics["precision_体育"] == pytest.approx(5 / 8) and metrics["recall_财经"] == pytest.approx(3 / 5)
     assert metrics["f1_科技"] == 0.0 and metrics["predicted_科技"] == 0.0
@@ -65,6 +67,31 @@ def test_eval_metrics_give_per_class_scores_and_flag_a_class_never_predicted():
     report = class_report(confusion.numpy(), task.label_names)
     assert report.never_predicted == ["科技"]
     assert any("科技" in line for line in report.table())
+
+
+def test_eval_sums_grow_with_the_label_count_not_its_square():
+    n = 5000
+    names = [f"c{i}" for i in range(n)]
+    task = ClassifierTask("unused", names, ClassifierOptim(), pad_id=0)
+    model, batch = TinyClassifier(n), _batch([0, 7, 7, 4999, 3])
+    sums = task.eval_sums(model, batch)
+    assert sorted(sums) == sorted(task.zero_eval_sums())  # every worker all-reduces the same keys
+    assert sum(v.numel() for v in sums.values()) <= 3 * n + 1  # a confusion matrix would be 25M counts
+    predicted = model(batch["input_ids"], batch["attention_mask"]).logits.argmax(-1)
+    expected = class_report(confusion_matrix(batch["labels"], predicted, n), names)
+    zeros = task.zero_eval_sums()
+    metrics = task.eval_metrics({key: sums[key] + zeros[key] for key in zeros})
+    assert metrics["accuracy"] == expected.accuracy and metrics["macro_f1"] == pytest.approx(expected.macro_f1)
+    assert metrics["rows"] == 5 and metrics["predicted_c7"] == expected.classes[7].predicted
+
+
+def test_class_counts_give_the_confusion_matrix_report():
+    true, predicted = [0, 1, 1, 2, 2, 2], [0, 1, 0, 2, 1, 2]
+    from_counts = class_counts(true, predicted, 4)
+    assert from_counts["true_positive"].tolist() == [1, 1, 2, 0] and from_counts["support"].tolist() == [1, 2, 3, 0]
+    names = ["a", "b", "c", "d"]
+    assert class_report_from_counts(**from_counts, label_names=names) == class_report(
+        confusion_matrix(true, predicted, 4), names)
 
 
 def test_confusion_matrix_and_calibration():
