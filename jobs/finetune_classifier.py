@@ -45,6 +45,9 @@ class ClassifierData:
     test: str = "data/corpus/test.parquet"
     text_column: str = "text"
     max_length: int = 128  # tokens; longer texts (or text pairs, from the end of the longer one) are truncated
+    # The baselines run on the driver: a bigger train or test split is measured on a sample of this many
+    # rows (seed optim.seed), logged as the param baseline_sample_rows.
+    baseline_max_rows: int = 200_000
     stages: StageResources = field(default_factory=StageResources)
 
 
@@ -187,13 +190,21 @@ def balanced_class_weights(counts: list[int]) -> list[float]:
 
 
 def measure_baselines(files: dict[str, ParquetFiles], text_column: str, pair_column: str | None,
-                      label_names: list[str]) -> dict[str, float]:
-    from jobs.common.baselines import baseline_metrics, joined
+                      label_names: list[str], max_rows: int, seed: int) -> tuple[dict[str, float], dict[str, int]]:
+    """The baselines' test metrics, and the rows they saw (a sample of ``max_rows`` of a bigger split)."""
+    from jobs.common.baselines import baseline_metrics, joined, read_sample
 
     columns = [text_column, "label"] + ([pair_column] if pair_column else [])
-    train, test = _read_columns(files["train"], columns), _read_columns(files["test"], columns)
-    return baseline_metrics(joined(train[text_column], train.get(pair_column)), train["label"],
-                            joined(test[text_column], test.get(pair_column)), test["label"], label_names)
+    (train, train_total), (test, test_total) = (read_sample(files[split], columns, max_rows, seed)
+                                                for split in ("train", "test"))
+    metrics = baseline_metrics(joined(train[text_column], train.get(pair_column)), train["label"],
+                               joined(test[text_column], test.get(pair_column)), test["label"], label_names)
+    return metrics, {"train_rows": train_total, "train_rows_used": len(train["label"]), "test_rows": test_total,
+                     "test_rows_used": len(test["label"]), "max_rows": max_rows, "seed": seed}
+
+
+def baselines_sampled(rows: dict[str, int]) -> bool:
+    return rows["train_rows_used"] < rows["train_rows"] or rows["test_rows_used"] < rows["test_rows"]
 
 
 def pair_column_of(files: ParquetFiles) -> str | None:
@@ -226,6 +237,9 @@ def prepare(config: FinetuneConfig, target: TrackingTarget) -> TrainingPlan:
     model_path = _resolve_model_path(config.model.name_or_path) if config.model.warm_start is None \
         else resolve_warm_start(config.model.warm_start, target)
     tokenizer = load_tokenizer(model_path)
+    baselines, baseline_rows = measure_baselines(files, data.text_column, pair_column, label_names,
+                                                 data.baseline_max_rows, config.optim.seed) \
+        if config.baselines else ({}, {})
     columns = ["id", data.text_column, "label"] + ([pair_column] if pair_column else [])
 
     def make_datasets():
@@ -245,9 +259,12 @@ def prepare(config: FinetuneConfig, target: TrackingTarget) -> TrainingPlan:
                                                                    else {})}),
         dicts={"labels.json": {"label_names": label_names},
                "label_counts.json": {split: dict(zip(label_names, n)) for split, n in counts.items()},
-               **({"class_weights.json": dict(zip(label_names, class_weights))} if class_weights else {})},
-        params={"text_pair_column": pair_column or ""}, tags={"model_source": config.model.name_or_path},
-        baselines=measure_baselines(files, data.text_column, pair_column, label_names) if config.baselines else {})
+               **({"class_weights.json": dict(zip(label_names, class_weights))} if class_weights else {}),
+               **({"baseline_rows.json": baseline_rows} if baseline_rows else {})},
+        params={"text_pair_column": pair_column or "",
+                **({"baseline_sample_rows": data.baseline_max_rows if baselines_sampled(baseline_rows) else "all"}
+                   if baseline_rows else {})},
+        tags={"model_source": config.model.name_or_path}, baselines=baselines)
 
 
 def run(config: FinetuneConfig) -> TrainingOutcome:
@@ -278,6 +295,10 @@ def report(outcome: TrainingOutcome, config: FinetuneConfig) -> None:
         if f"baseline_{name}_test_accuracy" in m:
             accuracy, macro_f1 = m[f"baseline_{name}_test_accuracy"], m[f"baseline_{name}_test_macro_f1"]
             print(f"  {title:<26} {accuracy:8.4f}  {macro_f1:8.4f}")
+    sample = outcome.details.get("baseline_rows.json")
+    if sample and baselines_sampled(sample):
+        print(f"  (baselines on a sample: {sample['train_rows_used']:,} of {sample['train_rows']:,} train rows, "
+              f"{sample['test_rows_used']:,} of {sample['test_rows']:,} test rows, seed {sample['seed']})")
     scores = per_class_on_test(outcome)
     print("test split, per class:")
     print("\n".join(scores.table()))

@@ -146,3 +146,21 @@ def test_an_empty_split_is_refused_before_anything_trains(tmp_path, tokenizer_di
                             scaling=ScalingSettings(num_workers=workers))
     with pytest.raises(ValueError, match=message):
         prepare(config, None)
+
+
+def test_baselines_over_the_row_limit_run_on_a_sample_and_say_so(tmp_path, tokenizer_dir):
+    from jobs.finetune_classifier import ClassifierData, ClassifierModel, FinetuneConfig, prepare
+
+    texts = ["很好", "很差", "还行", "很好用", "太差了", "好"] * 2
+    for split in ("train", "val", "test"):
+        _write_split(tmp_path / f"{split}.parquet", texts)
+    paths = {split: str(tmp_path / f"{split}.parquet") for split in ("train", "val", "test")}
+    model = ClassifierModel(name_or_path=tokenizer_dir)
+    plan = prepare(FinetuneConfig(data=ClassifierData(**paths, baseline_max_rows=8), model=model), None)
+    assert plan.params["baseline_sample_rows"] == 8
+    assert plan.dicts["baseline_rows.json"] == {"train_rows": 12, "train_rows_used": 8, "test_rows": 12,
+                                                "test_rows_used": 8, "max_rows": 8, "seed": 0}
+    assert "baseline_char_ngram_test_accuracy" in plan.baselines
+    whole = prepare(FinetuneConfig(data=ClassifierData(**paths), model=model), None)
+    assert whole.params["baseline_sample_rows"] == "all"
+    assert whole.dicts["baseline_rows.json"]["train_rows_used"] == 12
