@@ -23,6 +23,8 @@ import pyarrow as pa
 import torch
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 
+from data_pipeline.text_limits import cut_texts, max_chars
+
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)  # ids 0, 1, 2, 3
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = range(4)
@@ -68,19 +70,24 @@ class TokenizePairs:
 
     Tokenizers arrive as JSON strings (no shared filesystem needed on a cluster). Output columns:
     ``id``, ``source``, ``target`` (the texts, kept for decode metrics), ``src_ids`` and ``tgt_ids``
-    (list<int32>, no specials).
+    (list<int32>, no specials). With ``max_len`` (the model's), each text is first cut to
+    ``max_chars(max_len)`` characters (``data_pipeline.text_limits``): the driver refuses such rows
+    before training, so this only bounds the work a row changed since then can cost.
     """
 
     def __init__(self, source_tokenizer_json: str, target_tokenizer_json: str, source_column: str,
-                 target_column: str):
+                 target_column: str, max_len: int | None = None):
         self.source = Tokenizer.from_str(source_tokenizer_json)
         self.target = Tokenizer.from_str(target_tokenizer_json)
         self.source_column = source_column
         self.target_column = target_column
+        self.max_chars = None if max_len is None else max_chars(max_len)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         sources = batch.column(self.source_column).to_pylist()
         targets = batch.column(self.target_column).to_pylist()
+        if self.max_chars is not None:
+            sources, targets = cut_texts(sources, self.max_chars)[0], cut_texts(targets, self.max_chars)[0]
         return pa.table({
             "id": batch.column("id"),
             "source": pa.array(sources, type=pa.string()),
@@ -90,14 +97,14 @@ class TokenizePairs:
         })
 
 
-_STAGES: dict[tuple[str, ...], TokenizePairs] = {}
+_STAGES: dict[tuple, TokenizePairs] = {}
 
 
 def tokenize_pairs(batch: pa.Table, source_tokenizer_json: str, target_tokenizer_json: str, source_column: str,
-                   target_column: str) -> pa.Table:
+                   target_column: str, max_len: int | None = None) -> pa.Table:
     """``TokenizePairs`` as a function for task-based ``map_batches``: Ray reuses warm worker processes
     instead of starting an actor per dataset execution; tokenizers are parsed once per process."""
-    key = (source_tokenizer_json, target_tokenizer_json, source_column, target_column)
+    key = (source_tokenizer_json, target_tokenizer_json, source_column, target_column, max_len)
     stage = _STAGES.get(key)
     if stage is None:
         _STAGES.clear()

@@ -15,6 +15,8 @@ import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from data_pipeline.text_limits import cut_texts, max_chars
+
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
@@ -31,7 +33,9 @@ class TokenizeBatch:
     longer than ``max_length`` tokens and was cut, not dropped). With ``pair_column``, each row
     is a sentence pair, ``[CLS] text [SEP] pair [SEP]``, plus ``token_type_ids`` (0 for the first
     segment, 1 for the second); a long pair is cut from the end of its longer segment first
-    (``longest_first``), so the start of each field survives.
+    (``longest_first``), so the start of each field survives. Each text (and pair) is cut to
+    ``max_chars(max_length)`` characters before the tokenizer sees it (``data_pipeline.text_limits``:
+    a multi-megabyte row costs what a long review costs) and a cut row is ``truncated``.
     """
 
     def __init__(self, tokenizer_path: str, text_column: str, max_length: int,
@@ -40,6 +44,7 @@ class TokenizeBatch:
         self.text_column = text_column
         self.pair_column = pair_column
         self.max_length = max_length
+        self.max_chars = max_chars(max_length)
         self.keep_columns = tuple(keep_columns)
 
     def _encode(self, texts: list[str], pairs: list[str] | None, truncate: bool) -> dict[str, list[list[int]]]:
@@ -48,8 +53,11 @@ class TokenizeBatch:
                               return_token_type_ids=pairs is not None, **kwargs)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        texts = batch.column(self.text_column).to_pylist()
-        pairs = None if self.pair_column is None else batch.column(self.pair_column).to_pylist()
+        texts, cut = cut_texts(batch.column(self.text_column).to_pylist(), self.max_chars)
+        pairs = None
+        if self.pair_column is not None:
+            pairs, cut_pairs = cut_texts(batch.column(self.pair_column).to_pylist(), self.max_chars)
+            cut = [a or b for a, b in zip(cut, cut_pairs)]
         encoded = dict(self._encode(texts, pairs, truncate=False))
         truncated = [len(ids) > self.max_length for ids in encoded["input_ids"]]
         if any(truncated):  # rare: re-encode only the long rows, letting the tokenizer place [SEP]
@@ -59,6 +67,7 @@ class TokenizeBatch:
             for key in encoded:
                 for i, ids in zip(long_rows, recut[key]):
                     encoded[key][i] = ids
+        truncated = [a or b for a, b in zip(truncated, cut)]
         columns = {name: batch.column(name) for name in self.keep_columns}
         if pairs is not None:
             columns["token_type_ids"] = pa.array(encoded["token_type_ids"], type=pa.list_(pa.int8()))

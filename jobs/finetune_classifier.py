@@ -28,11 +28,11 @@ from data_pipeline.tokenization import PadCollate
 from data_pipeline.validation import validate_files
 from jobs.common import config as config_lib
 from jobs.common.tracking import TrackingConfig, TrackingTarget
-from jobs.evaluation.metrics import ClassReport, ClassScores, class_report, metric_key
+from jobs.evaluation.metrics import ClassReport, ClassScores, class_report_from_counts, metric_key
 from jobs.train.checkpoint import EXPORT_DIR
 from jobs.train.driver import TrainingOutcome, report_header, run_training_job
 from jobs.train.settings import OptimSettings, RunSettings, TrainingJobConfig
-from jobs.train.task import TrainingPlan
+from jobs.train.task import TrainingPlan, require_rows
 
 SPLITS = ("train", "val", "test")
 PAIR_COLUMN = "text_pair"  # the second text of a sentence-pair corpus (prepare_corpus writes it)
@@ -45,6 +45,9 @@ class ClassifierData:
     test: str = "data/corpus/test.parquet"
     text_column: str = "text"
     max_length: int = 128  # tokens; longer texts (or text pairs, from the end of the longer one) are truncated
+    # The baselines run on the driver: a bigger train or test split is measured on a sample of this many
+    # rows (seed optim.seed), logged as the param baseline_sample_rows.
+    baseline_max_rows: int = 200_000
     stages: StageResources = field(default_factory=StageResources)
 
 
@@ -121,16 +124,19 @@ class ClassifierTask:
         logits = self._logits(model, batch, device).float()
         n = len(self.label_names)
         predicted = logits.argmax(dim=-1)
-        confusion = torch.bincount(labels * n + predicted, minlength=n * n).reshape(n, n)  # (true, predicted)
+        # Per-class counts, (n,) each: a confusion matrix would be n x n per batch, summed and all-reduced.
         return {"loss_sum": torch.nn.functional.cross_entropy(logits, labels, reduction="sum"),
-                "confusion": confusion}
+                "true_positive": torch.bincount(labels[predicted == labels], minlength=n),
+                "predicted": torch.bincount(predicted, minlength=n), "support": torch.bincount(labels, minlength=n)}
 
     def zero_eval_sums(self):
         n = len(self.label_names)
-        return {"loss_sum": torch.zeros(()), "confusion": torch.zeros(n, n, dtype=torch.long)}
+        return {"loss_sum": torch.zeros(()), **{key: torch.zeros(n, dtype=torch.long)
+                                                 for key in ("true_positive", "predicted", "support")}}
 
     def eval_metrics(self, sums):
-        report = class_report(sums["confusion"].numpy(), self.label_names)
+        report = class_report_from_counts(sums["true_positive"].numpy(), sums["predicted"].numpy(),
+                                          sums["support"].numpy(), self.label_names)
         return {"loss": float(sums["loss_sum"]) / max(report.rows, 1), **report.as_metrics()}
 
     def export(self, model, directory: Path) -> None:
@@ -184,13 +190,21 @@ def balanced_class_weights(counts: list[int]) -> list[float]:
 
 
 def measure_baselines(files: dict[str, ParquetFiles], text_column: str, pair_column: str | None,
-                      label_names: list[str]) -> dict[str, float]:
-    from jobs.common.baselines import baseline_metrics, joined
+                      label_names: list[str], max_rows: int, seed: int) -> tuple[dict[str, float], dict[str, int]]:
+    """The baselines' test metrics, and the rows they saw (a sample of ``max_rows`` of a bigger split)."""
+    from jobs.common.baselines import baseline_metrics, joined, read_sample
 
     columns = [text_column, "label"] + ([pair_column] if pair_column else [])
-    train, test = _read_columns(files["train"], columns), _read_columns(files["test"], columns)
-    return baseline_metrics(joined(train[text_column], train.get(pair_column)), train["label"],
-                            joined(test[text_column], test.get(pair_column)), test["label"], label_names)
+    (train, train_total), (test, test_total) = (read_sample(files[split], columns, max_rows, seed)
+                                                for split in ("train", "test"))
+    metrics = baseline_metrics(joined(train[text_column], train.get(pair_column)), train["label"],
+                               joined(test[text_column], test.get(pair_column)), test["label"], label_names)
+    return metrics, {"train_rows": train_total, "train_rows_used": len(train["label"]), "test_rows": test_total,
+                     "test_rows_used": len(test["label"]), "max_rows": max_rows, "seed": seed}
+
+
+def baselines_sampled(rows: dict[str, int]) -> bool:
+    return rows["train_rows_used"] < rows["train_rows"] or rows["test_rows_used"] < rows["test_rows"]
 
 
 def pair_column_of(files: ParquetFiles) -> str | None:
@@ -217,11 +231,15 @@ def prepare(config: FinetuneConfig, target: TrackingTarget) -> TrainingPlan:
     pair_column = pair_column_of(files["train"])
     spec = classification_spec(data.text_column, pair_column=pair_column)
     rows = {split: validate_files(files[split], spec, range(len(label_names))).rows for split in SPLITS}
+    require_rows(rows, {split: ", ".join(files[split].uris()) for split in SPLITS}, config.scaling.world_size)
     counts = {split: label_counts(files[split], len(label_names)) for split in SPLITS}
     class_weights = balanced_class_weights(counts["train"]) if config.optim.class_weights == "balanced" else None
     model_path = _resolve_model_path(config.model.name_or_path) if config.model.warm_start is None \
         else resolve_warm_start(config.model.warm_start, target)
     tokenizer = load_tokenizer(model_path)
+    baselines, baseline_rows = measure_baselines(files, data.text_column, pair_column, label_names,
+                                                 data.baseline_max_rows, config.optim.seed) \
+        if config.baselines else ({}, {})
     columns = ["id", data.text_column, "label"] + ([pair_column] if pair_column else [])
 
     def make_datasets():
@@ -241,9 +259,12 @@ def prepare(config: FinetuneConfig, target: TrackingTarget) -> TrainingPlan:
                                                                    else {})}),
         dicts={"labels.json": {"label_names": label_names},
                "label_counts.json": {split: dict(zip(label_names, n)) for split, n in counts.items()},
-               **({"class_weights.json": dict(zip(label_names, class_weights))} if class_weights else {})},
-        params={"text_pair_column": pair_column or ""}, tags={"model_source": config.model.name_or_path},
-        baselines=measure_baselines(files, data.text_column, pair_column, label_names) if config.baselines else {})
+               **({"class_weights.json": dict(zip(label_names, class_weights))} if class_weights else {}),
+               **({"baseline_rows.json": baseline_rows} if baseline_rows else {})},
+        params={"text_pair_column": pair_column or "",
+                **({"baseline_sample_rows": data.baseline_max_rows if baselines_sampled(baseline_rows) else "all"}
+                   if baseline_rows else {})},
+        tags={"model_source": config.model.name_or_path}, baselines=baselines)
 
 
 def run(config: FinetuneConfig) -> TrainingOutcome:
@@ -274,6 +295,10 @@ def report(outcome: TrainingOutcome, config: FinetuneConfig) -> None:
         if f"baseline_{name}_test_accuracy" in m:
             accuracy, macro_f1 = m[f"baseline_{name}_test_accuracy"], m[f"baseline_{name}_test_macro_f1"]
             print(f"  {title:<26} {accuracy:8.4f}  {macro_f1:8.4f}")
+    sample = outcome.details.get("baseline_rows.json")
+    if sample and baselines_sampled(sample):
+        print(f"  (baselines on a sample: {sample['train_rows_used']:,} of {sample['train_rows']:,} train rows, "
+              f"{sample['test_rows_used']:,} of {sample['test_rows']:,} test rows, seed {sample['seed']})")
     scores = per_class_on_test(outcome)
     print("test split, per class:")
     print("\n".join(scores.table()))

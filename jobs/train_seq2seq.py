@@ -22,6 +22,7 @@ from data_pipeline.paths import ParquetFiles, resolve_parquet_files
 from data_pipeline.pinyin import Scores, baseline_scores, score
 from data_pipeline.ray_stages import StageResources, read_parquet
 from data_pipeline.schema import ColumnSpec, TableSpec
+from data_pipeline.text_limits import max_chars
 from data_pipeline.validation import DataValidationError, Problem, validate_files
 from jobs.common import config as config_lib
 from jobs.common.tracking import TrackingConfig, TrackingTarget
@@ -251,6 +252,25 @@ def check_lengths(name: str, files: ParquetFiles, src_lens: list[int], tgt_lens:
         raise DataValidationError(problems)
 
 
+def check_chars(files: dict[str, ParquetFiles], pairs: dict[str, list[tuple[str, str]]], max_len: int,
+                columns: tuple[str, str] = ("source", "target")) -> None:
+    """Refuse rows longer than ``max_chars(max_len)`` characters before anything tokenizes them.
+
+    Such a row cannot fit ``max_len`` tokens but in pathological cases (``data_pipeline.text_limits``),
+    and tokenizing a multi-megabyte one would cost seconds and memory for an error.
+    """
+    limit = max_chars(max_len)
+    problems = []
+    for split, rows in pairs.items():
+        for index, side in enumerate(columns):
+            count = sum(len(pair[index]) > limit for pair in rows)
+            if count:
+                problems.append(Problem(", ".join(files[split].uris()), side, count,
+                                        f"have more than {limit} characters (the bound for model.max_len={max_len})"))
+    if problems:
+        raise DataValidationError(problems)
+
+
 @dataclass(frozen=True)
 class PreparedData:
     files: dict[str, ParquetFiles]
@@ -277,6 +297,7 @@ def prepare_data(config: Seq2SeqTrainConfig) -> PreparedData:
         if n < max(config.scaling.num_workers, 1):
             raise ValueError(f"data.{split}: {n} rows, fewer than the {config.scaling.num_workers} workers")
     pairs = {split: read_pairs(files[split], data) for split in SPLITS}
+    check_chars(files, pairs, config.model.max_len, (data.source_column, data.target_column))
     source_tok = train_source_tokenizer((s for s, _ in pairs["train"]), data.source_vocab_size, data.min_frequency)
     target_tok = train_target_tokenizer((t for _, t in pairs["train"]), data.target_vocab_size, data.min_frequency)
     lengths = {}
@@ -314,7 +335,8 @@ def pair_datasets(prepared: PreparedData, data: Seq2SeqData) -> dict[str, Any]:
             tokenize_pairs, fn_kwargs={
                 "source_tokenizer_json": prepared.source_tokenizer_json,
                 "target_tokenizer_json": prepared.target_tokenizer_json,
-                "source_column": data.source_column, "target_column": data.target_column},
+                "source_column": data.source_column, "target_column": data.target_column,
+                "max_len": prepared.model_config.max_len},
             batch_format="pyarrow", batch_size=stages.tokenize_batch_rows,
             concurrency=stages.tokenize_concurrency, num_cpus=stages.tokenize_cpus)
     return datasets

@@ -3,6 +3,8 @@
 ``predict(DataFrame with a 'source' column | list of str) -> DataFrame(target)``: each source text
 decoded into its target text (pinyin syllables separated by spaces). Optional params:
 ``beam_size`` (1 = greedy, the default) and ``max_len`` (generated tokens; default the model's).
+Sources are cut to the model's ``max_len`` tokens, and first to ``max_chars(max_len)`` characters
+(``data_pipeline.text_limits``), so a multi-megabyte input costs what a long sentence costs.
 """
 
 from __future__ import annotations
@@ -37,11 +39,13 @@ class TransliterationModel(mlflow.pyfunc.PythonModel):
         self.loaded = load_seq2seq(context.artifacts[MODEL_ARTIFACT])
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
+        from data_pipeline.text_limits import cut_texts, max_chars
         from model.seq2seq_io import generate
 
         params = params or {}
         max_len = params.get("max_len")
-        targets = generate(self.loaded, source_texts(model_input), beam_size=int(params.get("beam_size", 1) or 1),
+        texts, _ = cut_texts(source_texts(model_input), max_chars(self.loaded.config.max_len))
+        targets = generate(self.loaded, texts, beam_size=int(params.get("beam_size", 1) or 1),
                            max_len=int(max_len) if max_len else None)
         return pd.DataFrame({"target": targets})
 

@@ -1,8 +1,9 @@
 """Classification metrics from a confusion matrix, and calibration from predicted probabilities.
 
-Pure numpy: the training loop all-reduces a confusion matrix and calls ``class_report`` on it;
-the evaluation job builds one from scored rows. Per-class metric keys carry the label name,
-made safe for MLflow (``f1_体育``, ``recall_sports``).
+Pure numpy: the training loop all-reduces per-class counts (true positives, predictions, support:
+three vectors of n, where a confusion matrix would be n x n per batch) and calls
+``class_report_from_counts``; the evaluation job builds a confusion matrix once from scored rows.
+Per-class metric keys carry the label name, made safe for MLflow (``f1_体育``, ``recall_sports``).
 """
 
 from __future__ import annotations
@@ -58,11 +59,22 @@ class ClassReport:
         return lines
 
 
+def class_counts(true: Sequence[int], predicted: Sequence[int], n_labels: int) -> dict[str, np.ndarray]:
+    """``true_positive``, ``predicted`` and ``support`` per class: what ``class_report`` needs, in O(n_labels)."""
+    true, predicted = np.asarray(true, dtype=np.int64), np.asarray(predicted, dtype=np.int64)
+    return {"true_positive": np.bincount(true[true == predicted], minlength=n_labels),
+            "predicted": np.bincount(predicted, minlength=n_labels), "support": np.bincount(true, minlength=n_labels)}
+
+
 def class_report(confusion: np.ndarray, label_names: Sequence[str]) -> ClassReport:
     confusion = np.asarray(confusion, dtype=np.float64)
-    rows = int(confusion.sum())
-    true_pos = np.diag(confusion)
-    predicted, support = confusion.sum(axis=0), confusion.sum(axis=1)
+    return class_report_from_counts(np.diag(confusion), confusion.sum(axis=0), confusion.sum(axis=1), label_names)
+
+
+def class_report_from_counts(true_positive, predicted, support, label_names: Sequence[str]) -> ClassReport:
+    """Per-class precision/recall/F1 from true positives, predictions and true rows per class (n each)."""
+    true_pos, predicted, support = (np.asarray(v, dtype=np.float64) for v in (true_positive, predicted, support))
+    rows = int(support.sum())
     precision = true_pos / np.maximum(predicted, 1)
     recall = true_pos / np.maximum(support, 1)
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)

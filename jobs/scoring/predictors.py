@@ -16,6 +16,7 @@ import pyarrow as pa
 import torch
 
 from data_pipeline.quarantine import GROUP, REJECT_REASON, SCORABLE, SOURCE_FILE
+from data_pipeline.text_limits import cut_texts, max_chars
 from data_pipeline.tokenization import TokenizeBatch, pad_batch
 from jobs.common.registry import ResolvedModel, materialize_model, model_kind
 
@@ -140,7 +141,8 @@ class Seq2SeqPredictor:
 
     Tokenizes in the actor: the model's own source tokenizer, not a Hugging Face one, and
     decoding, not tokenizing, bounds the throughput. Sources longer than the model's
-    ``max_len`` are cut to it and flagged ``truncated``.
+    ``max_len`` are cut to it and flagged ``truncated``; a text is cut to ``max_chars(max_len)``
+    characters before it is tokenized (``data_pipeline.text_limits``), and flagged too.
     """
 
     def __init__(self, resolved: ResolvedModel, tracking_uri: str | None, settings: PredictorSettings,
@@ -165,13 +167,14 @@ class Seq2SeqPredictor:
         scorable = batch.column(SCORABLE).to_numpy(zero_copy_only=False)
         todo = np.flatnonzero(scorable)
         texts = batch.column(self.text_column).to_pylist()
-        encoded = encode_source_ids(self.loaded, [texts[i] for i in todo])
+        texts, cut = cut_texts([texts[i] for i in todo], max_chars(self.loaded.config.max_len))
+        encoded = encode_source_ids(self.loaded, texts)
         outputs = generate_from_ids(self.loaded, encoded, beam_size=self.beam_size, max_len=self.max_new_tokens,
                                     batch_size=self.forward_batch_size)
         generated = np.full(n, None, dtype=object)
         generated[todo] = [" ".join(tokens) for tokens in outputs]
         truncated = np.zeros(n, dtype=bool)
-        truncated[todo] = [len(ids) > self.loaded.config.max_len for ids in encoded]
+        truncated[todo] = [was_cut or len(ids) > self.loaded.config.max_len for was_cut, ids in zip(cut, encoded)]
         out = {"id": batch.column("id").to_numpy(zero_copy_only=False), "generated": generated,
                "truncated": truncated, "scorable": np.asarray(scorable, dtype=bool)}
         for key, value in self.lineage.items():

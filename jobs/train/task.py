@@ -57,3 +57,20 @@ class TrainingPlan:
     dicts: dict[str, Any] = field(default_factory=dict)  # JSON artifacts of the run
     baselines: dict[str, float] = field(default_factory=dict)  # reference models' metrics, same split
     tags: dict[str, str] = field(default_factory=dict)
+
+
+def require_rows(rows: dict[str, int], sources: dict[str, str], world_size: int = 1) -> None:
+    """Refuse splits too small to train on, on the driver, before any Ray worker starts.
+
+    A training split with no rows would train no step and still register the untrained model as
+    the candidate; one with fewer rows than workers leaves a worker without a batch. An empty
+    validation or test split gives no metric to choose or judge the model by.
+    """
+    problems = []
+    for split, n in rows.items():
+        needed = max(world_size, 1) if split == "train" else 1
+        if n < needed:
+            fewer = "no rows" if n == 0 else f"{n} row(s), fewer than the {world_size} training workers"
+            problems.append(f"data.{split} ({sources.get(split, '?')}): {fewer}")
+    if problems:
+        raise ValueError("cannot train on these splits:\n  " + "\n  ".join(problems))

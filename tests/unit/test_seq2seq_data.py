@@ -57,6 +57,31 @@ def test_tokenize_stage_keeps_texts_and_emits_ids(tokenizers):
     assert [len(r) for r in out.column("tgt_ids").to_pylist()] == [4, 2]
 
 
+class SpyTokenizer:
+    """Records the longest text handed to ``encode_batch`` (a Rust tokenizer's methods cannot be patched)."""
+
+    def __init__(self, inner):
+        self.inner, self.longest = inner, 0
+
+    def encode_batch(self, texts, **kwargs):
+        self.longest = max([self.longest] + [len(t) for t in texts])
+        return self.inner.encode_batch(texts, **kwargs)
+
+
+def test_tokenize_pairs_cuts_a_huge_text_before_tokenizing_it(tokenizers):
+    from data_pipeline.text_limits import max_chars
+
+    source, target = tokenizers
+    stage = TokenizePairs(source.to_str(), target.to_str(), "src", "tgt", max_len=16)
+    stage.source, stage.target = SpyTokenizer(stage.source), SpyTokenizer(stage.target)
+    huge_src, huge_tgt = "银行行长" * 1_000_000, "yin2 hang2 " * 400_000
+    out = stage(pa.table({"id": ["a", "b"], "src": [SOURCES[0], huge_src], "tgt": [TARGETS[0], huge_tgt]}))
+    assert max(stage.source.longest, stage.target.longest) <= max_chars(16)
+    src_ids = out.column("src_ids").to_pylist()
+    assert len(src_ids[0]) == 4 and len(src_ids[1]) == max_chars(16)  # one token per source character
+    assert src_ids[1][:16] == encode(source, [huge_src[:100]])[0][:16]
+
+
 # ---- batching --------------------------------------------------------------------------------
 
 def test_plan_batches_respects_the_token_budget_and_row_cap():
@@ -166,6 +191,25 @@ def test_export_round_trip_and_generate(tmp_path, tokenizers):
     assert len(out) == 3 and all(isinstance(t, str) for t in out) and out[1] == ""
     assert generate_tokens(loaded, texts, beam_size=2, max_len=6)[1] == []
     assert ids_to_tokens([BOS_ID, 4, UNK_ID, EOS_ID, 5], target, cfg) == [target.id_to_token(4), "<unk>"]
+
+
+def test_the_pyfunc_cuts_a_huge_source_before_tokenizing_it(tokenizers, tmp_path):
+    import pandas as pd
+
+    from data_pipeline.text_limits import max_chars
+    from jobs.common.seq2seq_pyfunc import TransliterationModel
+
+    source, target = tokenizers
+    cfg = Seq2SeqConfig(src_vocab_size=source.get_vocab_size(), tgt_vocab_size=target.get_vocab_size(),
+                        d_model=16, n_heads=2, d_ff=32, n_encoder_layers=1, n_decoder_layers=1, max_len=16)
+    torch.manual_seed(0)
+    pyfunc = TransliterationModel()
+    pyfunc.loaded = load_seq2seq(save_seq2seq(Seq2SeqTransformer(cfg).eval(), source, target, tmp_path))
+    spy = pyfunc.loaded.source_tokenizer = SpyTokenizer(pyfunc.loaded.source_tokenizer)
+    huge = "银行行长不行了" * 1_000_000
+    out = pyfunc.predict(None, pd.DataFrame({"source": ["还行", huge]}), {"max_len": 6})
+    assert spy.longest <= max_chars(16)
+    assert out["target"].tolist() == pyfunc.predict(None, ["还行", huge[:70]], {"max_len": 6})["target"].tolist()
 
 
 def test_load_reports_missing_files(tmp_path):

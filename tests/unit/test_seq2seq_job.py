@@ -32,6 +32,22 @@ def test_invalid_inputs_fail_before_any_compute(tmp_path):
         prepare_data(missing)
 
 
+def test_a_multi_megabyte_row_is_refused_before_it_is_tokenized(tmp_path):
+    from data_pipeline.pinyin import Pair
+    from data_pipeline.validation import DataValidationError
+    from jobs.train_seq2seq import prepare_data
+
+    huge = Pair("h-0", "好" * 3_000_000, "hao3")
+    write_pairs(tmp_path / "train.parquet", [Pair("a-0", "好", "hao3"), huge])
+    for split in ("val", "test"):
+        write_pairs(tmp_path / f"{split}.parquet", [Pair("b-0", "好", "hao3"), Pair("b-1", "行", "xing2")])
+    config = config_lib.load(Seq2SeqTrainConfig, ROOT / "configs/train_seq2seq.tiny.yaml", [
+        f"data.{s}={tmp_path / (s + '.parquet')}" for s in ("train", "val", "test")])
+    with pytest.raises(DataValidationError, match=r"train.parquet, column 'source': 1 row\(s\) have more than 2048 "
+                                                  r"characters \(the bound for model.max_len=64\)"):
+        prepare_data(config)
+
+
 def test_task_eval_sums_match_the_zero_sums_and_give_metrics():
     """In-process (no Ray): the task's loss, evaluation sums and metrics on one batch of a tiny model."""
     from data_pipeline.pinyin import ReadingTable

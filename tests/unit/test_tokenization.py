@@ -7,6 +7,7 @@ import pyarrow as pa
 import pytest
 import torch
 
+from data_pipeline.text_limits import max_chars
 from data_pipeline.tokenization import PadCollate, TokenizeBatch, load_tokenizer, pad_batch
 
 torch.set_num_threads(1)
@@ -85,6 +86,73 @@ def test_long_rows_are_truncated_to_max_length_and_flagged(tokenize, tokenizer):
         assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
     assert rows[3][:-1] == full[: MAX_LEN - 1]  # the text is cut, not dropped or shuffled
     assert rows[2] == tokenizer("短")["input_ids"]  # short rows keep the plain encoding
+
+
+class SpyTokenizer:
+    """Records the longest text the tokenizer is handed, then tokenizes as the real one does."""
+
+    def __init__(self, inner):
+        self.inner, self.longest = inner, 0
+
+    def __call__(self, texts, pairs=None, **kwargs):
+        self.longest = max([self.longest] + [len(t) for t in list(texts) + list(pairs or [])])
+        return self.inner(texts, pairs, **kwargs)
+
+
+def spied(tokenizer_dir, **kwargs) -> TokenizeBatch:
+    stage = TokenizeBatch(tokenizer_dir, "text", MAX_LEN, keep_columns=("id",), **kwargs)
+    stage.tokenizer = SpyTokenizer(stage.tokenizer)
+    return stage
+
+
+REVIEW = "这家店的东西质量很好, good value for money! 物流也快。"
+
+
+def test_a_multi_megabyte_text_is_cut_before_the_tokenizer_sees_it_and_flagged(tokenizer_dir, tokenizer):
+    huge = REVIEW * (5_000_000 // len(REVIEW))  # ~5 MB
+    stage = spied(tokenizer_dir)
+    out = stage(table(["短", huge]))
+    assert stage.tokenizer.longest <= max_chars(MAX_LEN) < 5_000
+    assert out.column("truncated").to_pylist() == [False, True]
+    # the tokens kept are those of the whole text truncated (compared on a prefix too long for the bound)
+    longer_than_bound = huge[: 4 * max_chars(MAX_LEN)]
+    expected = tokenizer(longer_than_bound, truncation=True, max_length=MAX_LEN)["input_ids"]
+    assert out.column("input_ids").to_pylist()[1] == expected
+
+
+def test_the_cut_keeps_the_tokens_of_every_text_that_fits_and_of_long_ones(tokenizer_dir, tokenizer):
+    bound = max_chars(MAX_LEN)
+    texts = ["好", REVIEW, "好" + " " * (bound - 2) + "坏",  # fits, at the bound only through whitespace
+             "x" * 150 + " 好",  # a word over 100 characters is one [UNK]
+             REVIEW * (bound // len(REVIEW)), REVIEW * (bound // len(REVIEW) + 1),  # either side of the bound
+             "good value " * 1000, "好" * 3 * bound]
+    stage = spied(tokenizer_dir)
+    out = stage(table(texts))
+    for text, ids, cut in zip(texts, out.column("input_ids").to_pylist(), out.column("truncated").to_pylist()):
+        whole = tokenizer(text, truncation=True, max_length=MAX_LEN)["input_ids"]
+        assert ids == whole, text[:30]
+        assert cut == (len(tokenizer(text)["input_ids"]) > MAX_LEN)
+    assert stage.tokenizer.longest <= bound
+
+
+def test_a_text_over_the_bound_that_is_mostly_whitespace_keeps_the_tokens_of_its_first_characters(tokenizer_dir,
+                                                                                                   tokenizer):
+    padded = "好" + " " * 5 * max_chars(MAX_LEN) + "坏"  # 3 tokens in all, but far over the bound
+    out = spied(tokenizer_dir)(table([padded]))
+    assert out.column("truncated").to_pylist() == [True]  # cut, and said so
+    assert out.column("input_ids").to_pylist() == [tokenizer("好")["input_ids"]]
+
+
+def test_sentence_pairs_are_cut_per_segment(tokenizer_dir, tokenizer):
+    huge = REVIEW * (1_000_000 // len(REVIEW))
+    stage = spied(tokenizer_dir, pair_column="pair")
+    out = stage(pa.table({"id": ["a", "b"], "text": ["很好", huge], "pair": [huge, "很好"]}))
+    assert stage.tokenizer.longest <= max_chars(MAX_LEN)
+    assert out.column("truncated").to_pylist() == [True, True]
+    longer_than_bound = huge[: 4 * max_chars(MAX_LEN)]
+    assert out.column("input_ids").to_pylist() == [
+        tokenizer("很好", longer_than_bound, truncation="longest_first", max_length=MAX_LEN)["input_ids"],
+        tokenizer(longer_than_bound, "很好", truncation="longest_first", max_length=MAX_LEN)["input_ids"]]
 
 
 def test_custom_text_column(tokenizer_dir, tokenizer):
