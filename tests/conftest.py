@@ -16,7 +16,10 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
 @pytest.fixture(scope="session", autouse=True)
 def model_cache(tmp_path_factory) -> Path:
-    """Downloaded models go to the session's cache, not the user's ~/.cache (set before Ray starts: workers inherit it)."""
+    """Downloaded models go to the session's cache, not the user's ~/.cache.
+
+    Set before Ray starts: local workers inherit it.
+    """
     root = tmp_path_factory.mktemp("text-jobs-cache")
     os.environ["TEXT_JOBS_CACHE"] = str(root)
     return root / "models"

@@ -76,12 +76,12 @@ def score_groups(groups: list[ScoringGroup], outputs: dict[str, str], model: Sco
     ``ScoringError`` when the pipeline itself fails. Never writes a manifest: committing is the
     caller's step, so a failed or killed run's output is never mistaken for a complete one.
     """
+    if model.kind == "classifier":  # a seq2seq model's max_length counts generated tokens, capped at its max_len
+        check_max_length(model.local_dir, settings.max_length, "max_length")
     import ray.data
 
     if model.kind == "seq2seq" and columns.pair is not None:
         raise ScoringError("text_pair_column: a seq2seq model reads one text per row")
-    if model.kind == "classifier":  # a seq2seq model's max_length counts generated tokens, capped at its max_len
-        check_max_length(model.local_dir, settings.max_length, "max_length")
     start = time.perf_counter()
     stages, predictor = settings.stages, settings.predictor
     common = {"resolved": model.resolved, "tracking_uri": model.tracking_uri, "local_model_dir": model.local_dir}

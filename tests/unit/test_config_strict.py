@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -138,9 +139,10 @@ def test_max_length_beyond_the_models_positions_is_refused_naming_the_key(tmp_pa
     assert position_limit(seq2seq_dir) is None  # no config.json: nothing to check against
 
 
-def test_scoring_refuses_a_max_length_the_classifier_cannot_take_before_any_work(tmp_path):
+def test_scoring_refuses_a_max_length_the_classifier_cannot_take_before_any_work(tmp_path, monkeypatch):
     from jobs.scoring.pipeline import ScoringModel, score_groups
 
+    monkeypatch.setitem(sys.modules, "ray.data", None)  # before any work: Ray Data is not even imported
     model_dir = _hf_dir(tmp_path, 64)
     model = ScoringModel(ResolvedModel(load_uri=str(model_dir), name="m", version="v", run_id=""), None,
                          str(model_dir), "classifier")
