@@ -149,3 +149,18 @@ def test_a_failed_download_leaves_no_temporaries(store, tmp_path):
     with pytest.raises(Exception):
         materialize_model(missing, store["uri"], cache_dir=cache)
     assert _entries(cache) == ([], [])
+
+
+def test_finetune_refuses_a_max_length_beyond_the_models_positions_before_any_compute(
+        tiny_corpus: Path, tiny_model_dir: Path, store, monkeypatch):
+    import sys
+
+    from jobs.common.config import ConfigError, load
+    from jobs.finetune_classifier import FinetuneConfig, prepare
+
+    monkeypatch.setitem(sys.modules, "ray.data", None)  # refused before any Ray Data work is even set up
+    config = load(FinetuneConfig, None, [f"data.{split}={tiny_corpus / f'{split}.parquet'}" for split in
+                                         ("train", "val", "test")] +
+                  [f"model.name_or_path={tiny_model_dir}", "data.max_length=1024", "baselines=false"])
+    with pytest.raises(ConfigError, match=r"data\.max_length: 1024 exceeds the model's position limit, 512 tokens"):
+        prepare(config, store["target"])
