@@ -155,7 +155,7 @@ def log_classifier_artifacts(result: ClassifierResult, names: list[str]) -> None
 def link_model_version(outcome: EvaluationOutcome, summary: dict, target: TrackingTarget) -> None:
     """Tags on a registered version naming this evaluation (a local directory or a bare run has no version)."""
     resolved = outcome.model.resolved
-    if resolved.version in ("local", "run"):
+    if not resolved.registered:
         return
     client = client_for(target)
     headline = "accuracy" if isinstance(outcome.result, ClassifierResult) else "syllable_accuracy"

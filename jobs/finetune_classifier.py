@@ -220,7 +220,7 @@ def prepare(config: FinetuneConfig, target: TrackingTarget) -> TrainingPlan:
     import pandas as pd
 
     from data_pipeline.tokenization import load_tokenizer
-    from jobs.common.registry import TextClassifierModel
+    from jobs.common.registry import TextClassifierModel, check_max_length
 
     data = config.data
     files = {split: resolve_parquet_files(getattr(data, split)) for split in SPLITS}
@@ -236,6 +236,7 @@ def prepare(config: FinetuneConfig, target: TrackingTarget) -> TrainingPlan:
     class_weights = balanced_class_weights(counts["train"]) if config.optim.class_weights == "balanced" else None
     model_path = _resolve_model_path(config.model.name_or_path) if config.model.warm_start is None \
         else resolve_warm_start(config.model.warm_start, target)
+    check_max_length(model_path, data.max_length, "data.max_length")
     tokenizer = load_tokenizer(model_path)
     baselines, baseline_rows = measure_baselines(files, data.text_column, pair_column, label_names,
                                                  data.baseline_max_rows, config.optim.seed) \

@@ -79,6 +79,12 @@ class Seq2SeqTrainConfig(TrainingJobConfig):
     tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(
         experiment="train-seq2seq", registered_model="zh-pinyin-transformer"))
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        decode = self.objective.decode_max_len
+        if decode is not None and not 1 <= decode <= self.model.max_len:  # the decoder has max_len positions
+            raise ValueError(f"objective.decode_max_len ({decode}) must be in [1, model.max_len={self.model.max_len}]")
+
 
 # --------------------------------------------------------------------------- worker side
 

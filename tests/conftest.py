@@ -14,6 +14,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory) -> Path:
+    """Downloaded models go to the session's cache, not the user's ~/.cache.
+
+    Set before Ray starts: local workers inherit it.
+    """
+    root = tmp_path_factory.mktemp("text-jobs-cache")
+    os.environ["TEXT_JOBS_CACHE"] = str(root)
+    return root / "models"
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """A real local Ray with the 2 CPUs of a CI machine, shared by every test that needs one."""

@@ -38,8 +38,44 @@ _Loader.add_implicit_resolver(
     list("-+.0123456789"))
 
 
+def _check_duplicate_keys(node: yaml.Node, path: str, seen: set[int]) -> None:
+    """Refuse a mapping that repeats a key: YAML loaders keep the last silently, so a second
+    ``optim:`` block would drop the first block's settings. Merge keys (``<<: *base``) may still
+    be overridden, as YAML intends."""
+    if id(node) in seen:  # an alias: checked where its anchor is
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first_line: dict[tuple[str, str], int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                _check_duplicate_keys(value_node, path, seen)
+                continue
+            name = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "<complex key>"
+            dotted = f"{path}.{name}" if path else name
+            line = key_node.start_mark.line + 1
+            if isinstance(key_node, yaml.ScalarNode):
+                if (key_node.tag, key_node.value) in first_line:
+                    earlier = first_line[(key_node.tag, key_node.value)]
+                    raise ConfigError(f"duplicate key {dotted} at line {line} (first set at line {earlier}); "
+                                      "YAML would silently keep only the last one")
+                first_line[(key_node.tag, key_node.value)] = line
+            _check_duplicate_keys(value_node, dotted, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_duplicate_keys(item, f"{path}[{i}]", seen)
+
+
 def _parse_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_duplicate_keys(node, "", set())
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def _is_optional(tp: Any) -> bool:
@@ -54,13 +90,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in get_args(tp):
             return None
-        for option in get_args(tp):
-            if option is type(None):
-                continue
+        options = [option for option in get_args(tp) if option is not type(None)]
+        for option in options:
             try:
                 return _coerce(value, option, key)
-            except ConfigError:
-                pass  # try the next option of the union
+            except ConfigError as exc:
+                error = exc  # try the next option of the union
+        if len(options) == 1:  # X | None: X's own message (a Literal's allowed values, say)
+            raise ConfigError(f"{error} (or null)") from None
         raise ConfigError(f"{key}: {value!r} matches none of {tp}")
     if origin is Literal:
         if value not in get_args(tp):
@@ -135,7 +172,10 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"--set {dotted}: {part} is not a section")
-    node[parts[-1]] = _parse_yaml(raw)
+    try:
+        node[parts[-1]] = _parse_yaml(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"--set {dotted}: {exc}") from None
 
 
 def load(cls: type[T], path: str | Path | None, overrides: typing.Sequence[str] = ()) -> T:
@@ -143,7 +183,10 @@ def load(cls: type[T], path: str | Path | None, overrides: typing.Sequence[str] 
     data: dict[str, Any] = {}
     if path is not None:
         text = Path(path).read_text(encoding="utf-8")
-        loaded = _parse_yaml(text) or {}
+        try:
+            loaded = _parse_yaml(text) or {}
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
         data = loaded

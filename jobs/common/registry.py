@@ -7,8 +7,12 @@ sequence length into the graph.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -16,9 +20,14 @@ from typing import Literal
 import mlflow
 import pandas as pd
 
+from jobs.common.config import ConfigError
 from jobs.common.tracking import TrackingTarget, client_for
 
 MODEL_ARTIFACT = "hf_model"
+CACHE_ENV = "TEXT_JOBS_CACHE"  # the cache root; models are kept under <root>/models
+_CACHE_TMP_PREFIX = ".tmp-"  # a download in progress (or abandoned): never read as a cached model
+_CACHE_POINTER = "cached.json"  # written last into a staged copy: where its model directory lies
+_STALE_TMP_S = 24 * 3600  # a temporary this old belongs to a download that died
 
 
 class TextClassifierModel(mlflow.pyfunc.PythonModel):
@@ -82,17 +91,29 @@ def log_and_register(target: TrackingTarget, run_id: str, python_model: mlflow.p
 
 @dataclass(frozen=True)
 class ResolvedModel:
-    """A model reference made concrete: where to load it and the lineage written beside each prediction."""
+    """A model reference made concrete: where to load it and the lineage written beside each prediction.
+
+    ``version`` tells models apart in the lineage columns and in "already scored by this model": the
+    registered version number, the run id of a ``runs:/`` reference, or a digest of a local directory's files.
+    """
     load_uri: str  # a local directory, or a models:/name/version or runs:/ URI to download
     name: str
     version: str
     run_id: str
+    source: str = ""  # what the download holds (a registered version's source); keys the download cache
+
+    @property
+    def registered(self) -> bool:
+        """A version of a registered model (tags and aliases apply), not a run or a directory."""
+        return self.load_uri.startswith("models:/")
 
 
 def resolve_model_ref(ref: str, target: TrackingTarget | None) -> ResolvedModel:
     """``models:/<name>@<alias>``, ``models:/<name>/<version>``, ``runs:/<run_id>/model``, a run id, or a local directory."""
     if os.path.isdir(ref):
-        return ResolvedModel(load_uri=str(Path(ref).resolve()), name=Path(ref).name, version="local", run_id="")
+        path = Path(ref).resolve()
+        return ResolvedModel(load_uri=str(path), name=path.name, version=f"local-{directory_digest(path)[:16]}",
+                             run_id="")
     if target is None:
         raise ValueError(f"model reference {ref!r} needs an MLflow tracking store")
     client = client_for(target)
@@ -105,29 +126,135 @@ def resolve_model_ref(ref: str, target: TrackingTarget | None) -> ResolvedModel:
             name, number = body.rsplit("/", 1)
             version = client.get_model_version(name, number)
         return ResolvedModel(load_uri=f"models:/{name}/{version.version}", name=name,
-                             version=str(version.version), run_id=version.run_id or "")
-    run_id = ref[len("runs:/"):].split("/", 1)[0] if ref.startswith("runs:/") else ref
+                             version=str(version.version), run_id=version.run_id or "", source=version.source or "")
+    run_id, _, artifact = (ref[len("runs:/"):] if ref.startswith("runs:/") else ref).partition("/")
+    artifact = artifact.strip("/") or "model"
     run = client.get_run(run_id)  # raises a clear MLflow error when the run does not exist
-    return ResolvedModel(load_uri=f"runs:/{run.info.run_id}/model", name=run.info.run_name or run_id,
-                         version="run", run_id=run.info.run_id)
+    # The run id is the version: two runs' models are two models, whatever the runs are called.
+    version = run.info.run_id if artifact == "model" else f"{run.info.run_id}/{artifact}"
+    return ResolvedModel(load_uri=f"runs:/{run.info.run_id}/{artifact}", name=run.info.run_name or run_id,
+                         version=version, run_id=run.info.run_id)
 
 
-def materialize_model(resolved: ResolvedModel, tracking_uri: str | None) -> Path:
-    """A local model directory (Hugging Face or seq2seq export): the directory itself, or a fresh download.
+def directory_digest(path: str | Path) -> str:
+    """sha256 over a directory's file names and contents: a local model's version (weights, config, vocab)."""
+    root = Path(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(root).as_posix().encode() + b"\0")
+        with open(file, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        digest.update(b"\0")
+    return digest.hexdigest()
 
+
+def model_cache_dir() -> Path:
+    """Where downloaded models are kept: ``$TEXT_JOBS_CACHE/models``, else ``~/.cache/text-jobs/models``."""
+    root = os.environ.get(CACHE_ENV) or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "text-jobs")
+    return Path(root).expanduser() / "models"
+
+
+def cache_key(resolved: ResolvedModel) -> str:
+    """The content a download holds: a registered version's source (MLflow 3: its logged model id) and
+    run, or a run id and artifact path. Not ``models:/name/N``: a re-created registered model reuses N."""
+    identity = json.dumps([resolved.source or resolved.load_uri, resolved.run_id])
+    return hashlib.sha256(identity.encode()).hexdigest()[:32]
+
+
+def materialize_model(resolved: ResolvedModel, tracking_uri: str | None, cache_dir: str | Path | None = None) -> Path:
+    """A local model directory (Hugging Face or seq2seq export): the directory itself, or a cached download.
+
+    Downloads land in ``<cache_dir>/<cache_key>``, shared by every job and actor on the node: a copy
+    is staged in a temporary directory beside it and renamed into place whole, so two actors racing
+    both end with one complete copy, and a download that died half-way is never read.
     ``models:/name/1`` and ``runs:/id/model`` carry no ``://``, so the test is "is it a local
     directory", not "does it look like a URL".
     """
     if os.path.isdir(resolved.load_uri):
         return Path(resolved.load_uri)
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=resolved.load_uri,
-                                                     dst_path=tempfile.mkdtemp(prefix="model-")))
-    model_dir = local / _artifact_path(local)
-    if model_kind(model_dir) is None:
-        raise FileNotFoundError(f"{resolved.load_uri}: no model directory at {model_dir}")
-    return model_dir
+    cache = Path(cache_dir) if cache_dir is not None else model_cache_dir()
+    final = cache / cache_key(resolved)
+    cached = _cached_model(final)
+    if cached is not None:
+        return cached
+    if final.exists():  # damaged by hand (files deleted): set it aside and download again
+        _discard(final, cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(cache)
+    staging = Path(tempfile.mkdtemp(prefix=_CACHE_TMP_PREFIX, dir=cache))
+    try:
+        if tracking_uri:
+            mlflow.set_tracking_uri(tracking_uri)
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=resolved.load_uri, dst_path=str(staging)))
+        model_dir = local / _artifact_path(local)
+        if model_kind(model_dir) is None:
+            raise FileNotFoundError(f"{resolved.load_uri}: no model directory at {_artifact_path(local)}")
+        pointer = {"model_dir": model_dir.relative_to(staging).as_posix(), "load_uri": resolved.load_uri,
+                   "source": resolved.source, "run_id": resolved.run_id}
+        (staging / _CACHE_POINTER).write_text(json.dumps(pointer), encoding="utf-8")
+        return publish_cached(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # nothing left once published; a failed download's files
+
+
+def publish_cached(staging: Path, final: Path) -> Path:
+    """Rename a complete staged copy to ``final``; when another process got there first, use its copy."""
+    _fsync_tree(staging)  # a host crash after the rename must not leave a cached copy with truncated files
+    try:
+        os.rename(staging, final)
+        _fsync_path(final.parent)
+    except OSError:  # ENOTEMPTY/EEXIST: another actor published first (anything else fails below)
+        pass
+    cached = _cached_model(final)
+    if cached is None:
+        raise OSError(f"could not publish the downloaded model to {final}")
+    return cached
+
+
+def _cached_model(final: Path) -> Path | None:
+    try:
+        relative = json.loads((final / _CACHE_POINTER).read_text(encoding="utf-8"))["model_dir"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    model_dir = final / relative
+    return model_dir if model_kind(model_dir) is not None else None
+
+
+def _discard(path: Path, cache: Path) -> None:
+    aside = Path(tempfile.mkdtemp(prefix=_CACHE_TMP_PREFIX, dir=cache))
+    try:
+        os.rename(path, aside / "old")  # atomic: no reader sees it half-deleted
+    except FileNotFoundError:
+        pass  # another actor set it aside first
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _remove_stale_temporaries(cache: Path) -> None:
+    """Remove downloads that died (a killed actor) long ago; a live one is younger than a day."""
+    now = time.time()
+    for entry in cache.glob(_CACHE_TMP_PREFIX + "*"):
+        try:
+            if now - entry.stat().st_mtime > _STALE_TMP_S:
+                shutil.rmtree(entry, ignore_errors=True)
+        except OSError:
+            pass  # removed by another actor meanwhile
+
+
+def _fsync_tree(root: Path) -> None:
+    for directory, _, files in os.walk(root):
+        for name in files:
+            _fsync_path(os.path.join(directory, name))
+        _fsync_path(directory)
+
+
+def _fsync_path(path: str | Path) -> None:
+    """fsync a file, or a directory's entries, by path."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _artifact_path(model_dir: Path) -> str:
@@ -143,6 +270,36 @@ def _artifact_path(model_dir: Path) -> str:
         return spec["flavors"]["python_function"]["artifacts"][MODEL_ARTIFACT]["path"]
     except (OSError, KeyError, TypeError):
         return os.path.join("artifacts", MODEL_ARTIFACT)
+
+
+def position_limit(name_or_path: str | Path) -> int | None:
+    """The most tokens a Hugging Face model reads in one sequence (``max_position_embeddings``).
+
+    None where the config does not say, and for a seq2seq export (it cuts its sources to its own max_len).
+    """
+    path = Path(name_or_path)
+    if path.is_dir():
+        try:
+            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+    else:  # a hub id: the job reads the tokenizer from the hub (or its cache) anyway
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(str(name_or_path)).to_dict()
+        except (OSError, ValueError):
+            return None
+    limit = config.get("max_position_embeddings") if isinstance(config, dict) else None
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) else None
+
+
+def check_max_length(name_or_path: str | Path, max_length: int, key: str) -> None:
+    """Refuse a token budget the model has no positions for: it would fail every batch at the first forward."""
+    limit = position_limit(name_or_path)
+    if limit is not None and max_length > limit:
+        raise ConfigError(f"{key}: {max_length} exceeds the model's position limit, {limit} tokens "
+                          f"(max_position_embeddings of {name_or_path})")
 
 
 ModelKind = Literal["classifier", "seq2seq"]

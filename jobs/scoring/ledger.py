@@ -375,6 +375,12 @@ class LeaseSettings:
     ttl_s: float = 900.0  # a lease not renewed for this long may be taken over
     heartbeat_s: float = 60.0  # how often the holder renews it
 
+    def __post_init__(self) -> None:
+        # A holder that renews less often than the ttl loses a live lease to another instance.
+        if not 0 < self.heartbeat_s < self.ttl_s:
+            raise ValueError(f"lease.heartbeat_s ({self.heartbeat_s}) must be > 0 and below "
+                             f"lease.ttl_s ({self.ttl_s})")
+
 
 class LeaseLost(RuntimeError):
     """Another instance took the partition over (this one stalled past its lease)."""

@@ -15,7 +15,8 @@ from data_pipeline.paths import ParquetFiles, join_path
 from data_pipeline.quarantine import (TAG_COLUMNS, FileInfo, InputColumns, ScoringGroup, ScoringSource,
                                       describe_failure)
 from jobs.common.naming import now_iso
-from jobs.common.registry import ModelKind, ResolvedModel, materialize_model, model_kind, resolve_model_ref
+from jobs.common.registry import (ModelKind, ResolvedModel, check_max_length, materialize_model, model_kind,
+                                  resolve_model_ref)
 from jobs.scoring.predictors import (ClassifierPredictor, Seq2SeqPredictor, TokenizingClassifierPredictor,
                                      tokenize_tagged)
 from jobs.scoring.settings import PipelineSettings
@@ -75,6 +76,8 @@ def score_groups(groups: list[ScoringGroup], outputs: dict[str, str], model: Sco
     ``ScoringError`` when the pipeline itself fails. Never writes a manifest: committing is the
     caller's step, so a failed or killed run's output is never mistaken for a complete one.
     """
+    if model.kind == "classifier":  # a seq2seq model's max_length counts generated tokens, capped at its max_len
+        check_max_length(model.local_dir, settings.max_length, "max_length")
     import ray.data
 
     if model.kind == "seq2seq" and columns.pair is not None:

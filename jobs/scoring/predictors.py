@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -40,7 +41,7 @@ class PredictorSettings:
     # (BENCHMARKS.md, question 4).
     rows_per_call: int = 2048
     forward_batch_size: int = 64  # rows per forward pass, grouped by length
-    precision: str = "fp32"  # fp16/bf16 on GPU
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16/fp16 on GPU
     beam_size: int = 1  # seq2seq models: 1 decodes greedily, more runs beam search
     torch_threads: int = 1
     # Tokenize inside the predictor actors instead of a separate tokenizer stage: one actor

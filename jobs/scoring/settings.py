@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from data_pipeline.quarantine import InputColumns, ReadSettings
 from data_pipeline.ray_stages import StageResources
@@ -13,7 +14,7 @@ from jobs.scoring.predictors import PredictorSettings
 @dataclass(frozen=True, kw_only=True)
 class SinkSettings:
     num_cpus: float = 0.25  # per write task; writes run beside the predictor actors
-    compression: str = "zstd"
+    compression: Literal["zstd", "snappy", "gzip", "brotli", "lz4", "none"] = "zstd"  # Parquet codec
 
 
 @dataclass(frozen=True, kw_only=True)
