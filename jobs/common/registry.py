@@ -20,6 +20,7 @@ from typing import Literal
 import mlflow
 import pandas as pd
 
+from data_pipeline.text_limits import cut_texts, max_chars
 from jobs.common.config import ConfigError
 from jobs.common.tracking import TrackingTarget, client_for
 
@@ -27,6 +28,7 @@ MODEL_ARTIFACT = "hf_model"
 CACHE_ENV = "TEXT_JOBS_CACHE"  # the cache root; models are kept under <root>/models
 _CACHE_TMP_PREFIX = ".tmp-"  # a download in progress (or abandoned): never read as a cached model
 _CACHE_POINTER = "cached.json"  # written last into a staged copy: where its model directory lies
+CLASSIFY_MAX_LENGTH = 128  # tokens the pyfunc keeps of each text (the jobs' default max_length)
 _STALE_TMP_S = 24 * 3600  # a temporary this old belongs to a download that died
 
 
@@ -49,7 +51,12 @@ class TextClassifierModel(mlflow.pyfunc.PythonModel):
         pairs = None
         if isinstance(model_input, pd.DataFrame) and "text_pair" in model_input.columns:
             pairs = ["" if p is None else str(p) for p in model_input["text_pair"]]
-        labels, probs = classify_texts(self.loaded, [str(t) for t in texts], text_pairs=pairs)
+        # Cut before tokenizing, as the scoring pipeline does: a multi-megabyte row costs what a long review costs.
+        limit = max_chars(CLASSIFY_MAX_LENGTH)
+        texts, _ = cut_texts([str(t) for t in texts], limit)
+        if pairs is not None:
+            pairs, _ = cut_texts(pairs, limit)
+        labels, probs = classify_texts(self.loaded, texts, max_length=CLASSIFY_MAX_LENGTH, text_pairs=pairs)
         names = self.loaded.label_names
         return pd.DataFrame({"label": labels, "label_name": [names[i] for i in labels], "probability": probs})
 

@@ -65,3 +65,25 @@ def test_a_multi_megabyte_row_decodes_and_is_flagged_truncated(tmp_path):
     assert out["truncated"].tolist() == [False, True]
     assert isinstance(out["generated"][1], str)
     assert max(seen) < 5_000
+
+
+def test_the_registered_classifier_pyfunc_cuts_a_huge_text_before_tokenizing_it(tmp_path):
+    import pandas as pd
+
+    from jobs.common.registry import TextClassifierModel
+    from model.classifier import build_random_classifier, load_classifier
+
+    model_dir = build_random_classifier(ROOT / "configs/model/bert-debug.json", ["neg", "pos"], tmp_path / "m")
+    pyfunc = TextClassifierModel()
+    pyfunc.loaded = load_classifier(str(model_dir))
+    seen = []
+    inner = pyfunc.loaded.tokenizer
+
+    class Spy:  # records what the tokenizer is handed, then tokenizes it
+        def __call__(self, texts, pairs=None, **kwargs):
+            seen.extend(len(t) for t in texts)
+            return inner(texts, pairs, **kwargs)
+
+    pyfunc.loaded = pyfunc.loaded.__class__(**{**vars(pyfunc.loaded), "tokenizer": Spy()})
+    out = pyfunc.predict(None, pd.DataFrame({"text": ["很好", HUGE]}))
+    assert len(out) == 2 and max(seen) < 5_000
