@@ -52,7 +52,7 @@ def _save(directory: Path, step: int = 3, epoch: int = 0, config: dict | None = 
 
 def _plant_payload(directory: Path, marker: Path) -> None:
     """Rewrite the state file as an attacker with write access to the run storage would."""
-    state = torch.load(directory / STATE_FILE, weights_only=True)
+    state = torch.load(directory / STATE_FILE, weights_only=False)  # the file this test just wrote
     torch.save({**state, "rng": Payload(marker)}, directory / STATE_FILE)
 
 
