@@ -98,9 +98,10 @@ def load_state(directory: Path, device: torch.device | str) -> dict[str, Any] | 
         return torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError:  # weights-only refusal: a foreign object, not a torn file
         try:
-            found = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path)) or "unknown"
+            found = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path))
         except Exception:  # noqa: BLE001 -- only for the message; the refusal stands either way
-            found = "unknown"
+            found = ""
+        found = found or "none named: the file may be damaged"
         raise UnsafeCheckpointError(
             f"refusing checkpoint state {path}: it holds objects other than tensors and plain values "
             f"({found}), which could run code when loaded; it was not loaded. If this run's storage is "
