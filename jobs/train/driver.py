@@ -19,6 +19,7 @@ from data_pipeline.paths import filesystem_for, to_uri
 from jobs.common import config as config_lib
 from jobs.common.naming import unique_run_name
 from jobs.common.ray_runtime import check_cpu_budget, init_ray
+from jobs.common.redaction import redact_mapping, redact_text
 from jobs.common.tracking import TrackingTarget, client_for, environment_tags, prepare_tracking
 from jobs.train.callbacks import STEP_DELAY_ENV
 from jobs.train.checkpoint import EXPORT_DIR
@@ -104,8 +105,8 @@ def open_training_run(target: TrackingTarget, run: RunSettings, prefix: str, tag
     if not resumed:
         mlflow.set_tracking_uri(target.tracking_uri)
         with mlflow.start_run(run_id=run_id):
-            mlflow.log_params(config_lib.flatten(config_dict))
-            mlflow.log_params(params)
+            mlflow.log_params(redact_mapping(config_lib.flatten(config_dict)))
+            mlflow.log_params(redact_mapping(params))
             for artifact, payload in dicts.items():
                 mlflow.log_dict(payload, artifact)
             if baselines:
@@ -215,4 +216,4 @@ def report_header(title: str, outcome: TrainingOutcome, config: TrainingJobConfi
     if outcome.registered_name:
         print(f"registered model: {outcome.registered_name} version {outcome.registered_version} "
               f"(alias @{config.tracking.alias})")
-    print(f"checkpoint      : {outcome.checkpoint_path}")
+    print(f"checkpoint      : {redact_text(outcome.checkpoint_path)}")
