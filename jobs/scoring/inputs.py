@@ -7,13 +7,14 @@ encoding, RFC 4180 quoting), is converted to one Parquet file of the columns the
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from data_pipeline.paths import ParquetFiles, filesystem_for, join_path, resolve_parquet_files
-from data_pipeline.quarantine import InputColumns
+from data_pipeline.quarantine import FileInfo, InputColumns
 from data_pipeline.readers import FileFormat, file_format, read_table
 
 
@@ -33,6 +34,16 @@ def scoring_input(path: str, fmt: FileFormat, columns: InputColumns, staging: st
     staged = join_path(base, Path(path).stem + ".parquet")
     pq.write_table(table, staged, filesystem=fs)
     return resolve_parquet_files(join_path(staging, Path(path).stem + ".parquet"))
+
+
+def source_fingerprints(path: str, fmt: FileFormat, infos: list[FileInfo]) -> list[dict]:
+    """What identifies each input file for the manifest and for resuming: its footer fingerprint, or
+    for a CSV / JSON Lines input the user's file (its staged Parquet copy is rewritten by every run)."""
+    if not needs_staging(path, fmt):
+        return [info.fingerprint() for info in infos]
+    stat = os.stat(path)
+    return [{"file": str(Path(path).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+             "rows": sum(info.num_rows for info in infos)}]
 
 
 def remove_staging(staging: str) -> None:
