@@ -101,7 +101,11 @@ def run(config: BatchInferConfig) -> ScoringOutcome:
     try:
         return _run(config, run_name, staging)
     except BaseException:
-        if staging.has_progress():  # kept: a rerun with this run_name resumes from it
+        try:
+            keep = staging.has_progress()
+        except OSError:  # the store is unreachable: leave it as it is, report the run's own error
+            keep = True
+        if keep:  # a rerun with this run_name resumes from it
             print(f"batch scoring: committed chunks kept in {staging.root}; rerun with run_name={run_name} "
                   "to resume", file=sys.stderr, flush=True)
         else:

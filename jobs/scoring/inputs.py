@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from data_pipeline.paths import ParquetFiles, filesystem_for, join_path, resolve_parquet_files
@@ -45,8 +44,3 @@ def source_fingerprints(path: str, fmt: FileFormat, infos: list[FileInfo]) -> li
     return [{"file": str(Path(path).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
              "rows": sum(info.num_rows for info in infos)}]
 
-
-def remove_staging(staging: str) -> None:
-    fs, base = filesystem_for(staging)
-    if fs.get_file_info(base).type != pafs.FileType.NotFound:
-        fs.delete_dir(base)

@@ -146,6 +146,8 @@ class RunStaging:
         covered: set[str] = set()
         for info in sorted(self._list(join_path(self.root_base, CHUNKS)), key=lambda i: i.base_name):
             record = read_json(self.fs, info.path) if info.base_name.endswith(".json") else None
+            if not isinstance(record, dict) or not {"inputs", "files", "rows_in"} <= record.keys():
+                record = None
             chunk = Chunk(info.base_name[:-len(".json")], record) if record is not None else None
             why = None if chunk is not None else "unreadable"
             if why is None and any(current.get(fp["file"]) != fp for fp in record["inputs"]):
