@@ -224,7 +224,9 @@ class RunStaging:
                 raise
             if not self.replace:
                 raise TargetOccupied(self._occupied_message()) from None
-            old = replace_dir(staged, self.target_base, join_path(self.root_base, "replaced"))
+            aside = join_path(self.root_base, "replaced")
+            shutil.rmtree(aside, ignore_errors=True)  # a crashed earlier replace's old output
+            old = replace_dir(staged, self.target_base, aside)
             fsync_dir(parent)
             shutil.rmtree(old)
         fsync_dir(parent)
