@@ -73,7 +73,7 @@ def run_method(method: str, folder: Path, model_dir: Path, work: Path, repeats: 
             out = work / "scores"
             config = config_lib.build(BatchInferConfig, {
                 **config_lib.to_dict(base), "input": str(folder), "output_dir": str(out), "model": str(model_dir),
-                "max_length": max_length, "run_name": f"bench-{i}",
+                "max_length": max_length, "run_name": f"bench-{i}", "replace": True,
                 "tracking": config_lib.to_dict(TrackingConfig(experiment="bench-scoring"))})
             start = time.perf_counter()
             outcome = run(config)

@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         config = config_lib.build(BatchInferConfig, {
             **config_lib.to_dict(base), "input": str(folder), "output_dir": str(work / "scores"),
             "model": str(model_dir), "tracking": config_lib.to_dict(TrackingConfig(experiment="bench-scoring")),
-            "run_name": f"bench-{rows}"})
+            "run_name": f"bench-{rows}", "replace": True})
         with TreeMemory(os.getpid(), args.sample_s) as memory:
             outcome = run(config)  # starts a local Ray as a child of this process
         ray.shutdown()

@@ -10,13 +10,24 @@ predicted label, its name and its probability (a seq2seq model: the ``generated`
 greedily or by beam search in the actors, which tokenize with the model's own vocabulary) and
 the model name, version and run id that scored it; each rejected row has ``id``, ``reason`` and
 ``source_file``. Rows out + rows rejected = rows in, checked before the manifest is written.
+
+Nothing is visible at ``<output_dir>/<run_name>/`` until the run is complete: the input is
+scored in chunks of whole files (``chunk_rows``), each committed to the run's staging area
+``<output_dir>/_staging/<run_name>/``, and the output is published atomically at the end
+(``jobs.scoring.run_staging`` has the layout and the protocol). A run that crashed resumes when
+started again with the same ``run_name``: it scores only the files no committed chunk covers.
+A target that already holds output is refused unless ``replace`` is set.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import time
+import uuid
 from dataclasses import dataclass, field
 
+from data_pipeline.paths import ParquetFiles
 from data_pipeline.quarantine import InputFileError, inspect_files
 from data_pipeline.readers import FileFormat, InputFormatError
 from jobs.common import config as config_lib
@@ -25,10 +36,15 @@ from jobs.common.ray_runtime import RayConfig, check_cpu_budget, init_ray
 from jobs.common.redaction import redact_mapping, redact_text
 from jobs.common.tracking import TrackingConfig, environment_tags, prepare_tracking
 from jobs.scoring.pipeline import (PipelineCounts, ScoringError, ScoringModel, counts_metrics, manifest_for,
-                                   output_location, score_files, summary_line)
-from jobs.scoring.inputs import remove_staging, scoring_input
+                                   score_files, summary_line)
+from jobs.scoring.inputs import scoring_input, source_fingerprints
+from jobs.scoring.run_staging import Chunk, RunStaging, TargetOccupied, plan_chunks
 from jobs.scoring.settings import ScoringSettings
-from jobs.scoring.sink import REJECTED_DIR, write_manifest
+from jobs.scoring.sink import REJECTED_DIR
+
+# Fault injection for tests: seconds to wait after each chunk is committed to the staging area,
+# so a test can kill the job with some chunks done and others not started.
+PAUSE_AFTER_CHUNK_ENV = "BATCH_INFER_PAUSE_AFTER_CHUNK_S"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,7 +56,11 @@ class BatchInferConfig(ScoringSettings):
     model: str = "models:/review-sentiment@candidate"  # models:/name@alias, models:/name/version, run id, dir
     tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(experiment="batch-infer"))
     ray: RayConfig = field(default_factory=RayConfig)
-    run_name: str | None = None
+    run_name: str | None = None  # None: a new unique name. Naming a run makes it resumable: started again
+    # with the same run_name after a crash, it scores only the files no committed chunk covers
+    replace: bool = False  # replace an existing non-empty <output_dir>/<run_name>/ (atomically); else refuse it
+    chunk_rows: int = 1_000_000  # the unit of resume: input files are scored in chunks of about this many
+    # rows (whole files; a bigger file is a chunk alone), one pipeline each, committed to staging when done
 
 
 @dataclass(frozen=True)
@@ -50,6 +70,9 @@ class ScoringOutcome:
     counts: PipelineCounts
     model_version: str
     rejected_path: str
+    chunks_scored: int = 0
+    chunks_resumed: int = 0  # committed by an earlier attempt of the same run_name
+    rows_resumed: int = 0
 
     @property
     def rows_in(self) -> int:
@@ -74,48 +97,131 @@ class ScoringOutcome:
 
 def run(config: BatchInferConfig) -> ScoringOutcome:
     run_name = config.run_name or unique_run_name("score")
-    staging = output_location(config.output_dir, f"_staging/{run_name}")  # where every node can read it
+    staging = RunStaging(config.output_dir, run_name, replace=config.replace)
+    staging.check_target()  # before any work: a rerun into a published output fails at once
     try:
         return _run(config, run_name, staging)
-    finally:
-        remove_staging(staging)
+    except BaseException:
+        try:
+            keep = staging.has_progress()
+        except OSError:  # the store is unreachable: leave it as it is, report the run's own error
+            keep = True
+        if keep:  # a rerun with this run_name resumes from it
+            print(f"batch scoring: committed chunks kept in {staging.root}; rerun with run_name={run_name} "
+                  "to resume", file=sys.stderr, flush=True)
+        else:
+            staging.remove()
+        raise
 
 
-def _run(config: BatchInferConfig, run_name: str, staging: str) -> ScoringOutcome:
+def run_fingerprint(config: BatchInferConfig, model: ScoringModel) -> dict:
+    """What the scored rows depend on besides the input files: a resume with anything else starts fresh."""
+    resolved = model.resolved
+    return {"model": {"load_uri": resolved.load_uri, "name": resolved.name, "version": resolved.version,
+                      "run_id": resolved.run_id, "kind": model.kind},
+            "settings": {"max_length": config.max_length, "text_column": config.text_column,
+                         "text_pair_column": config.text_pair_column, "id_column": config.id_column,
+                         "precision": config.predictor.precision, "beam_size": config.predictor.beam_size}}
+
+
+def _run(config: BatchInferConfig, run_name: str, staging: RunStaging) -> ScoringOutcome:
     import mlflow
 
-    files = scoring_input(config.input, config.input_format, config.input_columns, staging)
+    files = scoring_input(config.input, config.input_format, config.input_columns, staging.input_uri)
     infos = inspect_files(files, config.input_columns)  # footers only: a corrupt file fails here, by name
+    sources = source_fingerprints(config.input, config.input_format, infos)
     target = prepare_tracking(config.tracking)
     model = ScoringModel.load(config.model, target)
-    init_ray(config.ray)
-    check_cpu_budget(config.cpu_demands(model.kind))
+    resumed = staging.open(run_fingerprint(config, model), sources)
+    covered = set().union(*(c.input_files for c in resumed))
+    todo = [i for i, fp in enumerate(sources) if fp["file"] not in covered]
+    if resumed:
+        print(f"resuming {run_name}: {len(resumed)} chunk(s), {sum(c.record['rows_in'] for c in resumed)} rows "
+              f"committed by an earlier attempt; {len(todo)} of {len(infos)} file(s) left to score", flush=True)
+    plan = [[todo[k] for k in chunk] for chunk in plan_chunks([infos[i].num_rows for i in todo], config.chunk_rows)]
+    if any(infos[i].num_rows for chunk in plan for i in chunk):
+        init_ray(config.ray)
+        check_cpu_budget(config.cpu_demands(model.kind))
 
-    output = output_location(config.output_dir, run_name)
+    output = staging.target
     resolved = model.resolved
-    with mlflow.start_run(experiment_id=target.experiment_id, run_name=run_name,
-                          tags={**environment_tags(), "job": "batch_infer"}) as run:
+    tags = {**environment_tags(), "job": "batch_infer", "resumed_chunks": str(len(resumed))}
+    with mlflow.start_run(experiment_id=target.experiment_id, run_name=run_name, tags=tags) as run:
         mlflow.log_params(redact_mapping({"input": config.input, "output": output, "model_ref": config.model,
                            "model_name": resolved.name, "model_version": resolved.version,
                            "model_run_id": resolved.run_id, **config_lib.flatten(config_lib.to_dict(config))}))
-        counts = score_files(files, infos, output, model, config, config.input_columns)
-        manifest = manifest_for(counts, infos, model, mlflow_run_id=run.info.run_id, source=config.input)
-        write_manifest(output, manifest)  # last: the directory is complete once _SUCCESS exists
-        mlflow.log_metrics(counts_metrics(counts))
+        chunks = list(resumed)
+        attempt = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        pause = float(os.environ.get(PAUSE_AFTER_CHUNK_ENV, "0") or 0)
+        for number, chunk in enumerate(plan):
+            chunks.append(_score_chunk(f"{attempt}-{number:05d}", [infos[i] for i in chunk],
+                                       [sources[i] for i in chunk], files, staging, model, config, run.info.run_id))
+            print(f"chunk {number + 1}/{len(plan)} committed: {len(chunk)} file(s), "
+                  f"{chunks[-1].record['rows_in']} rows", flush=True)
+            if pause > 0:
+                time.sleep(pause)
+        counts = _total(chunks, infos)
+        manifest = manifest_for(counts, infos, model, mlflow_run_id=run.info.run_id, source=config.input,
+                                inputs=sources, chunks=[_chunk_summary(c) for c in chunks])
+        staging.publish(manifest)  # atomic: nothing at the target before, all of it after
+        mlflow.log_metrics({**counts_metrics(counts), "chunks_resumed": len(resumed),
+                            "rows_resumed": sum(c.record["rows_in"] for c in resumed)})
         mlflow.log_dict(manifest, "scoring_manifest.json")
     return ScoringOutcome(run_id=run.info.run_id, output_path=output, counts=counts, model_version=resolved.version,
-                          rejected_path=f"{output}/{REJECTED_DIR}")
+                          rejected_path=f"{output}/{REJECTED_DIR}", chunks_scored=len(plan),
+                          chunks_resumed=len(resumed), rows_resumed=sum(c.record["rows_in"] for c in resumed))
+
+
+def _score_chunk(name: str, infos: list, sources: list[dict], files: ParquetFiles, staging: RunStaging,
+                 model: ScoringModel, config: BatchInferConfig, mlflow_run_id: str) -> Chunk:
+    """Score some whole files into the staging area and commit them as one chunk."""
+    if sum(info.num_rows for info in infos):
+        subset = ParquetFiles(files.filesystem, tuple(info.path for info in infos), files.uri_prefix)
+        counts = score_files(subset, infos, staging.write_uri, model, config, config.input_columns)
+    else:  # nothing to read: no pipeline
+        counts = PipelineCounts(rows_in=0, rows_out=0, rows_rejected=0, rejected_by_reason={}, files=[], seconds=0.0)
+    return staging.commit_chunk(name, {
+        "inputs": sources, "files": counts.files, "rows_in": counts.rows_in, "rows_out": counts.rows_out,
+        "rows_rejected": counts.rows_rejected, "rejected_by_reason": counts.rejected_by_reason,
+        "seconds": round(counts.seconds, 3), "scored_by": mlflow_run_id})
+
+
+def _total(chunks: list[Chunk], infos: list) -> PipelineCounts:
+    """The run's counts from its chunks, checked: every input row scored or rejected exactly once."""
+    reasons: dict[str, int] = {}
+    for chunk in chunks:
+        for reason, n in chunk.record["rejected_by_reason"].items():
+            reasons[reason] = reasons.get(reason, 0) + n
+    files = sorted((f for c in chunks for f in c.record["files"]), key=lambda f: f["path"])
+    counts = PipelineCounts(rows_in=sum(c.record["rows_in"] for c in chunks),
+                            rows_out=sum(c.record["rows_out"] for c in chunks),
+                            rows_rejected=sum(c.record["rows_rejected"] for c in chunks),
+                            rejected_by_reason=dict(sorted(reasons.items())), files=files,
+                            seconds=sum(c.record["seconds"] for c in chunks))
+    rows_in = sum(info.num_rows for info in infos)
+    if counts.rows_in != rows_in or counts.rows_out + counts.rows_rejected != rows_in:
+        raise ScoringError(f"{counts.rows_out} rows scored + {counts.rows_rejected} rejected over the chunks != "
+                           f"{rows_in} rows in: rows were lost or duplicated")
+    return counts
+
+
+def _chunk_summary(chunk: Chunk) -> dict:
+    return {"name": chunk.name, "inputs": sorted(chunk.input_files), "rows_in": chunk.record["rows_in"],
+            "scored_by": chunk.record["scored_by"], "committed_at": chunk.record["committed_at"]}
 
 
 def main(argv: list[str] | None = None) -> int:
     config, _ = config_lib.parse_args(BatchInferConfig, __doc__.splitlines()[0], argv)
     try:
         outcome = run(config)
-    except (InputFileError, InputFormatError, ScoringError, FileNotFoundError) as exc:
+    except (InputFileError, InputFormatError, ScoringError, FileNotFoundError, TargetOccupied) as exc:
         print(f"\nbatch scoring failed: {redact_text(str(exc))}", file=sys.stderr)
         return 1
     print("\n=== batch scoring finished ===")
     print(summary_line(outcome.counts))
+    if outcome.chunks_resumed:
+        print(f"resumed: {outcome.chunks_resumed} chunk(s), {outcome.rows_resumed} rows committed by an earlier "
+              f"attempt; {outcome.chunks_scored} chunk(s) scored now")
     print(f"model version {outcome.model_version}; output {redact_text(outcome.output_path)} "
           f"(rejected rows: {outcome.rejected_path}); MLflow run {outcome.run_id}")
     return 0

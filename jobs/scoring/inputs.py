@@ -7,13 +7,13 @@ encoding, RFC 4180 quoting), is converted to one Parquet file of the columns the
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from data_pipeline.paths import ParquetFiles, filesystem_for, join_path, resolve_parquet_files
-from data_pipeline.quarantine import InputColumns
+from data_pipeline.quarantine import FileInfo, InputColumns
 from data_pipeline.readers import FileFormat, file_format, read_table
 
 
@@ -35,7 +35,12 @@ def scoring_input(path: str, fmt: FileFormat, columns: InputColumns, staging: st
     return resolve_parquet_files(join_path(staging, Path(path).stem + ".parquet"))
 
 
-def remove_staging(staging: str) -> None:
-    fs, base = filesystem_for(staging)
-    if fs.get_file_info(base).type != pafs.FileType.NotFound:
-        fs.delete_dir(base)
+def source_fingerprints(path: str, fmt: FileFormat, infos: list[FileInfo]) -> list[dict]:
+    """What identifies each input file for the manifest and for resuming: its footer fingerprint, or
+    for a CSV / JSON Lines input the user's file (its staged Parquet copy is rewritten by every run)."""
+    if not needs_staging(path, fmt):
+        return [info.fingerprint() for info in infos]
+    stat = os.stat(path)
+    return [{"file": str(Path(path).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+             "rows": sum(info.num_rows for info in infos)}]
+

@@ -70,3 +70,47 @@ def remove_unlisted(fs: pafs.FileSystem, base: str, keep: set[str]) -> list[str]
 def listed_files(manifest: dict) -> set[str]:
     """The data files a manifest lists, relative to its directory."""
     return {entry["path"] for entry in manifest.get("files", [])}
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def exchange_dirs(a: str, b: str) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    False where the kernel, the C library or the filesystem cannot (the caller falls back);
+    any other failure raises ``OSError``.
+    """
+    import ctypes
+    import errno
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2  # glibc >= 2.28
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), a, None, b)
+
+
+def replace_dir(new: str, target: str, aside: str) -> str:
+    """Put directory ``new`` at the existing ``target``; return where the old target now is (to delete).
+
+    Readers of ``target`` see the old directory or the new one, never a mix and never none,
+    where ``exchange_dirs`` works. Elsewhere the old one is renamed to ``aside`` first: between
+    the two renames ``target`` does not exist (a reader finds no output, never a half one).
+    """
+    if exchange_dirs(new, target):
+        return new
+    os.rename(target, aside)
+    os.rename(new, target)
+    return aside

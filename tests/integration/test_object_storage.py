@@ -194,3 +194,33 @@ def test_batch_scoring_reads_and_writes_s3(s3, trained, tiny_corpus: Path):
         test_ids + bad.column("id").to_pylist())
     assert set(rejected.column("source_file").to_pylist()) == {f"s3://{BUCKET}/incoming/extra.parquet"}
     assert set(scored.column("model_version").to_pylist()) == {trained[1].registered_version}
+
+
+def test_batch_scoring_on_s3_refuses_a_published_output_and_replaces_it_on_request(s3, mlflow_uri, tiny_model_dir,
+                                                                                   tiny_corpus: Path):
+    from jobs.scoring.run_staging import TargetOccupied
+
+    overrides = [f"output_dir=s3://{BUCKET}/daily", f"model={tiny_model_dir}", "max_length=32", "stages.min_blocks=1",
+                 "predictor.concurrency=1", "predictor.tokenize_in_actor=true", "run_name=today",
+                 "tracking.experiment=test-s3-replace"]
+    config = REPO / "configs/batch_infer.local-cpu.yaml"
+    first = run_scoring(load(BatchInferConfig, config, overrides + [f"input=s3://{BUCKET}/corpus/val.parquet"]))
+    old = read_manifest(first.output_path)
+    with pytest.raises(TargetOccupied, match="replace=true"):
+        run_scoring(load(BatchInferConfig, config, overrides + [f"input=s3://{BUCKET}/corpus/test.parquet"]))
+    assert read_manifest(first.output_path) == old  # untouched
+    # A killed attempt's file beside the published ones: listed by no manifest, it must go.
+    pq.write_table(pa.table({"id": ["ghost"]}), f"{BUCKET}/daily/today/part-99999-ghost.parquet", filesystem=s3)
+
+    second = run_scoring(load(BatchInferConfig, config, overrides + [f"input=s3://{BUCKET}/corpus/test.parquet",
+                                                                       "replace=true"]))
+
+    manifest = read_manifest(second.output_path)
+    test_ids = pq.read_table(tiny_corpus / "test.parquet").column("id").to_pylist()
+    assert manifest["rows_in"] == len(test_ids) and manifest["mlflow_run_id"] == second.run_id
+    assert _keys(s3, "daily") == sorted([f"daily/today/{MANIFEST}"] +
+                                        [f"daily/today/{f['path']}" for f in manifest["files"]])  # no old, no ghost
+    assert not {f["path"] for f in old["files"]} & {f["path"] for f in manifest["files"]}
+    scored = pa.concat_tables(pq.read_table(uri[len("s3://"):], filesystem=s3)
+                              for uri in committed_files(second.output_path))
+    assert sorted(scored.column("id").to_pylist()) == sorted(test_ids)
