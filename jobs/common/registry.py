@@ -23,6 +23,7 @@ import pandas as pd
 from data_pipeline.text_limits import cut_texts, max_chars
 from jobs.common.config import ConfigError
 from jobs.common.tracking import TrackingTarget, client_for
+from jobs.scoring.publish import fsync_dir, sync_tree
 
 MODEL_ARTIFACT = "hf_model"
 CACHE_ENV = "TEXT_JOBS_CACHE"  # the cache root; models are kept under <root>/models
@@ -207,10 +208,10 @@ def materialize_model(resolved: ResolvedModel, tracking_uri: str | None, cache_d
 
 def publish_cached(staging: Path, final: Path) -> Path:
     """Rename a complete staged copy to ``final``; when another process got there first, use its copy."""
-    _fsync_tree(staging)  # a host crash after the rename must not leave a cached copy with truncated files
+    sync_tree(str(staging))  # a host crash after the rename must not leave a cached copy with truncated files
     try:
         os.rename(staging, final)
-        _fsync_path(final.parent)
+        fsync_dir(str(final.parent))
     except OSError:  # ENOTEMPTY/EEXIST: another actor published first (anything else fails below)
         pass
     cached = _cached_model(final)
@@ -246,22 +247,6 @@ def _remove_stale_temporaries(cache: Path) -> None:
                 shutil.rmtree(entry, ignore_errors=True)
         except OSError:
             pass  # removed by another actor meanwhile
-
-
-def _fsync_tree(root: Path) -> None:
-    for directory, _, files in os.walk(root):
-        for name in files:
-            _fsync_path(os.path.join(directory, name))
-        _fsync_path(directory)
-
-
-def _fsync_path(path: str | Path) -> None:
-    """fsync a file, or a directory's entries, by path."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _artifact_path(model_dir: Path) -> str:

@@ -16,6 +16,7 @@ import pytest
 
 from jobs.common.registry import ResolvedModel, cache_key, materialize_model, resolve_model_ref
 from jobs.common.tracking import TrackingTarget
+from model_files import write_model_files
 
 
 @pytest.fixture(scope="module")
@@ -29,22 +30,13 @@ def store(mlflow_uri, tmp_path_factory):
             "target": TrackingTarget(tracking_uri=mlflow_uri, experiment_id=experiment_id, registry_uri=mlflow_uri)}
 
 
-def _model_files(directory: Path, weights: bytes = b"weights-1") -> Path:
-    """A logged pyfunc model's layout: MLmodel beside artifacts/hf_model (a Hugging Face directory)."""
-    (directory / "artifacts" / "hf_model").mkdir(parents=True)
-    (directory / "MLmodel").write_text("flavors: {}\n")
-    (directory / "artifacts" / "hf_model" / "config.json").write_text(json.dumps({"max_position_embeddings": 16}))
-    (directory / "artifacts" / "hf_model" / "model.safetensors").write_bytes(weights)
-    return directory
-
-
 def _logged_run(store, tmp_path: Path, weights: bytes = b"weights-1", with_model: bool = True) -> str:
     import mlflow
 
     mlflow.set_tracking_uri(store["uri"])
     source = tmp_path / f"src-{time.monotonic_ns()}"
     if with_model:
-        _model_files(source, weights)
+        write_model_files(source, weights)
     else:
         (source / "artifacts").mkdir(parents=True)
         (source / "MLmodel").write_text("flavors: {}\n")
@@ -117,7 +109,7 @@ def test_a_leftover_half_download_is_never_used_and_old_ones_are_removed(store, 
     cache = tmp_path / "cache"
     resolved = resolve_model_ref(_logged_run(store, tmp_path), store["target"])
     for name, age_s in ((".tmp-recent", 0), (".tmp-dead", 3 * 24 * 3600)):
-        leftover = _model_files(cache / name / "model", weights=b"half")
+        leftover = write_model_files(cache / name / "model", weights=b"half")
         (cache / name / "cached.json").write_text(json.dumps({"model_dir": "model/artifacts/hf_model"}))
         old = time.time() - age_s
         os.utime(cache / name, (old, old))

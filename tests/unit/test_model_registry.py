@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from jobs.common.registry import CACHE_ENV, materialize_model, model_cache_dir, publish_cached, resolve_model_ref
-
-
-def _model_files(directory: Path, weights: bytes = b"weights-1") -> Path:
-    """A logged pyfunc model's layout: MLmodel beside artifacts/hf_model (a Hugging Face directory)."""
-    (directory / "artifacts" / "hf_model").mkdir(parents=True)
-    (directory / "MLmodel").write_text("flavors: {}\n")
-    (directory / "artifacts" / "hf_model" / "config.json").write_text(json.dumps({"max_position_embeddings": 16}))
-    (directory / "artifacts" / "hf_model" / "model.safetensors").write_bytes(weights)
-    return directory
+from model_files import write_model_files
 
 
 def test_local_directories_are_versioned_by_their_files(tmp_path):
-    first, second = _model_files(tmp_path / "a" / "model"), _model_files(tmp_path / "b" / "model", b"weights-2")
+    first = write_model_files(tmp_path / "a" / "model")
+    second = write_model_files(tmp_path / "b" / "model", b"weights-2")
     v1 = resolve_model_ref(str(first), None)
     assert v1.version.startswith("local-") and v1.version == resolve_model_ref(str(first), None).version
     assert resolve_model_ref(str(second), None).version != v1.version  # same name, different weights
@@ -39,7 +31,7 @@ def test_the_loser_of_a_race_uses_the_winners_copy(tmp_path):
     cache = tmp_path / "cache"
     staged = []
     for name in ("a", "b"):
-        staging = _model_files(cache / f".tmp-{name}", weights=name.encode())
+        staging = write_model_files(cache / f".tmp-{name}", weights=name.encode())
         (staging / "cached.json").write_text(json.dumps({"model_dir": "artifacts/hf_model"}))
         staged.append(staging)
     winner = publish_cached(staged[0], cache / "key")
@@ -48,7 +40,7 @@ def test_the_loser_of_a_race_uses_the_winners_copy(tmp_path):
 
 
 def test_a_local_directory_is_used_in_place(tmp_path):
-    model_dir = _model_files(tmp_path / "m") / "artifacts" / "hf_model"
+    model_dir = write_model_files(tmp_path / "m") / "artifacts" / "hf_model"
     assert materialize_model(resolve_model_ref(str(model_dir), None), None, cache_dir=tmp_path / "cache") == \
         model_dir.resolve()
     assert not (tmp_path / "cache").exists()
