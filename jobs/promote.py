@@ -107,6 +107,7 @@ class Version:
     alias: str
     version: str
     evaluation: EvaluationOutcome | None = None
+    data_digest: str | None = None  # as the evaluation's run recorded it
 
     def value(self, metric: str) -> float:
         return float(self.evaluation.metrics[metric]) if self.evaluation is not None else math.nan
@@ -150,22 +151,26 @@ def evaluation_config(config: PromoteConfig, version: str, role: str, with_basel
                           run_name=unique_run_name(f"promote-{role}-v{version}"))
 
 
-def check_comparable(digest: str, candidate: Version, production: Version | None, metric: str,
-                     target: TrackingTarget) -> None:
+def check_comparable(digest: str, candidate: Version, production: Version | None, metric: str) -> None:
     """Both evaluations measured the file promote read (same digest), on the same rows, with ``metric``."""
-    client = client_for(target)
     for version in filter(None, (candidate, production)):
         outcome = version.evaluation
         if metric not in outcome.metrics:
             raise PromotionError(f"version {version.version} has no {metric} (a {outcome.model.kind} model): "
                                  "promote compares classifiers")
-        logged = client.get_run(outcome.run_id).data.tags.get("data_digest")
-        if logged != digest:
+        if version.data_digest != digest:
             raise PromotionError(f"the {version.role}'s evaluation (run {outcome.run_id}) measured data with digest "
-                                 f"{logged}, not {digest}: the file changed while promoting")
+                                 f"{version.data_digest}, not {digest}: the file changed while promoting")
     if production is not None and sorted(candidate.evaluation.result.rows) != sorted(production.evaluation.result.rows):
         raise PromotionError("the two evaluations scored different rows (see their rejected rows): "
                              "their metrics are not comparable")
+
+
+def evaluated(version: Version, config: PromoteConfig, target: TrackingTarget, with_baseline: bool) -> Version:
+    """``version`` measured by the evaluation job, with the data digest its run recorded."""
+    outcome = evaluate(evaluation_config(config, version.version, version.role, with_baseline))
+    logged = client_for(target).get_run(outcome.run_id).data.tags.get("data_digest")
+    return dataclasses.replace(version, evaluation=outcome, data_digest=logged)
 
 
 def baseline_values(candidate: Version) -> dict[str, float]:
@@ -185,12 +190,10 @@ def run(config: PromoteConfig) -> PromotionOutcome:
         decision = Decision("no_change", f"version {candidate_version} is already @{config.production_alias}")
         return record(config, target, decision, candidate, production, digest, {})
     # The candidate's evaluation fits the baseline (once) on the rows it scored; production's is the same rows.
-    candidate = dataclasses.replace(candidate, evaluation=evaluate(
-        evaluation_config(config, candidate_version, "candidate", with_baseline=config.train_data is not None)))
+    candidate = evaluated(candidate, config, target, with_baseline=config.train_data is not None)
     if production is not None:
-        production = dataclasses.replace(production, evaluation=evaluate(
-            evaluation_config(config, production_version, "production", with_baseline=False)))
-    check_comparable(digest, candidate, production, config.metric, target)
+        production = evaluated(production, config, target, with_baseline=False)
+    check_comparable(digest, candidate, production, config.metric)
     baseline = baseline_values(candidate)
     decision = decide(config.metric, candidate.value(config.metric),
                       production.value(config.metric) if production is not None else None,
@@ -274,12 +277,16 @@ def summary_lines(outcome: PromotionOutcome, config: PromoteConfig) -> list[str]
         rows.append(("char 1-3-gram TF-IDF + LR", *(f"{outcome.baseline.get(m, math.nan):.4f}"
                                                     for m in ("accuracy", "macro_f1"))))
     width = max(len(r[0]) for r in rows)
+    before = outcome.production.version if outcome.production else None
     after = f"v{outcome.production_after}" if outcome.production_after else "none"
-    return [f"model    : {config.registered_model}, metric {config.metric}, margin {config.margin:g}",
-            f"data     : {config.data} (digest {outcome.data_digest})",
+    after += " (unchanged)" if outcome.production_after == before else f" (was {f'v{before}' if before else 'none'})"
+    scored = outcome.candidate.evaluation
+    rows_note = f", {scored.counts.rows_out} rows scored" if scored is not None else ""
+    return [f"model      : {config.registered_model}, metric {config.metric}, margin {config.margin:g}",
+            f"data       : {config.data} (digest {outcome.data_digest}{rows_note})",
             *(f"  {a:<{width}}  {b:>8}  {c:>8}" for a, b, c in rows),
-            f"decision : {outcome.decision.outcome}: {outcome.decision.reason}",
-            f"@{config.production_alias:<8}: {after}"]
+            f"decision   : {outcome.decision.outcome}: {outcome.decision.reason}",
+            f"@{config.production_alias:<10}: {after}"]
 
 
 def report(outcome: PromotionOutcome, config: PromoteConfig) -> None:

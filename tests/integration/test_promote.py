@@ -136,7 +136,7 @@ def test_a_better_candidate_is_promoted_and_the_decision_recorded(ray_local, ser
         evaluation = client.get_run(tags[f"{role}_evaluation_run_id"])
         assert evaluation.data.tags["job"] == "evaluate" and evaluation.data.tags["data_digest"] == digest
         assert evaluation.data.tags["model_version"] == version
-    assert "decision : promoted" in tags["mlflow.note.content"]
+    assert "decision   : promoted" in tags["mlflow.note.content"]
 
     version_tags = client.get_model_version(name, new).tags
     assert version_tags["promotion.decision"] == "promoted" and version_tags["promotion.run_id"] == run.info.run_id
@@ -145,7 +145,7 @@ def test_a_better_candidate_is_promoted_and_the_decision_recorded(ray_local, ser
     assert float(version_tags["promotion.candidate_value"]) == pytest.approx(metrics["candidate_macro_f1"], abs=1e-6)
     assert float(version_tags["promotion.production_value"]) == pytest.approx(metrics["production_macro_f1"],
                                                                               abs=1e-6)
-    assert "decision : promoted" in captured.out and f"@production: v{new}" in captured.out
+    assert "decision   : promoted" in captured.out and f"@production: v{new} (was v{old})" in captured.out
 
 
 def test_a_worse_candidate_is_kept_and_production_stays(ray_local, server, models, eval_file, tiny_corpus,
@@ -165,7 +165,7 @@ def test_a_worse_candidate_is_kept_and_production_stays(ray_local, server, model
     assert version_tags["promotion.decision"] == "kept" and version_tags["promotion.run_id"] == run.info.run_id
     assert version_tags["promotion.reason"] == tags["reason"]
     assert not any(key.startswith("promotion.") for key in client.get_model_version(name, old).tags)
-    assert "decision : kept" in captured.out and f"@production: v{old}" in captured.out
+    assert "decision   : kept" in captured.out and f"@production: v{old} (unchanged)" in captured.out
 
 
 def test_with_no_production_a_candidate_below_the_baseline_is_kept(ray_local, server, models, eval_file,

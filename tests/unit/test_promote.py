@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,32 @@ def test_a_gate_that_cannot_work_is_refused_by_the_config(override, message):
     with pytest.raises(ConfigError, match=message):
         load(PromoteConfig, REPO / "configs/promote.local-cpu.yaml", [override])
     assert load(PromoteConfig, None, ["train_data=null", "require_beat_baseline=false"]).train_data is None
+
+
+def _evaluated(role: str, version: str, digest: str, rows=(0, 1, 2), kind="classifier", **metrics):
+    import numpy as np
+
+    from jobs.promote import Version
+
+    # Only what the check reads of an evaluation: its metrics, the rows it scored, the model's kind, the run.
+    outcome = SimpleNamespace(metrics=metrics or {"accuracy": 0.8, "macro_f1": 0.8}, run_id=f"run-{version}",
+                              result=SimpleNamespace(rows=np.array(rows)), model=SimpleNamespace(kind=kind))
+    return Version(role, role, version, evaluation=outcome, data_digest=digest)
+
+
+def test_evaluations_of_other_data_or_other_rows_are_not_compared():
+    from jobs.promote import PromotionError, check_comparable
+
+    check_comparable("d1", _evaluated("candidate", "2", "d1"), _evaluated("production", "1", "d1", rows=(2, 0, 1)),
+                     "macro_f1")
+    check_comparable("d1", _evaluated("candidate", "2", "d1"), None, "macro_f1")
+    with pytest.raises(PromotionError, match="production's evaluation .run run-1. measured data with digest d2"):
+        check_comparable("d1", _evaluated("candidate", "2", "d1"), _evaluated("production", "1", "d2"), "macro_f1")
+    with pytest.raises(PromotionError, match="candidate's evaluation"):
+        check_comparable("d1", _evaluated("candidate", "2", None), None, "macro_f1")
+    with pytest.raises(PromotionError, match="scored different rows"):
+        check_comparable("d1", _evaluated("candidate", "2", "d1"), _evaluated("production", "1", "d1", rows=(0, 1)),
+                         "macro_f1")
+    with pytest.raises(PromotionError, match="version 2 has no macro_f1 .a seq2seq model"):
+        check_comparable("d1", _evaluated("candidate", "2", "d1", kind="seq2seq", syllable_accuracy=0.9), None,
+                         "macro_f1")
