@@ -72,6 +72,8 @@ def test_shipped_config_loads_and_defaults_are_the_gate_the_issue_asks_for():
     assert config.data == "data/corpus/test.parquet" and config.train_data == "data/corpus/train.parquet"
     assert config.tracking.experiment == "promote"
     assert load(PromoteConfig, None) == PromoteConfig()
+    shipped = sorted((REPO / "configs").glob("promote.*.yaml"))
+    assert len(shipped) >= 2 and all(load(PromoteConfig, path).registered_model for path in shipped)
 
 
 @pytest.mark.parametrize("override, message", [
