@@ -213,3 +213,16 @@ def test_no_candidate_is_a_failure_that_changes_nothing(server, models, eval_fil
                                                          f"tags.model_name = '{name}'")
     code, captured, _ = _promote(server, "no-such-model", eval_file, tiny_corpus, tmp_path, capsys)
     assert code == 1 and "no registered model named 'no-such-model'" in captured.err
+
+
+def test_an_evaluation_that_fails_is_a_failure_that_changes_nothing(server, models, tiny_corpus, tmp_path, capsys):
+    name = "promote-bad-data"
+    _register(server, name, models["positive"], "candidate")
+    data = tmp_path / "other-labels.jsonl"
+    data.write_text('{"text": "好", "label": "sports"}\n{"text": "差", "label": "negative"}\n', encoding="utf-8")
+    code, captured, run = _promote(server, name, data, tiny_corpus, tmp_path, capsys)
+    assert code == 1 and run is None
+    assert "promotion failed" in captured.err and "other-labels.jsonl" in captured.err
+    client = mlflow.MlflowClient(server)
+    assert _production(client, name) is None
+    assert not any(key.startswith("promotion.") for key in client.get_model_version(name, "1").tags)
