@@ -1,0 +1,117 @@
+"""The quiet console: each rule drops its exact third-party message and nothing else; verbose brings all back."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jobs.common import config as config_lib
+from jobs.common import console
+
+
+class _Keep(logging.Handler):
+    def __init__(self):
+        super().__init__(level=logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def quiet(monkeypatch):
+    monkeypatch.delenv(console.VERBOSE_ENV, raising=False)
+    console.install_log_filters()
+    yield
+    console.remove_log_filters()
+
+
+def _emit(logger_name: str, level: int, message: str) -> list[str]:
+    logger = logging.getLogger(logger_name)
+    keep, old_level = _Keep(), logger.level
+    logger.addHandler(keep)
+    logger.setLevel(logging.DEBUG)
+    try:
+        logger.log(level, message)
+    finally:
+        logger.removeHandler(keep)
+        logger.setLevel(old_level)
+    return keep.messages
+
+
+@pytest.mark.parametrize("rule", console.LOG_RULES, ids=lambda r: r.message[:30])
+def test_rule_drops_its_message_and_lets_the_same_loggers_errors_through(quiet, rule):
+    noisy = rule.message + " and the rest of the library's sentence"
+    assert _emit(rule.logger, logging.WARNING, noisy) == []
+    assert _emit(rule.logger, logging.INFO, noisy) == []
+    assert _emit(rule.logger, logging.ERROR, noisy) == [noisy]  # an error is never hidden
+    assert _emit(rule.logger, logging.WARNING, "something else went wrong") == ["something else went wrong"]
+    child = rule.logger + ".child"  # a filter on one logger is not one on a whole tree
+    assert _emit(child, logging.WARNING, noisy) == [noisy]
+
+
+@pytest.mark.parametrize("rule", console.LOG_RULES, ids=lambda r: r.message[:30])
+def test_rule_names_a_logger_and_message_that_the_installed_library_has(rule):
+    source = Path(importlib.util.find_spec(rule.logger).origin).read_text()
+    assert "logging.getLogger(__name__)" in source
+    assert rule.message in source
+
+
+def test_verbose_environment_installs_nothing(monkeypatch):
+    rule = console.LOG_RULES[0]
+    noisy = rule.message + "."
+    monkeypatch.setenv(console.VERBOSE_ENV, "1")
+    console.install_log_filters()  # left over from an earlier quiet call in the same process
+    console.install()
+    console.install_worker()
+    try:
+        assert _emit(rule.logger, logging.WARNING, noisy) == [noisy]
+    finally:
+        console.remove_log_filters()
+
+
+def test_verbose_flag_of_every_job_sets_the_environment_for_its_ray_workers(monkeypatch, tmp_path):
+    from jobs.init_offline_model import InitOfflineModelConfig
+
+    rule = console.LOG_RULES[0]
+    monkeypatch.delenv(console.VERBOSE_ENV, raising=False)
+    config_lib.parse_args(InitOfflineModelConfig, "test", [])
+    try:
+        assert _emit(rule.logger, logging.WARNING, rule.message) == []  # a job's CLI installs the filters
+        _, args = config_lib.parse_args(InitOfflineModelConfig, "test", ["--verbose"])
+        assert args.verbose
+        assert os.environ[console.VERBOSE_ENV] == "1"
+        assert _emit(rule.logger, logging.WARNING, rule.message) == [rule.message]
+    finally:
+        console.remove_log_filters()
+
+
+PREEMPTION = ("[2026-11-27 05:29:49,871 E 28077 28109] core_worker.cc:2465: Actor with class name: "
+              "'PreemptionWatcher' and ID: '31db12b7017cc251347aa45101000000' has constructor arguments in the "
+              "object store and max_restarts > 0. If the arguments in the object store go out of scope or are "
+              "lost, the actor restart will fail. See https://github.com/ray-project/ray/issues/53727 for more "
+              "details.")
+MAP_WORKER = PREEMPTION.replace("'PreemptionWatcher'", "'MapWorker(MapBatches(ClassifierPredictor))'")
+OUR_ACTOR = PREEMPTION.replace("'PreemptionWatcher'", "'TokenizerActor'")
+CORE_ERROR = "[2026-11-27 05:29:50,000 E 28077 28109] core_worker.cc:812: Failed to get the actor: lost"
+
+
+def test_streamed_ray_internal_actor_lines_are_dropped_and_others_kept():
+    batch = {"pid": 28077, "is_err": True, "lines": [PREEMPTION, "epoch 1", MAP_WORKER, OUR_ACTOR, CORE_ERROR]}
+    console.drop_streamed_noise(batch)
+    assert batch["lines"] == ["epoch 1", OUR_ACTOR, CORE_ERROR]
+
+
+def test_pyfunc_predict_methods_carry_type_hints_so_mlflow_does_not_warn():
+    # MLflow checks predict once per process, when the class is defined: a fresh interpreter sees it.
+    code = "import jobs.common.registry, jobs.common.seq2seq_pyfunc"
+    done = subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[2], timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "type hint" not in done.stderr.lower(), done.stderr
