@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 VERBOSE_ENV = "TEXT_JOBS_VERBOSE"
 WORKER_HOOK = "jobs.common.console.install_worker"  # runtime_env worker_process_setup_hook
+PROGRESS_LOG_INTERVAL_S = 60
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,6 +97,8 @@ def install() -> None:
     if not sys.stdout.isatty():
         # Progress bars redrawn into a log file are escape sequences; Ray Data logs plain periodic lines instead.
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read at import: workers started later
+        # Ray Data's plain progress report (~10 lines) every minute, not every 10 s for a whole training epoch.
+        os.environ.setdefault("RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL", str(PROGRESS_LOG_INTERVAL_S))
         if "transformers" in sys.modules:
             sys.modules["transformers"].utils.logging.disable_progress_bar()
 

@@ -115,3 +115,40 @@ def test_pyfunc_predict_methods_carry_type_hints_so_mlflow_does_not_warn():
                           cwd=Path(__file__).resolve().parents[2], timeout=120)
     assert done.returncode == 0, done.stderr
     assert "type hint" not in done.stderr.lower(), done.stderr
+
+
+@pytest.fixture
+def driver_state(monkeypatch):
+    """quiet_ray_driver and install change process-wide state: put it back after the test."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    monkeypatch.setattr(dispatcher, "handlers", list(dispatcher.handlers))
+    monkeypatch.delitem(sys.modules, "transformers", raising=False)
+
+
+def test_off_a_terminal_progress_is_plain_periodic_lines(monkeypatch, quiet, driver_state):
+    from ray.data import DataContext
+
+    for name in ("RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL", "HF_HUB_DISABLE_PROGRESS_BARS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
+    context = DataContext.get_current()
+    monkeypatch.setattr(context, "use_ray_tqdm", True)
+    console.install()
+    console.quiet_ray_driver()
+    assert os.environ["RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL"] == str(console.PROGRESS_LOG_INTERVAL_S)
+    assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
+    assert context.use_ray_tqdm is False  # workers log progress lines instead of drawing bars on the driver
+
+
+def test_on_a_terminal_progress_bars_stay(monkeypatch, quiet, driver_state):
+    from ray.data import DataContext
+
+    monkeypatch.delenv("RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL", raising=False)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    context = DataContext.get_current()
+    monkeypatch.setattr(context, "use_ray_tqdm", True)
+    console.install()
+    console.quiet_ray_driver()
+    assert "RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL" not in os.environ
+    assert context.use_ray_tqdm is True
