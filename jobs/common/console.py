@@ -2,7 +2,7 @@
 
 Each rule names the exact logger and the start of the exact message; records above WARNING always pass,
 so an error from the same logger still shows. ``--verbose`` or TEXT_JOBS_VERBOSE=1 installs none of it.
-Kept free of heavy imports: Ray workers run ``install_worker`` at start-up (worker_process_setup_hook).
+Kept free of heavy imports: every Ray worker of a job runs ``install_worker`` at start-up.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import sys
 from dataclasses import dataclass
 
 VERBOSE_ENV = "TEXT_JOBS_VERBOSE"
-WORKER_HOOK = "jobs.common.console.install_worker"  # runtime_env worker_process_setup_hook
 PROGRESS_LOG_INTERVAL_S = 60
 
 
@@ -86,6 +85,18 @@ def install_worker() -> None:
     """Ray's worker_process_setup_hook: the filters in every worker process of the job."""
     if not verbose():
         install_log_filters()
+
+
+def worker_setup_hook():
+    """``install_worker`` for ray.init's runtime_env, shipped by value.
+
+    Ray runs the hook before a worker puts the driver's directory on its path, so a hook named by
+    module ("jobs.common.console.install_worker") would not import there, or import another checkout.
+    """
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    return install_worker
 
 
 def install() -> None:

@@ -28,7 +28,7 @@ def init_ray(config: RayConfig) -> None:
     address = config.address or os.environ.get("RAY_ADDRESS")
     # Every worker process of the job installs the same log filters (Ray Train's own actors included).
     runtime_env = None if console.verbose() or _job_sets_setup_hook() else \
-        {"worker_process_setup_hook": console.WORKER_HOOK}
+        {"worker_process_setup_hook": console.worker_setup_hook()}
     if address:
         ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
     else:

@@ -152,3 +152,21 @@ def test_on_a_terminal_progress_bars_stay(monkeypatch, quiet, driver_state):
     console.quiet_ray_driver()
     assert "RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL" not in os.environ
     assert context.use_ray_tqdm is True
+
+
+def test_worker_hook_installs_the_filters_where_this_package_cannot_be_imported(tmp_path):
+    # Ray runs the hook before the worker has the driver's directory on its path.
+    import ray.cloudpickle
+
+    payload = ray.cloudpickle.dumps(console.worker_setup_hook())
+    rule = console.LOG_RULES[0]
+    code = ("import logging, pickle, sys; pickle.loads(sys.stdin.buffer.read())(); "
+            f"log = logging.getLogger({rule.logger!r}); "
+            f"log.warning({rule.message!r}); log.error('MARK-ERROR'); print('jobs' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", console.VERBOSE_ENV)}
+    done = subprocess.run([sys.executable, "-c", code], input=payload, capture_output=True, cwd=tmp_path, env=env,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode().strip() == "False"  # nothing of this package was imported there
+    lines = done.stderr.decode().splitlines()  # Ray's own handler on the "ray" logger stamps the time
+    assert len(lines) == 1 and lines[0].endswith("MARK-ERROR"), lines
