@@ -24,9 +24,15 @@ class _Keep(logging.Handler):
         self.messages.append(record.getMessage())
 
 
+def _unset(monkeypatch, name: str) -> None:
+    """Unset for the test, and unset again after it even when the code under test sets it."""
+    monkeypatch.setenv(name, "")
+    monkeypatch.delenv(name)
+
+
 @pytest.fixture
 def quiet(monkeypatch):
-    monkeypatch.delenv(console.VERBOSE_ENV, raising=False)
+    _unset(monkeypatch, console.VERBOSE_ENV)
     console.install_log_filters()
     yield
     console.remove_log_filters()
@@ -80,7 +86,7 @@ def test_verbose_flag_of_every_job_sets_the_environment_for_its_ray_workers(monk
     from jobs.init_offline_model import InitOfflineModelConfig
 
     rule = console.LOG_RULES[0]
-    monkeypatch.delenv(console.VERBOSE_ENV, raising=False)
+    _unset(monkeypatch, console.VERBOSE_ENV)  # parse_args sets it: put back after the test
     config_lib.parse_args(InitOfflineModelConfig, "test", [])
     try:
         assert _emit(rule.logger, logging.WARNING, rule.message) == []  # a job's CLI installs the filters
@@ -130,7 +136,7 @@ def test_off_a_terminal_progress_is_plain_periodic_lines(monkeypatch, quiet, dri
     from ray.data import DataContext
 
     for name in ("RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL", "HF_HUB_DISABLE_PROGRESS_BARS"):
-        monkeypatch.delenv(name, raising=False)
+        _unset(monkeypatch, name)
     monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
     context = DataContext.get_current()
     monkeypatch.setattr(context, "use_ray_tqdm", True)
@@ -144,7 +150,7 @@ def test_off_a_terminal_progress_is_plain_periodic_lines(monkeypatch, quiet, dri
 def test_on_a_terminal_progress_bars_stay(monkeypatch, quiet, driver_state):
     from ray.data import DataContext
 
-    monkeypatch.delenv("RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL", raising=False)
+    _unset(monkeypatch, "RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL")
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     context = DataContext.get_current()
     monkeypatch.setattr(context, "use_ray_tqdm", True)
