@@ -40,7 +40,7 @@ def init_ray(config: RayConfig) -> None:
 
 def _job_sets_setup_hook() -> bool:
     """A job submitted with its own setup hook keeps it: Ray refuses to merge two (a conflict)."""
-    return "worker_process_setup_hook" in os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "")
+    return "worker_process_setup_hook" in os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "").lower()
 
 
 def check_cpu_budget(demands: dict[str, float]) -> None:
