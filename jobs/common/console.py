@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import sys
+import warnings
 from dataclasses import dataclass
 
 VERBOSE_ENV = "TEXT_JOBS_VERBOSE"
@@ -33,6 +34,11 @@ LOG_RULES = (
             why="advice to change the progress settings this module chose"),
     LogRule(logger="ray.data._internal.datasource.parquet_datasource", message="Estimated parquet ",
             why="Ray Data's read-sizing internals, once per dataset"),
+)
+
+# (message regex, category): Python warnings that Ray's own code raises on our behalf.
+WARNING_RULES = (
+    (r"`ExecutionOptions\.exclude_resources` is deprecated", DeprecationWarning),  # Ray Train's DataConfig
 )
 
 # C++ lines of Ray's core worker streamed from worker processes to the driver (log_to_driver): no Python
@@ -63,14 +69,15 @@ class _DropKnown(logging.Filter):
 
 
 def install_log_filters() -> None:
-    """Idempotent: one filter per rule logger, replaced on a second call."""
+    """Idempotent: one filter per rule logger, replaced on a second call; the WARNING_RULES too."""
+    remove_log_filters()
+    for message, category in WARNING_RULES:
+        warnings.filterwarnings("ignore", message=message, category=category)
     by_logger: dict[str, tuple[str, ...]] = {}
     for rule in LOG_RULES:
         by_logger[rule.logger] = by_logger.get(rule.logger, ()) + (rule.message,)
     for name, prefixes in by_logger.items():
         logger = logging.getLogger(name)
-        for old in [f for f in logger.filters if isinstance(f, _DropKnown)]:
-            logger.removeFilter(old)
         logger.addFilter(_DropKnown(prefixes))
 
 
@@ -79,6 +86,10 @@ def remove_log_filters() -> None:
         logger = logging.getLogger(rule.logger)
         for old in [f for f in logger.filters if isinstance(f, _DropKnown)]:
             logger.removeFilter(old)
+    ours = {(message, category) for message, category in WARNING_RULES}
+    warnings.filters[:] = [f for f in warnings.filters
+                           if not (f[0] == "ignore" and f[1] is not None and (f[1].pattern, f[2]) in ours)]
+    getattr(warnings, "_filters_mutated", lambda: None)()  # drop cached "ignore" decisions
 
 
 def install_worker() -> None:
@@ -108,6 +119,7 @@ def install() -> None:
     if not sys.stdout.isatty():
         # Progress bars redrawn into a log file are escape sequences; Ray Data logs plain periodic lines instead.
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read at import: workers started later
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # read at each download
         # Ray Data's plain progress report (~10 lines) every minute, not every 10 s for a whole training epoch.
         os.environ.setdefault("RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL", str(PROGRESS_LOG_INTERVAL_S))
         if "transformers" in sys.modules:

@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -135,7 +136,8 @@ def driver_state(monkeypatch):
 def test_off_a_terminal_progress_is_plain_periodic_lines(monkeypatch, quiet, driver_state):
     from ray.data import DataContext
 
-    for name in ("RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL", "HF_HUB_DISABLE_PROGRESS_BARS"):
+    for name in ("RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL", "HF_HUB_DISABLE_PROGRESS_BARS",
+                 "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"):
         _unset(monkeypatch, name)
     monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
     context = DataContext.get_current()
@@ -144,6 +146,7 @@ def test_off_a_terminal_progress_is_plain_periodic_lines(monkeypatch, quiet, dri
     console.quiet_ray_driver()
     assert os.environ["RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL"] == str(console.PROGRESS_LOG_INTERVAL_S)
     assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
+    assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"
     assert context.use_ray_tqdm is False  # workers log progress lines instead of drawing bars on the driver
 
 
@@ -176,3 +179,21 @@ def test_worker_hook_installs_the_filters_where_this_package_cannot_be_imported(
     assert done.stdout.decode().strip() == "False"  # nothing of this package was imported there
     lines = done.stderr.decode().splitlines()  # Ray's own handler on the "ray" logger stamps the time
     assert len(lines) == 1 and lines[0].endswith("MARK-ERROR"), lines
+
+
+def test_warning_rule_drops_rays_own_deprecation_and_keeps_others(quiet):
+    from ray.util.annotations import RayDeprecationWarning
+
+    noisy = ("`ExecutionOptions.exclude_resources` is deprecated and will be removed after January 2027. Use "
+             "`ExecutionOptions.label_selector` to constrain Ray Data work to labeled nodes.")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        console.install_log_filters()  # in front of "always", as in a job where it runs at start-up
+        warnings.warn(noisy, RayDeprecationWarning)
+        warnings.warn("`ExecutionOptions.other` is deprecated", RayDeprecationWarning)
+        warnings.warn(noisy, UserWarning)  # the same words under another category are not the rule's
+        console.remove_log_filters()
+        warnings.warn(noisy, RayDeprecationWarning)  # verbose: back
+    assert [(str(w.message)[:26], w.category) for w in caught] == [
+        ("`ExecutionOptions.other` i", RayDeprecationWarning), (noisy[:26], UserWarning),
+        (noisy[:26], RayDeprecationWarning)]
