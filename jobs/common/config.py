@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
 import types
 import typing
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
+
+from jobs.common import console
 
 T = TypeVar("T")
 
@@ -218,14 +221,19 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 def parse_args(cls: type[T], description: str, argv: typing.Sequence[str] | None = None,
                extra: typing.Callable[[argparse.ArgumentParser], None] | None = None) -> tuple[T, argparse.Namespace]:
-    """The common CLI of every job: ``--config file.yaml`` and repeated ``--set key=value``."""
+    """The common CLI of every job: ``--config file.yaml``, repeated ``--set key=value``, ``--verbose``."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", help="YAML config file; omitted: embedded defaults")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config value, e.g. --set train.lr=1e-4 (repeatable)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="print the libraries' known noise too (same as TEXT_JOBS_VERBOSE=1)")
     if extra is not None:
         extra(parser)
     args = parser.parse_args(argv)
+    if args.verbose:  # the environment carries it to the Ray workers this process starts
+        os.environ[console.VERBOSE_ENV] = "1"
+    console.install()  # every job's console, from its first line on
     try:
         config = load(cls, args.config, args.overrides)
     except ConfigError as exc:

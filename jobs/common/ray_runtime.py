@@ -6,6 +6,8 @@ import logging
 import os
 from dataclasses import dataclass
 
+from jobs.common import console
+
 log = logging.getLogger(__name__)
 
 
@@ -20,15 +22,25 @@ def init_ray(config: RayConfig) -> None:
     """Idempotent: a job run inside a test session or a Ray job reuses the running instance."""
     import ray
 
+    console.install()
     if ray.is_initialized():
         return
     address = config.address or os.environ.get("RAY_ADDRESS")
+    # Every worker process of the job installs the same log filters (Ray Train's own actors included).
+    runtime_env = None if console.verbose() or _job_sets_setup_hook() else \
+        {"worker_process_setup_hook": console.worker_setup_hook()}
     if address:
-        ray.init(address=address, log_to_driver=True)
-        return
-    ray.init(num_cpus=config.num_cpus, num_gpus=config.num_gpus, include_dashboard=False,
-             log_to_driver=True)
-    log.info("started a local Ray: %s", ray.cluster_resources())
+        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
+    else:
+        ray.init(num_cpus=config.num_cpus, num_gpus=config.num_gpus, include_dashboard=False,
+                 log_to_driver=True, runtime_env=runtime_env)
+        log.info("started a local Ray: %s", ray.cluster_resources())
+    console.quiet_ray_driver()
+
+
+def _job_sets_setup_hook() -> bool:
+    """A job submitted with its own setup hook keeps it: Ray refuses to merge two (a conflict)."""
+    return "worker_process_setup_hook" in os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "").lower()
 
 
 def check_cpu_budget(demands: dict[str, float]) -> None:

@@ -45,7 +45,7 @@ class TextClassifierModel(mlflow.pyfunc.PythonModel):
         self.loaded = load_classifier(context.artifacts[MODEL_ARTIFACT])
         self.loaded.model.eval()
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from model.classifier import classify_texts
 
         texts = list(model_input["text"] if isinstance(model_input, pd.DataFrame) else model_input)

@@ -38,7 +38,7 @@ class TransliterationModel(mlflow.pyfunc.PythonModel):
 
         self.loaded = load_seq2seq(context.artifacts[MODEL_ARTIFACT])
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from data_pipeline.text_limits import cut_texts, max_chars
         from model.seq2seq_io import generate
 
