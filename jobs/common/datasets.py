@@ -13,10 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from data_pipeline.paths import ParquetFiles, resolve_parquet_files
@@ -57,28 +59,30 @@ def _footer(handle, size: int) -> bytes:
     return handle.read(length) + tail
 
 
+def _read_footer(filesystem: pafs.FileSystem, path: str) -> tuple[int, bytes, pq.FileMetaData]:
+    with filesystem.open_input_file(path) as handle:
+        size = handle.size()
+        footer = _footer(handle, size)
+    return size, footer, pq.read_metadata(pa.BufferReader(b"PAR1" + footer))
+
+
 def parquet_summary(path: str, files: ParquetFiles | None = None, name: str | None = None) -> DatasetSummary:
     """Describe a Parquet file, directory or glob (local or a URI) from its files' footers.
 
     ``files``: ``path`` already resolved (the job did it to read it), else resolved here.
     """
     files = files if files is not None else resolve_parquet_files(path)
-    digest = hashlib.sha256()
-    rows = size_total = 0
-    schema: pa.Schema | None = None
     infos = files.filesystem.get_file_info(list(files.paths))
-    for file, info in zip(files.paths, infos):
-        with files.filesystem.open_input_file(file) as handle:
-            size = handle.size()
-            footer = _footer(handle, size)
-            handle.seek(0)
-            metadata = pq.ParquetFile(handle).metadata
+    workers = 1 if isinstance(files.filesystem, pafs.LocalFileSystem) else 16  # object stores: a round trip each
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        footers = list(pool.map(lambda path: _read_footer(files.filesystem, path), files.paths))
+    digest = hashlib.sha256()
+    for (size, footer, _), info in zip(footers, infos):
         mtime = info.mtime_ns if info.mtime_ns is not None else 0
         digest.update(f"{size}:{mtime}:{len(footer)}:".encode() + footer)
-        rows += metadata.num_rows
-        size_total += size
-        if schema is None:
-            schema = metadata.schema.to_arrow_schema()
+    rows = sum(metadata.num_rows for _, _, metadata in footers)
+    size_total = sum(size for size, _, _ in footers)
+    schema = footers[0][2].schema.to_arrow_schema() if footers else None
     source = path if "://" in path else str(Path(path).resolve())
     return DatasetSummary(source=redact_text(source), name=name or _default_name(source),
                           digest=digest.hexdigest()[:DIGEST_CHARS], num_rows=rows, num_files=len(files.paths),
