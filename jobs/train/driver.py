@@ -229,6 +229,7 @@ def run_training_job(config: ConfigT, prepare: Callable[[ConfigT, TrackingTarget
                 config.tracking.registered_model, config.tracking.alias, input_example=plan.input_example,
                 signature=plan.signature, step=int(metrics.get("step", 0)),
                 version_tags=version_tags(datasets, headline, plan.baselines))
+        log_checkpoint_models(target, training_run, result)
     finally:
         stop_system_metrics(monitor)
     set_description(target, training_run.mlflow_run_id,
@@ -239,6 +240,32 @@ def run_training_job(config: ConfigT, prepare: Callable[[ConfigT, TrackingTarget
                            registered_version=registered.version,
                            checkpoint_path=checkpoint_uri(result.checkpoint, training_run.storage_path),
                            run_name=training_run.name, details=plan.dicts)
+
+
+def log_checkpoint_models(target: TrackingTarget, training_run: TrainingRun, result) -> None:
+    """Each kept epoch checkpoint as an MLflow logged model (the run's "Logged models") with that epoch's metrics.
+
+    No weights are uploaded: the model's ``checkpoint`` tag says where Ray Train keeps them (the final
+    epoch's export is the run's registered ``model``). The metrics are the run's own points of that step,
+    re-logged with the model's id as MLflow does for ``log_model(step=...)``.
+    """
+    from mlflow.entities import Metric
+
+    client = client_for(target)
+    run_id = training_run.mlflow_run_id
+    for checkpoint, reported in result.best_checkpoints or []:
+        if "epoch" not in reported or "step" not in reported:
+            continue
+        epoch, step = int(reported["epoch"]), int(reported["step"])
+        model = client.create_logged_model(
+            target.experiment_id, name=f"epoch-{epoch}", source_run_id=run_id, model_type="checkpoint",
+            tags={"checkpoint": redact_text(checkpoint_uri(checkpoint, training_run.storage_path)),
+                  "epoch": str(epoch), "step": str(step)})
+        points = [Metric(m.key, m.value, m.timestamp, m.step, model_id=model.model_id)
+                  for key in reported if isinstance(reported[key], (int, float))
+                  for m in client.get_metric_history(run_id, key) if m.step == step]
+        client.log_batch(run_id, metrics=points)
+        client.finalize_logged_model(model.model_id, "READY")
 
 
 def headline_metrics(plan: TrainingPlan, metrics: dict[str, float]) -> dict[str, float]:
