@@ -140,6 +140,8 @@ def test_evaluating_on_the_test_split_shows_the_same_digest(finetuned, server_ur
 
 
 def test_each_epoch_checkpoint_is_a_logged_model_with_its_metrics(finetuned, server_url):
+    from mlflow.entities import LoggedModelStatus
+
     _, outcome = finetuned
     client = mlflow.MlflowClient(server_url)
     run = client.get_run(outcome.run_id)
@@ -147,7 +149,7 @@ def test_each_epoch_checkpoint_is_a_logged_model_with_its_metrics(finetuned, ser
     by_name = {m.name: m for m in models}
     assert set(by_name) == {"epoch-0", "model"}  # one epoch's checkpoint, and the registered export
     epoch = by_name["epoch-0"]
-    assert epoch.tags["checkpoint"] == outcome.checkpoint_path and epoch.status.to_proto() is not None
+    assert epoch.tags["checkpoint"] == outcome.checkpoint_path and epoch.status == LoggedModelStatus.READY
     metrics = {m.key: m.value for m in epoch.metrics}
     assert metrics["val_accuracy"] == pytest.approx(run.data.metrics["val_accuracy"])
     assert metrics["test_accuracy"] == pytest.approx(outcome.metrics["test_accuracy"])
