@@ -18,10 +18,10 @@ from typing import Any, TypeVar
 
 from data_pipeline.paths import filesystem_for, to_uri
 from jobs.common import config as config_lib
+from jobs.common.datasets import SPLIT_CONTEXTS, DatasetSummary, log_datasets
 from jobs.common.naming import unique_run_name
 from jobs.common.ray_runtime import check_cpu_budget, init_ray
 from jobs.common.redaction import redact_mapping, redact_text
-from jobs.common.datasets import SPLIT_CONTEXTS, DatasetSummary, log_datasets
 from jobs.common.tracking import (TrackingTarget, client_for, environment_tags, metrics_table, prepare_tracking,
                                   set_description, start_system_metrics, stop_system_metrics, system_metrics_env)
 from jobs.train.callbacks import STEP_DELAY_ENV
@@ -253,9 +253,11 @@ def log_checkpoint_models(target: TrackingTarget, training_run: TrainingRun, res
 
     client = client_for(target)
     run_id = training_run.mlflow_run_id
+    logged = {m.name for m in client.search_logged_models([target.experiment_id],
+                                                          filter_string=f"source_run_id='{run_id}'")}
     for checkpoint, reported in result.best_checkpoints or []:
-        if "epoch" not in reported or "step" not in reported:
-            continue
+        if "epoch" not in reported or "step" not in reported or f"epoch-{int(reported['epoch'])}" in logged:
+            continue  # a rerun of a finished run: its checkpoints are logged already
         epoch, step = int(reported["epoch"]), int(reported["step"])
         model = client.create_logged_model(
             target.experiment_id, name=f"epoch-{epoch}", source_run_id=run_id, model_type="checkpoint",
