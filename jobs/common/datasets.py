@@ -168,7 +168,8 @@ def log_datasets(entries: list[tuple[DatasetSummary, str]]) -> None:
     import mlflow
 
     if entries:
-        mlflow.log_inputs([to_mlflow_dataset(s) for s, _ in entries], contexts=[c for _, c in entries])
+        mlflow.log_inputs([to_mlflow_dataset(s) for s, _ in entries], contexts=[c for _, c in entries],
+                          tags_list=[None] * len(entries))
 
 
 def digests(entries: list[tuple[DatasetSummary, str]]) -> dict[str, str]:

@@ -66,3 +66,23 @@ def test_mlflow_dataset_carries_digest_schema_and_profile(tmp_path):
     assert json.loads(entity.profile) == {"num_rows": 3, "num_files": 1, "num_bytes": summary.num_bytes}
     columns = json.loads(entity.schema)["mlflow_colspec"]
     assert [(c["name"], c["type"]) for c in columns] == [("id", "string"), ("text", "string"), ("label", "long")]
+
+
+def test_logged_to_a_run_with_contexts(tmp_path):
+    import mlflow
+
+    from jobs.common.datasets import log_datasets
+
+    _write(tmp_path / "a.parquet", ["好", "差", "还行"], [1, 0, 1])
+    (tmp_path / "b.csv").write_text("text,label\n好,1\n", encoding="utf-8")
+    train, test = parquet_summary(str(tmp_path / "a.parquet")), input_summary(str(tmp_path / "b.csv"), 1)
+    uri, previous = f"sqlite:///{tmp_path / 'mlflow.db'}", mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        with mlflow.start_run() as run:
+            log_datasets([(train, "training"), (test, "test")])
+    finally:
+        mlflow.set_tracking_uri(previous)
+    inputs = mlflow.MlflowClient(uri).get_run(run.info.run_id).inputs.dataset_inputs
+    assert {(i.tags[0].key, i.tags[0].value, i.dataset.digest) for i in inputs} == {
+        ("mlflow.data.context", "training", train.digest), ("mlflow.data.context", "test", test.digest)}
