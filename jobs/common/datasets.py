@@ -25,7 +25,6 @@ from data_pipeline.paths import ParquetFiles, resolve_parquet_files
 from jobs.common.redaction import redact_text
 
 DIGEST_CHARS = 16  # MLflow keeps at most 36 characters of a dataset digest
-CONTEXT_TAG = "mlflow.data.context"
 # Where each split of a training job goes in MLflow's dataset contexts.
 SPLIT_CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
 
@@ -171,7 +170,3 @@ def log_datasets(entries: list[tuple[DatasetSummary, str]]) -> None:
         mlflow.log_inputs([to_mlflow_dataset(s) for s, _ in entries], contexts=[c for _, c in entries],
                           tags_list=[None] * len(entries))
 
-
-def digests(entries: list[tuple[DatasetSummary, str]]) -> dict[str, str]:
-    """``{context: digest}``, the form model version tags and descriptions carry."""
-    return {context: summary.digest for summary, context in entries}

@@ -136,7 +136,8 @@ def test_evaluating_on_the_test_split_shows_the_same_digest(finetuned, server_ur
     trained_on = {i.tags[0].value: i.dataset.digest for i in client.get_run(trained.run_id).inputs.dataset_inputs}
     assert evaluated == {"test": trained_on["test"]}
     description = client.get_run(outcome.run_id).data.tags["mlflow.note.content"]
-    assert f"version {trained.registered_version}" in description and f"{outcome.metrics['accuracy']:.4f}" in description
+    assert f"version {trained.registered_version}" in description
+    assert f"{outcome.metrics['accuracy']:.4f}" in description
 
 
 def test_each_epoch_checkpoint_is_a_logged_model_with_its_metrics(finetuned, server_url):
