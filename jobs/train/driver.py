@@ -117,6 +117,8 @@ def open_training_run(target: TrackingTarget, run: RunSettings, prefix: str, tag
             if baselines:
                 mlflow.log_metrics(baselines)
             log_datasets(datasets or [])
+        # leaving the block ended the run (FINISHED): it runs until trained, and system metrics stop at an end
+        client_for(target).update_run(run_id, status="RUNNING")
     return TrainingRun(name=name, storage_path=storage_path, mlflow_run_id=run_id)
 
 
