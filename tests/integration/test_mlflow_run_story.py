@@ -128,13 +128,15 @@ def test_evaluating_on_the_test_split_shows_the_same_digest(finetuned, server_ur
     _, trained = finetuned
     config = config_lib.load(EvaluateConfig, REPO / "configs/evaluate.local-cpu.yaml", [
         f"model=models:/{REGISTERED}@candidate", f"data={tiny_corpus / 'test.parquet'}",
+        f"train_data={tiny_corpus / 'train.parquet'}",
         f"output_dir={tmp_path / 'evaluations'}", f"tracking.tracking_uri={server_url}",
         "tracking.experiment=story-evaluate", "predictor.concurrency=1"])
     outcome = run_evaluate(config)
     client = mlflow.MlflowClient(server_url)
     evaluated = {i.tags[0].value: i.dataset.digest for i in client.get_run(outcome.run_id).inputs.dataset_inputs}
     trained_on = {i.tags[0].value: i.dataset.digest for i in client.get_run(trained.run_id).inputs.dataset_inputs}
-    assert evaluated == {"test": trained_on["test"]}
+    # measured on the training run's test split, baselines fitted on its training split: the same digests
+    assert evaluated == {"test": trained_on["test"], "training": trained_on["training"]}
     description = client.get_run(outcome.run_id).data.tags["mlflow.note.content"]
     assert f"version {trained.registered_version}" in description
     assert f"{outcome.metrics['accuracy']:.4f}" in description
