@@ -34,10 +34,11 @@ from jobs.common import config as config_lib
 from jobs.common.naming import unique_run_name
 from jobs.common.ray_runtime import RayConfig, check_cpu_budget, init_ray
 from jobs.common.redaction import redact_mapping, redact_text
-from jobs.common.tracking import TrackingConfig, environment_tags, prepare_tracking
+from jobs.common.datasets import file_summary, log_datasets, parquet_summary
+from jobs.common.tracking import TrackingConfig, environment_tags, prepare_tracking, set_description
 from jobs.scoring.pipeline import (PipelineCounts, ScoringError, ScoringModel, counts_metrics, manifest_for,
                                    score_files, summary_line)
-from jobs.scoring.inputs import scoring_input, source_fingerprints
+from jobs.scoring.inputs import needs_staging, scoring_input, source_fingerprints
 from jobs.scoring.run_staging import Chunk, RunStaging, TargetOccupied, plan_chunks
 from jobs.scoring.settings import ScoringSettings
 from jobs.scoring.sink import REJECTED_DIR
@@ -146,10 +147,15 @@ def _run(config: BatchInferConfig, run_name: str, staging: RunStaging) -> Scorin
     output = staging.target
     resolved = model.resolved
     tags = {**environment_tags(), "job": "batch_infer", "resumed_chunks": str(len(resumed))}
-    with mlflow.start_run(experiment_id=target.experiment_id, run_name=run_name, tags=tags) as run:
+    with mlflow.start_run(experiment_id=target.experiment_id, run_name=run_name, tags=tags,
+                          log_system_metrics=True) as run:
         mlflow.log_params(redact_mapping({"input": config.input, "output": output, "model_ref": config.model,
                            "model_name": resolved.name, "model_version": resolved.version,
                            "model_run_id": resolved.run_id, **config_lib.flatten(config_lib.to_dict(config))}))
+        # the user's file for a CSV / JSON Lines input (its staged Parquet copy is rewritten by every run)
+        log_datasets([(file_summary(config.input, sum(i.num_rows for i in infos), list(config.input_columns.names))
+                       if needs_staging(config.input, config.input_format)
+                       else parquet_summary(config.input, files), "scoring")])
         chunks = list(resumed)
         attempt = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
         pause = float(os.environ.get(PAUSE_AFTER_CHUNK_ENV, "0") or 0)
@@ -167,6 +173,11 @@ def _run(config: BatchInferConfig, run_name: str, staging: RunStaging) -> Scorin
         mlflow.log_metrics({**counts_metrics(counts), "chunks_resumed": len(resumed),
                             "rows_resumed": sum(c.record["rows_in"] for c in resumed)})
         mlflow.log_dict(manifest, "scoring_manifest.json")
+        set_description(target, run.info.run_id,
+                        f"**batch_infer**: `{resolved.name}` version {resolved.version} scored "
+                        f"`{redact_text(config.input)}`: {counts.rows_in:,} rows in, {counts.rows_out:,} written, "
+                        f"{counts.rows_rejected:,} rejected ({len(resumed)} chunk(s) resumed).\n\n"
+                        f"Output: `{redact_text(output)}`")
     return ScoringOutcome(run_id=run.info.run_id, output_path=output, counts=counts, model_version=resolved.version,
                           rejected_path=f"{output}/{REJECTED_DIR}", chunks_scored=len(plan),
                           chunks_resumed=len(resumed), rows_resumed=sum(c.record["rows_in"] for c in resumed))

@@ -30,7 +30,9 @@ from jobs.common.baselines import BASELINES
 from jobs.common.naming import unique_run_name
 from jobs.common.ray_runtime import RayConfig, check_cpu_budget, init_ray
 from jobs.common.redaction import redact_mapping, redact_text
-from jobs.common.tracking import TrackingConfig, TrackingTarget, client_for, environment_tags, prepare_tracking
+from jobs.common.datasets import input_summary, log_datasets
+from jobs.common.tracking import (TrackingConfig, TrackingTarget, client_for, environment_tags, metrics_table,
+                                  prepare_tracking, set_description)
 from jobs.evaluation.inputs import EvalRows, LabelledInput, read_classification_rows, read_seq2seq_rows
 from jobs.evaluation.results import (ClassifierResult, Seq2SeqResult, classifier_baselines, classifier_result,
                                      polyphonic_characters, rows_also_in_training, seq2seq_baseline,
@@ -181,12 +183,15 @@ def run(config: EvaluateConfig) -> EvaluationOutcome:
     output = output_location(config.output_dir, run_name)
     resolved = model.resolved
     digest = file_digest(config.data)
-    with mlflow.start_run(experiment_id=target.experiment_id, run_name=run_name,
+    with mlflow.start_run(experiment_id=target.experiment_id, run_name=run_name, log_system_metrics=True,
                           tags={**environment_tags(), "job": "evaluate", "model_name": resolved.name,
                                 "model_version": resolved.version, "model_run_id": resolved.run_id,
                                 "model_uri": resolved.load_uri, "data_digest": digest}) as active:
         mlflow.log_params(redact_mapping({"model_ref": config.model, "rows": len(rows.ids),
                                           **config_lib.flatten(config_lib.to_dict(config))}))
+        # what the model was measured on ("test") and, given train_data, what the baselines were fitted on
+        log_datasets([(input_summary(config.data, len(rows.ids)), "test")]
+                     + ([(input_summary(config.train_data, len(train.ids)), "training")] if train else []))
         counts = score_rows(rows, model, config, output)
         result, metrics = measure(rows, train, names, model, output)
         outcome = EvaluationOutcome(run_id=active.info.run_id, model=model, counts=counts, metrics=metrics,
@@ -197,7 +202,28 @@ def run(config: EvaluateConfig) -> EvaluationOutcome:
                    "rejected_by_reason": counts.rejected_by_reason, "label_names": names}
         log_evaluation(outcome, summary)
         link_model_version(outcome, summary, target)
+        set_description(target, outcome.run_id, evaluation_description(outcome, config))
     return outcome
+
+
+def evaluation_description(outcome: EvaluationOutcome, config: EvaluateConfig) -> str:
+    """The run's description (markdown): which model on which rows, its scores beside the baselines."""
+    m, counts, resolved = outcome.metrics, outcome.counts, outcome.model.resolved
+    if isinstance(outcome.result, ClassifierResult):
+        columns, titles = ["accuracy", "macro_f1", "ece"], BASELINES
+    else:
+        columns, titles = ["syllable_accuracy", "polyphonic_accuracy", "exact_match"], {"char": "per-character reading"}
+    rows = {"**model**": {c: m[c] for c in columns if c in m}}
+    for name, title in titles.items():
+        values = {c: m[f"baseline_{name}_eval_{c}"] for c in columns if f"baseline_{name}_eval_{c}" in m}
+        if values:
+            rows[f"baseline: {title}"] = values
+    lines = [f"**evaluate**: `{resolved.name}` version {resolved.version} ({outcome.model.kind}) on "
+             f"`{redact_text(config.data)}`: {counts.rows_in:,} rows, {counts.rows_out:,} scored, "
+             f"{counts.rows_rejected:,} rejected.", "", metrics_table(rows, columns)]
+    if m.get("rows_also_in_train_data"):
+        lines += ["", f"**Warning**: {m['rows_also_in_train_data']:.0f} evaluated row(s) also appear in train_data."]
+    return "\n".join(lines)
 
 
 def report(outcome: EvaluationOutcome, config: EvaluateConfig) -> None:

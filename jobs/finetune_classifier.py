@@ -220,7 +220,8 @@ def prepare(config: FinetuneConfig, target: TrackingTarget) -> TrainingPlan:
     import pandas as pd
 
     from data_pipeline.tokenization import load_tokenizer
-    from jobs.common.registry import TextClassifierModel, check_max_length
+    from jobs.common.datasets import parquet_summary
+    from jobs.common.registry import TextClassifierModel, check_max_length, classifier_signature
 
     data = config.data
     files = {split: resolve_parquet_files(getattr(data, split)) for split in SPLITS}
@@ -265,7 +266,9 @@ def prepare(config: FinetuneConfig, target: TrackingTarget) -> TrainingPlan:
         params={"text_pair_column": pair_column or "",
                 **({"baseline_sample_rows": data.baseline_max_rows if baselines_sampled(baseline_rows) else "all"}
                    if baseline_rows else {})},
-        tags={"model_source": config.model.name_or_path}, baselines=baselines)
+        tags={"model_source": config.model.name_or_path}, baselines=baselines,
+        signature=classifier_signature(pair_column is not None),
+        datasets={split: parquet_summary(getattr(data, split), files[split]) for split in SPLITS})
 
 
 def run(config: FinetuneConfig) -> TrainingOutcome:

@@ -45,7 +45,8 @@ from jobs.common.naming import now_iso, unique_run_name
 from jobs.common.ray_runtime import RayConfig, check_cpu_budget, init_ray
 from jobs.common.redaction import redact_mapping, redact_text
 from jobs.common.registry import ResolvedModel, resolve_model_ref
-from jobs.common.tracking import TrackingConfig, TrackingTarget, environment_tags, prepare_tracking
+from jobs.common.datasets import log_datasets, parquet_summary
+from jobs.common.tracking import TrackingConfig, TrackingTarget, environment_tags, prepare_tracking, set_description
 from jobs.scoring.ledger import (Attempt, CommitFailed, Lease, LeaseLost, LeaseSettings, Ledger, OutputVersion,
                                 Store, committed_versions, entry_from_manifest)
 from jobs.scoring.pipeline import (PipelineCounts, ScoringError, ScoringModel, counts_metrics, manifest_for,
@@ -350,13 +351,15 @@ def run(config: ScorePartitionsConfig) -> RunOutcome:
     store, partitions = Store(config.output_root), discover_partitions(config.input_root, config.partitions)
     ledger = Ledger(store)
     run_name = config.run_name or unique_run_name("score-partitions")
-    mlrun = mlflow.start_run(experiment_id=target.experiment_id, run_name=run_name,
+    mlrun = mlflow.start_run(experiment_id=target.experiment_id, run_name=run_name, log_system_metrics=True,
                              tags={**environment_tags(), "job": "score_partitions"})
     status = "FAILED"
     try:
         result = _run_partitions(config, target, resolved, store, ledger, partitions, mlrun.info.run_id,
                                  run_name, start)
         _log_run(result)
+        _log_scored_inputs(result, partitions)
+        set_description(target, mlrun.info.run_id, _description(result))
         if result.failed:
             mlflow.set_tag("failed_partitions", ", ".join(p.partition for p in result.failed)[:4000])
         else:
@@ -443,6 +446,27 @@ def _log_run(result: RunOutcome) -> None:
                **counts_metrics(counts)}
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
     mlflow.log_dict({"partitions": [asdict(p) for p in result.partitions]}, "partitions.json")
+
+
+def _log_scored_inputs(result: RunOutcome, partitions: list[Partition]) -> None:
+    """Each partition this run scored, as a "scoring" dataset of the run (named by the partition)."""
+    scored = {o.partition for o in result.with_status("scored")}
+    entries = []
+    for partition in partitions:
+        if partition.name in scored:
+            try:
+                entries.append((parquet_summary(partition.uri, name=partition.name), "scoring"))
+            except (OSError, ValueError):  # gone or rewritten since: the manifest has what was read
+                continue
+    log_datasets(entries)
+
+
+def _description(result: RunOutcome) -> str:
+    counts = result.totals()
+    by_status = ", ".join(f"{len(result.with_status(s))} {s}" for s in ("scored", "skipped", "busy", "failed"))
+    return (f"**score_partitions**: `{result.model_name}` version {result.model_version}; "
+            f"{len(result.partitions)} partition(s): {by_status}.\n\n"
+            f"Rows: {counts.rows_in:,} in, {counts.rows_out:,} written, {counts.rows_rejected:,} rejected.")
 
 
 def _print_partition(outcome: PartitionOutcome) -> None:

@@ -350,6 +350,8 @@ def pair_datasets(prepared: PreparedData, data: Seq2SeqData) -> dict[str, Any]:
 
 def prepare(config: Seq2SeqTrainConfig, target: TrackingTarget) -> TrainingPlan:
     from data_pipeline.seq2seq import estimate_batches_per_worker
+    from jobs.common.datasets import parquet_summary
+    from jobs.common.registry import seq2seq_signature
     from jobs.common.seq2seq_pyfunc import TransliterationModel, input_example
 
     prepared = prepare_data(config)
@@ -370,7 +372,9 @@ def prepare(config: Seq2SeqTrainConfig, target: TrackingTarget) -> TrainingPlan:
                 "target_vocab": prepared.model_config.tgt_vocab_size,
                 "polyphonic_chars": len(prepared.polyphonic), "estimated_steps_per_epoch": micro_batches,
                 "decode_max_len": prepared.decode_max_len},
-        dicts={"seq2seq_config.json": prepared.model_config.to_dict()}, baselines=prepared.baselines)
+        dicts={"seq2seq_config.json": prepared.model_config.to_dict()}, baselines=prepared.baselines,
+        signature=seq2seq_signature(),
+        datasets={split: parquet_summary(getattr(config.data, split), prepared.files[split]) for split in SPLITS})
 
 
 def run(config: Seq2SeqTrainConfig) -> TrainingOutcome:

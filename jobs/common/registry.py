@@ -79,18 +79,48 @@ class RegisteredModel:
     model_uri: str
 
 
+def classifier_signature(pair: bool):
+    """``text`` (and ``text_pair`` for a sentence-pair model; optional) -> ``label, label_name, probability``."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, Schema
+
+    inputs = [ColSpec(DataType.string, "text")] + ([ColSpec(DataType.string, "text_pair", required=False)]
+                                                   if pair else [])
+    outputs = [ColSpec(DataType.long, "label"), ColSpec(DataType.string, "label_name"),
+               ColSpec(DataType.double, "probability")]
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
+
+
+def seq2seq_signature():
+    """``source`` -> ``target``, with the optional params ``beam_size`` (1: greedy) and ``max_len`` (0: the model's)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
+
+    return ModelSignature(inputs=Schema([ColSpec(DataType.string, "source")]),
+                          outputs=Schema([ColSpec(DataType.string, "target")]),
+                          params=ParamSchema([ParamSpec("beam_size", DataType.long, 1),
+                                              ParamSpec("max_len", DataType.long, 0)]))
+
+
 def log_and_register(target: TrackingTarget, run_id: str, python_model: mlflow.pyfunc.PythonModel,
                      model_dir: Path, registered_name: str | None, alias: str | None,
-                     input_example: pd.DataFrame | None = None) -> RegisteredModel:
-    """Log ``model_dir`` as the run's model; register it and point ``alias`` at the new version."""
+                     input_example: pd.DataFrame | None = None, signature=None,
+                     version_tags: dict[str, str] | None = None, step: int = 0) -> RegisteredModel:
+    """Log ``model_dir`` as the run's model; register it and point ``alias`` at the new version.
+
+    With ``signature`` given, MLflow does not run the model to infer one (it still loads it once to
+    check the example serves). ``step``: the run's metrics at that step are attached to the logged model.
+    ``version_tags`` go on the new version (data digests, headline metrics, baselines).
+    """
     mlflow.set_tracking_uri(target.tracking_uri)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(name="model", python_model=python_model,
                                        artifacts={MODEL_ARTIFACT: str(model_dir)},
-                                       pip_requirements=project_requirements(), input_example=input_example)
+                                       pip_requirements=project_requirements(), input_example=input_example,
+                                       signature=signature, step=step)
     if not registered_name:
         return RegisteredModel(None, None, None, info.model_uri)
-    version = mlflow.register_model(info.model_uri, registered_name)
+    version = mlflow.register_model(info.model_uri, registered_name, tags=version_tags or None)
     if alias:
         client_for(target).set_registered_model_alias(registered_name, alias, version.version)
     return RegisteredModel(registered_name, str(version.version), alias,

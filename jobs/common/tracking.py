@@ -21,6 +21,14 @@ from jobs.common.redaction import redact_text
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
+# The experiment tag MLflow's UI reads to choose its view; without it an experiment opens in the GenAI view.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+DESCRIPTION_TAG = "mlflow.note.content"  # a run's description (markdown) on its page
+# Seconds between system metric samples (MLflow's own default; MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL
+# overrides it). A run shorter than one interval records none.
+SYSTEM_METRICS_INTERVAL_S = 10
+SYSTEM_METRICS_ENV = ("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
@@ -86,6 +94,8 @@ def prepare_tracking(config: TrackingConfig) -> TrackingTarget:
     experiment = client.get_experiment_by_name(config.experiment)
     if experiment is not None:
         experiment_id = experiment.experiment_id
+        if EXPERIMENT_KIND_TAG not in experiment.tags:  # one made before this tag, or by another tool
+            client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
         wanted = config.artifact_location
         if wanted and experiment.artifact_location.rstrip("/") != wanted.rstrip("/"):
             raise ValueError(f"MLflow experiment {config.experiment!r} keeps its artifacts at "
@@ -97,7 +107,8 @@ def prepare_tracking(config: TrackingConfig) -> TrackingTarget:
         # keep artifacts beside the database, not in the cwd of whoever runs
         if artifact_location is None and uri.startswith("sqlite:///"):
             artifact_location = (Path(uri[len("sqlite:///"):]).parent / DEFAULT_ARTIFACTS).as_uri()
-        experiment_id = client.create_experiment(config.experiment, artifact_location=artifact_location)
+        experiment_id = client.create_experiment(config.experiment, artifact_location=artifact_location,
+                                                 tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
     return TrackingTarget(tracking_uri=uri, experiment_id=experiment_id, registry_uri=uri)
 
 
@@ -123,6 +134,51 @@ def client_for(target: TrackingTarget):
     import mlflow
 
     return mlflow.MlflowClient(target.tracking_uri, target.registry_uri)
+
+
+def start_system_metrics(target: TrackingTarget, run_id: str, node_id: str | None, resume: bool = True):
+    """Sample CPU, memory, disk, network (and GPU where nvidia-ml-py finds one) into the run's ``system/``
+    metrics (``system/<node_id>/...`` with a node id) on a daemon thread; stop it with ``stop_system_metrics``.
+
+    None where it cannot run (psutil missing): system metrics are worth having, not worth failing a job.
+    """
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, resume_logging=resume,
+                                       node_id=node_id, tracking_uri=target.tracking_uri)
+    except Exception as exc:  # ImportError of psutil, or the store not answering
+        import logging
+
+        logging.getLogger(__name__).warning("no system metrics for run %s: %s", run_id, redact_text(str(exc)))
+        return None
+    monitor.start()
+    return monitor
+
+
+def stop_system_metrics(monitor) -> None:
+    """Stop the sampling thread (it wakes at once) and send what it buffered."""
+    if monitor is not None:
+        monitor.finish()
+
+
+def system_metrics_env() -> dict[str, str]:
+    """MLflow's sampling settings from the driver's environment, for workers that do not inherit it."""
+    return {key: os.environ[key] for key in SYSTEM_METRICS_ENV if os.environ.get(key)}
+
+
+def set_description(target: TrackingTarget, run_id: str, markdown: str) -> None:
+    """The run's description (its page's "Description" box): at most MLflow's tag value limit."""
+    client_for(target).set_tag(run_id, DESCRIPTION_TAG, markdown[:8000])
+
+
+def metrics_table(rows: dict[str, dict[str, float]], columns: list[str]) -> str:
+    """A markdown table: one row per model or baseline, one column per metric (blank where absent)."""
+    lines = ["| | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    for title, values in rows.items():
+        cells = [f"{values[c]:.4f}" if c in values else "" for c in columns]
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 class MetricLog:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +18,12 @@ from typing import Any, TypeVar
 
 from data_pipeline.paths import filesystem_for, to_uri
 from jobs.common import config as config_lib
+from jobs.common.datasets import SPLIT_CONTEXTS, DatasetSummary, log_datasets
 from jobs.common.naming import unique_run_name
 from jobs.common.ray_runtime import check_cpu_budget, init_ray
 from jobs.common.redaction import redact_mapping, redact_text
-from jobs.common.tracking import TrackingTarget, client_for, environment_tags, prepare_tracking
+from jobs.common.tracking import (TrackingTarget, client_for, environment_tags, metrics_table, prepare_tracking,
+                                  set_description, start_system_metrics, stop_system_metrics, system_metrics_env)
 from jobs.train.callbacks import STEP_DELAY_ENV
 from jobs.train.checkpoint import EXPORT_DIR
 from jobs.train.data_config import EvalShardingDataConfig
@@ -92,11 +95,13 @@ class TrainingRun:
 
 def open_training_run(target: TrackingTarget, run: RunSettings, prefix: str, tags: dict[str, str],
                       config_dict: dict[str, Any], params: dict[str, Any], dicts: dict[str, Any],
-                      baselines: dict[str, float]) -> TrainingRun:
+                      baselines: dict[str, float],
+                      datasets: list[tuple[DatasetSummary, str]] | None = None) -> TrainingRun:
     """Name the run and start its MLflow run, or find both again when a rerun of that name resumes.
 
-    A new run gets the flattened config and ``params`` as params, ``dicts`` as JSON artifacts
-    and the baselines as metrics; a resumed run already has them (MLflow params are immutable).
+    A new run gets the flattened config and ``params`` as params, ``dicts`` as JSON artifacts,
+    the baselines as metrics and its input datasets; a resumed run already has them (MLflow
+    params are immutable).
     """
     import mlflow
 
@@ -111,6 +116,9 @@ def open_training_run(target: TrackingTarget, run: RunSettings, prefix: str, tag
                 mlflow.log_dict(payload, artifact)
             if baselines:
                 mlflow.log_metrics(baselines)
+            log_datasets(datasets or [])
+        # leaving the block ended the run (FINISHED): it runs until trained, and system metrics stop at an end
+        client_for(target).update_run(run_id, status="RUNNING")
     return TrainingRun(name=name, storage_path=storage_path, mlflow_run_id=run_id)
 
 
@@ -129,7 +137,23 @@ def worker_env() -> dict[str, str]:
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     if os.environ.get(STEP_DELAY_ENV):  # workers of an already running Ray do not see the driver's env
         env[STEP_DELAY_ENV] = os.environ[STEP_DELAY_ENV]
-    return env
+    return {**env, **system_metrics_env()}
+
+
+def monitored_train_worker(spec: WorkerSpec) -> None:
+    """``train_worker``; the first worker of each node samples that node's system metrics into the run
+    (``system/node_<n>/...``) while it trains, and stops sampling however the loop ends."""
+    import ray.train
+
+    context = ray.train.get_context()
+    monitor = None
+    if context.get_local_rank() == 0:
+        monitor = start_system_metrics(spec.context.tracking, spec.context.mlflow_run_id,
+                                       node_id=f"node_{context.get_node_rank()}")
+    try:
+        train_worker(spec)
+    finally:
+        stop_system_metrics(monitor)
 
 
 def make_trainer(spec: WorkerSpec, scaling: ScalingSettings, run: RunSettings, training_run: TrainingRun,
@@ -142,7 +166,7 @@ def make_trainer(spec: WorkerSpec, scaling: ScalingSettings, run: RunSettings, t
     if scaling.use_gpu:
         resources["GPU"] = scaling.gpus_per_worker
     return TorchTrainer(
-        functools.partial(train_worker, spec),  # the typed spec itself, not a string-keyed dict
+        functools.partial(monitored_train_worker, spec),  # the typed spec itself, not a string-keyed dict
         torch_config=TorchConfig(backend=None if scaling.backend == "auto" else scaling.backend),
         scaling_config=ray.train.ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                                resources_per_worker=resources),
@@ -186,27 +210,115 @@ def run_training_job(config: ConfigT, prepare: Callable[[ConfigT, TrackingTarget
     scaling = config.scaling
     check_cpu_budget({"training workers": scaling.num_workers * scaling.cpus_per_worker, **plan.stage_cpus})
     config_dict = config_lib.to_dict(config)
+    datasets = [(summary, SPLIT_CONTEXTS.get(split, split)) for split, summary in plan.datasets.items()]
     training_run = open_training_run(
         target, config.run, plan.run_prefix,
         tags={"num_workers": str(scaling.world_size), "job": plan.job, **plan.tags}, config_dict=config_dict,
         params={**{f"rows_{k}": v for k, v in plan.rows.items()}, **plan.params}, dicts=plan.dicts,
-        baselines=plan.baselines)
+        baselines=plan.baselines, datasets=datasets)
     spec = WorkerSpec(task=plan.task, optim=config.optim, scaling=scaling, config_dict=config_dict,
                       context=training_run.loop_context(target, config.run, plan.micro_batches_per_epoch))
-    result = fit(make_trainer(spec, scaling, config.run, training_run, plan.make_datasets()), target, training_run)
-
-    # The model of the last epoch (the one the test metrics measure) goes to the registry.
-    metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
-    with result.checkpoint.as_directory() as checkpoint_dir:
-        registered = log_and_register(target, training_run.mlflow_run_id, plan.pyfunc_model,
-                                      Path(checkpoint_dir) / EXPORT_DIR, config.tracking.registered_model,
-                                      config.tracking.alias, input_example=plan.input_example)
+    monitor = start_system_metrics(target, training_run.mlflow_run_id, node_id="driver")
+    try:
+        result = fit(make_trainer(spec, scaling, config.run, training_run, plan.make_datasets()), target,
+                     training_run)
+        # The model of the last epoch (the one the test metrics measure) goes to the registry.
+        metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
+        headline = headline_metrics(plan, metrics)
+        with result.checkpoint.as_directory() as checkpoint_dir:
+            registered = log_and_register(
+                target, training_run.mlflow_run_id, plan.pyfunc_model, Path(checkpoint_dir) / EXPORT_DIR,
+                config.tracking.registered_model, config.tracking.alias, input_example=plan.input_example,
+                signature=plan.signature, step=int(metrics.get("step", 0)),
+                version_tags=version_tags(datasets, headline, plan.baselines))
+        log_checkpoint_models(target, training_run, result)
+    finally:
+        stop_system_metrics(monitor)
+    set_description(target, training_run.mlflow_run_id,
+                    training_description(plan, training_run, metrics, registered, datasets))
     client_for(target).set_terminated(training_run.mlflow_run_id)
     return TrainingOutcome(run_id=training_run.mlflow_run_id, metrics={**metrics, **plan.baselines},
                            model_uri=registered.model_uri, registered_name=registered.name,
                            registered_version=registered.version,
                            checkpoint_path=checkpoint_uri(result.checkpoint, training_run.storage_path),
                            run_name=training_run.name, details=plan.dicts)
+
+
+def log_checkpoint_models(target: TrackingTarget, training_run: TrainingRun, result) -> None:
+    """Each kept epoch checkpoint as an MLflow logged model (the run's "Logged models") with that epoch's metrics.
+
+    No weights are uploaded: the model's ``checkpoint`` tag says where Ray Train keeps them (the final
+    epoch's export is the run's registered ``model``). The metrics are the run's own points of that step,
+    re-logged with the model's id as MLflow does for ``log_model(step=...)``.
+    """
+    from mlflow.entities import Metric
+
+    client = client_for(target)
+    run_id = training_run.mlflow_run_id
+    logged = {m.name for m in client.search_logged_models([target.experiment_id],
+                                                          filter_string=f"source_run_id='{run_id}'")}
+    for checkpoint, reported in result.best_checkpoints or []:
+        if "epoch" not in reported or "step" not in reported or f"epoch-{int(reported['epoch'])}" in logged:
+            continue  # a rerun of a finished run: its checkpoints are logged already
+        epoch, step = int(reported["epoch"]), int(reported["step"])
+        model = client.create_logged_model(
+            target.experiment_id, name=f"epoch-{epoch}", source_run_id=run_id, model_type="checkpoint",
+            tags={"checkpoint": redact_text(checkpoint_uri(checkpoint, training_run.storage_path)),
+                  "epoch": str(epoch), "step": str(step)})
+        points = [Metric(m.key, m.value, m.timestamp, m.step, model_id=model.model_id)
+                  for key in reported if isinstance(reported[key], (int, float))
+                  for m in client.get_metric_history(run_id, key) if m.step == step]
+        client.log_batch(run_id, metrics=points)
+        client.finalize_logged_model(model.model_id, "READY")
+
+
+def headline_metrics(plan: TrainingPlan, metrics: dict[str, float]) -> dict[str, float]:
+    """The final model's test metrics the job's task calls headline (loss aside)."""
+    names = [m for m in plan.task.headline_metrics if m != "loss"]
+    return {f"test_{m}": metrics[f"test_{m}"] for m in names if f"test_{m}" in metrics}
+
+
+_BASELINE_KEY = re.compile(r"baseline_(?P<name>.+?)_test_(?P<metric>.+)$")
+
+
+def baselines_by_name(baselines: dict[str, float]) -> dict[str, dict[str, float]]:
+    """``{"char_ngram": {"accuracy": ...}}`` from the flat ``baseline_<name>_test_<metric>`` metrics."""
+    out: dict[str, dict[str, float]] = {}
+    for key, value in baselines.items():
+        match = _BASELINE_KEY.match(key)
+        if match:
+            out.setdefault(match["name"], {})[match["metric"]] = value
+    return out
+
+
+def version_tags(datasets: list[tuple[DatasetSummary, str]], headline: dict[str, float],
+                 baselines: dict[str, float]) -> dict[str, str]:
+    """A registered version's tags: what it was trained and measured on, how it scored, against what bars."""
+    return {**{f"data_digest_{context}": summary.digest for summary, context in datasets},
+            **{key: f"{value:.6g}" for key, value in {**headline, **baselines}.items()}}
+
+
+def training_description(plan: TrainingPlan, training_run: TrainingRun, metrics: dict[str, float],
+                         registered, datasets: list[tuple[DatasetSummary, str]]) -> str:
+    """The run's description (markdown): what was trained on what, and the test split beside the baselines."""
+    from jobs.common.baselines import BASELINES
+
+    titles = {**BASELINES, "char": "per-character reading"}
+    columns = [m for m in plan.task.headline_metrics if m != "loss"]
+    rows = {"**model (this run)**": {m: metrics[f"test_{m}"] for m in columns if f"test_{m}" in metrics}}
+    for name, values in baselines_by_name(plan.baselines).items():
+        rows[f"baseline: {titles.get(name, name)}"] = values
+    lines = [f"**{plan.job}** run `{training_run.name}`: trained {int(metrics.get('epoch', -1)) + 1} epoch(s), "
+             f"{int(metrics.get('step', 0))} optimiser steps.", "",
+             "Data: " + "; ".join(f"{context} `{summary.source}` ({summary.num_rows or 0:,} rows, digest "
+                                  f"`{summary.digest}`)" for summary, context in datasets), "",
+             "Test split, same run:", "", metrics_table(rows, columns), ""]
+    if registered.name:
+        lines.append(f"Registered as `{registered.name}` version {registered.version}"
+                     + (f" (alias `@{registered.alias}`)." if registered.alias else "."))
+    else:
+        lines.append(f"Logged model: `{registered.model_uri}` (not registered).")
+    return "\n".join(lines)
 
 
 def report_header(title: str, outcome: TrainingOutcome, config: TrainingJobConfig) -> None:

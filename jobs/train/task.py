@@ -57,6 +57,8 @@ class TrainingPlan:
     dicts: dict[str, Any] = field(default_factory=dict)  # JSON artifacts of the run
     baselines: dict[str, float] = field(default_factory=dict)  # reference models' metrics, same split
     tags: dict[str, str] = field(default_factory=dict)
+    signature: Any = None  # the registered model's mlflow ModelSignature (None: MLflow infers it from the example)
+    datasets: dict[str, Any] = field(default_factory=dict)  # split -> jobs.common.datasets.DatasetSummary
 
 
 def require_rows(rows: dict[str, int], sources: dict[str, str], world_size: int = 1) -> None:
