@@ -23,7 +23,9 @@ from model_files import write_model_files
 def store(mlflow_uri, tmp_path_factory):
     import mlflow
 
+    # Jobs run by earlier test modules set the process-wide URIs to their own (since stopped) servers.
     mlflow.set_tracking_uri(mlflow_uri)
+    mlflow.set_registry_uri(mlflow_uri)
     root = tmp_path_factory.mktemp("registry-artifacts")
     experiment_id = mlflow.create_experiment("registry-tests", artifact_location=str(root))
     return {"uri": mlflow_uri, "experiment_id": experiment_id,
