@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +21,13 @@ from jobs.common.datasets import SPLIT_CONTEXTS, DatasetSummary, log_datasets
 from jobs.common.naming import unique_run_name
 from jobs.common.ray_runtime import check_cpu_budget, init_ray
 from jobs.common.redaction import redact_mapping, redact_text
-from jobs.common.tracking import (TrackingTarget, client_for, environment_tags, metrics_table, prepare_tracking,
+from jobs.common.tracking import (TrackingTarget, client_for, environment_tags, prepare_tracking,
                                   set_description, start_system_metrics, stop_system_metrics, system_metrics_env)
 from jobs.train.callbacks import STEP_DELAY_ENV
 from jobs.train.checkpoint import EXPORT_DIR
 from jobs.train.data_config import EvalShardingDataConfig
 from jobs.train.loop import LoopContext, WorkerSpec, train_worker
+from jobs.train.run_record import headline_metrics, training_description, version_tags
 from jobs.train.settings import RunSettings, ScalingSettings, TrainingJobConfig
 from jobs.train.task import TrainingPlan
 
@@ -235,7 +235,7 @@ def run_training_job(config: ConfigT, prepare: Callable[[ConfigT, TrackingTarget
     finally:
         stop_system_metrics(monitor)
     set_description(target, training_run.mlflow_run_id,
-                    training_description(plan, training_run, metrics, registered, datasets))
+                    training_description(plan, training_run.name, metrics, registered, datasets))
     client_for(target).set_terminated(training_run.mlflow_run_id)
     return TrainingOutcome(run_id=training_run.mlflow_run_id, metrics={**metrics, **plan.baselines},
                            model_uri=registered.model_uri, registered_name=registered.name,
@@ -270,55 +270,6 @@ def log_checkpoint_models(target: TrackingTarget, training_run: TrainingRun, res
                   for m in client.get_metric_history(run_id, key) if m.step == step]
         client.log_batch(run_id, metrics=points)
         client.finalize_logged_model(model.model_id, "READY")
-
-
-def headline_metrics(plan: TrainingPlan, metrics: dict[str, float]) -> dict[str, float]:
-    """The final model's test metrics the job's task calls headline (loss aside)."""
-    names = [m for m in plan.task.headline_metrics if m != "loss"]
-    return {f"test_{m}": metrics[f"test_{m}"] for m in names if f"test_{m}" in metrics}
-
-
-_BASELINE_KEY = re.compile(r"baseline_(?P<name>.+?)_test_(?P<metric>.+)$")
-
-
-def baselines_by_name(baselines: dict[str, float]) -> dict[str, dict[str, float]]:
-    """``{"char_ngram": {"accuracy": ...}}`` from the flat ``baseline_<name>_test_<metric>`` metrics."""
-    out: dict[str, dict[str, float]] = {}
-    for key, value in baselines.items():
-        match = _BASELINE_KEY.match(key)
-        if match:
-            out.setdefault(match["name"], {})[match["metric"]] = value
-    return out
-
-
-def version_tags(datasets: list[tuple[DatasetSummary, str]], headline: dict[str, float],
-                 baselines: dict[str, float]) -> dict[str, str]:
-    """A registered version's tags: what it was trained and measured on, how it scored, against what bars."""
-    return {**{f"data_digest_{context}": summary.digest for summary, context in datasets},
-            **{key: f"{value:.6g}" for key, value in {**headline, **baselines}.items()}}
-
-
-def training_description(plan: TrainingPlan, training_run: TrainingRun, metrics: dict[str, float],
-                         registered, datasets: list[tuple[DatasetSummary, str]]) -> str:
-    """The run's description (markdown): what was trained on what, and the test split beside the baselines."""
-    from jobs.common.baselines import BASELINES
-
-    titles = {**BASELINES, "char": "per-character reading"}
-    columns = [m for m in plan.task.headline_metrics if m != "loss"]
-    rows = {"**model (this run)**": {m: metrics[f"test_{m}"] for m in columns if f"test_{m}" in metrics}}
-    for name, values in baselines_by_name(plan.baselines).items():
-        rows[f"baseline: {titles.get(name, name)}"] = values
-    lines = [f"**{plan.job}** run `{training_run.name}`: trained {int(metrics.get('epoch', -1)) + 1} epoch(s), "
-             f"{int(metrics.get('step', 0))} optimiser steps.", "",
-             "Data: " + "; ".join(f"{context} `{summary.source}` ({summary.num_rows or 0:,} rows, digest "
-                                  f"`{summary.digest}`)" for summary, context in datasets), "",
-             "Test split, same run:", "", metrics_table(rows, columns), ""]
-    if registered.name:
-        lines.append(f"Registered as `{registered.name}` version {registered.version}"
-                     + (f" (alias `@{registered.alias}`)." if registered.alias else "."))
-    else:
-        lines.append(f"Logged model: `{registered.model_uri}` (not registered).")
-    return "\n".join(lines)
 
 
 def report_header(title: str, outcome: TrainingOutcome, config: TrainingJobConfig) -> None:

@@ -5,7 +5,7 @@ import mlflow
 from jobs.common.datasets import DatasetSummary
 from jobs.common.tracking import (EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND, TrackingConfig, metrics_table,
                                   prepare_tracking)
-from jobs.train.driver import baselines_by_name, version_tags
+from jobs.train.run_record import baselines_by_name, version_tags
 
 
 def test_created_and_existing_experiments_get_the_model_training_kind(tmp_path):
