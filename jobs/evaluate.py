@@ -16,7 +16,6 @@ the model version (tags on both sides).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from jobs.common.baselines import BASELINES
 from jobs.common.naming import unique_run_name
 from jobs.common.ray_runtime import RayConfig, check_cpu_budget, init_ray
 from jobs.common.redaction import redact_mapping, redact_text
-from jobs.common.datasets import input_summary, log_datasets
+from jobs.common.datasets import file_sha256, input_summary, log_datasets
 from jobs.common.tracking import (TrackingConfig, TrackingTarget, client_for, environment_tags, metrics_table,
                                   prepare_tracking, set_description)
 from jobs.evaluation.inputs import EvalRows, LabelledInput, read_classification_rows, read_seq2seq_rows
@@ -68,11 +67,7 @@ class EvaluationOutcome:
 
 
 def file_digest(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
+    return file_sha256(path)[:16]
 
 
 def model_label_names(model: ScoringModel) -> list[str]:

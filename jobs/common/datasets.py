@@ -88,16 +88,21 @@ def parquet_summary(path: str, files: ParquetFiles | None = None, name: str | No
                           num_bytes=size_total, schema=_columns(schema))
 
 
-def file_summary(path: str, num_rows: int | None, columns: list[str] | None = None,
-                 name: str | None = None) -> DatasetSummary:
-    """Describe one local file of another format (CSV, JSON Lines) by a hash of its bytes."""
+def file_sha256(path: str) -> str:
+    """sha256 of a local file's bytes, read in 1 MiB pieces."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_summary(path: str, num_rows: int | None, columns: list[str] | None = None,
+                 name: str | None = None) -> DatasetSummary:
+    """Describe one local file of another format (CSV, JSON Lines) by a hash of its bytes."""
     source = str(Path(path).resolve())
     return DatasetSummary(source=redact_text(source), name=name or _default_name(source),
-                          digest=digest.hexdigest()[:DIGEST_CHARS], num_rows=num_rows, num_files=1,
+                          digest=file_sha256(path)[:DIGEST_CHARS], num_rows=num_rows, num_files=1,
                           num_bytes=os.path.getsize(path), schema=tuple((c, "string") for c in columns or ()))
 
 
