@@ -82,6 +82,11 @@ def score_groups(groups: list[ScoringGroup], outputs: dict[str, str], model: Sco
 
     if model.kind == "seq2seq" and columns.pair is not None:
         raise ScoringError("text_pair_column: a seq2seq model reads one text per row")
+    if model.kind == "seq2seq" and (settings.predictor.quantize != "none" or settings.predictor.compile
+                                    or settings.predictor.forward_batch_tokens):
+        raise ScoringError("predictor.quantize, predictor.compile and predictor.forward_batch_tokens apply to "
+                           "classifiers; a seq2seq model decodes in fp32 (bf16/fp16 on GPU) in forward_batch_size "
+                           "rows")
     start = time.perf_counter()
     stages, predictor = settings.stages, settings.predictor
     common = {"resolved": model.resolved, "tracking_uri": model.tracking_uri, "local_model_dir": model.local_dir}

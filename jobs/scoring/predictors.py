@@ -20,6 +20,7 @@ from data_pipeline.quarantine import GROUP, REJECT_REASON, SCORABLE, SOURCE_FILE
 from data_pipeline.text_limits import cut_texts, max_chars
 from data_pipeline.tokenization import TokenizeBatch, pad_batch
 from jobs.common.registry import ResolvedModel, materialize_model, model_kind
+from jobs.train.distributed import autocast_for
 
 PASS_THROUGH = (SOURCE_FILE, REJECT_REASON, GROUP)  # columns carried from the read stage to the sink
 
@@ -41,7 +42,18 @@ class PredictorSettings:
     # (BENCHMARKS.md, question 4).
     rows_per_call: int = 2048
     forward_batch_size: int = 64  # rows per forward pass, grouped by length
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16/fp16 on GPU
+    # Padded tokens per forward pass (rows x the longest row's tokens), 0 for no cap: with it the
+    # short rows of a length-sorted call go in wide passes and the long ones in narrow ones, so a
+    # GPU gets passes of about one size (forward_batch_size still caps the rows).
+    forward_batch_tokens: int = 0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16/fp16 on GPU actors only (num_gpus > 0)
+    # dynamic_int8: the Linear layers' weights stored in int8, activations quantized per pass
+    # (torch.ao.quantization.quantize_dynamic); embeddings, layer norms and attention stay fp32.
+    # CPU actors in fp32 only. Classifiers only.
+    quantize: Literal["none", "dynamic_int8"] = "none"
+    # torch.compile the model in each actor, with dynamic shapes (passes vary in length). Classifiers
+    # only. Off by default: on 2 CPU cores it did not pay (README, BENCHMARKS.md question 4).
+    compile: bool = False
     beam_size: int = 1  # seq2seq models: 1 decodes greedily, more runs beam search
     torch_threads: int = 1
     # Tokenize inside the predictor actors instead of a separate tokenizer stage: one actor
@@ -49,6 +61,54 @@ class PredictorSettings:
     # off on GPUs, where tokenizing in the actor would leave the GPU idle.
     tokenize_in_actor: bool = False
 
+    def __post_init__(self) -> None:
+        if self.precision != "fp32" and self.num_gpus <= 0:
+            raise ValueError(f"precision {self.precision} is a GPU setting (num_gpus > 0); CPU actors stay fp32")
+        if self.quantize != "none" and (self.num_gpus > 0 or self.precision != "fp32"):
+            raise ValueError(f"quantize {self.quantize} is for CPU actors in fp32: set num_gpus: 0 and "
+                             "precision: fp32 (on GPUs use precision bf16 or fp16)")
+        if self.forward_batch_tokens < 0:
+            raise ValueError("forward_batch_tokens must be >= 0 (0: no cap)")
+
+
+def forward_passes(sorted_tokens: np.ndarray, max_rows: int, max_tokens: int = 0) -> list[slice]:
+    """Cut rows sorted by ascending length into forward passes of at most ``max_rows`` rows and, when
+    ``max_tokens`` > 0, at most that many padded tokens (rows x the pass's longest row); a row longer
+    than the budget goes alone."""
+    passes, start, n = [], 0, len(sorted_tokens)
+    while start < n:
+        stop = start + 1
+        while (stop < n and stop - start < max_rows
+               and (not max_tokens or (stop - start + 1) * int(sorted_tokens[stop]) <= max_tokens)):
+            stop += 1
+        passes.append(slice(start, stop))
+        start = stop
+    return passes
+
+
+def quantize_dynamic_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """The model with its Linear layers' weights in int8, activations quantized on the fly (CPU)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        # torch 2.13 flags all of torch.ao.quantization as deprecated in favour of torchao (not a
+        # dependency here); the eager dynamic path still works, and the notice, repeated by every
+        # actor, tells a user of the job nothing they can act on.
+        warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated",
+                                category=DeprecationWarning)
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def prepare_classifier(model: torch.nn.Module, settings: PredictorSettings, device: torch.device) -> torch.nn.Module:
+    """The loaded classifier as the settings ask: on its device, in eval mode, half, int8 or compiled."""
+    model = model.eval().to(device)
+    if device.type == "cuda" and settings.precision in ("fp16", "bf16"):
+        model = model.to(torch.float16 if settings.precision == "fp16" else torch.bfloat16)
+    if settings.quantize == "dynamic_int8":
+        model = quantize_dynamic_int8(model)
+    if settings.compile:
+        model = torch.compile(model, dynamic=True)  # passes vary in length and row count
+    return model
 
 class ClassifierPredictor:
     def __init__(self, resolved: ResolvedModel, tracking_uri: str | None, settings: PredictorSettings,
@@ -58,12 +118,11 @@ class ClassifierPredictor:
         torch.set_num_threads(settings.torch_threads)
         self.device = torch.device("cuda" if settings.num_gpus > 0 and torch.cuda.is_available() else "cpu")
         loaded = load_classifier(model_dir_on_node(resolved, tracking_uri, local_model_dir))
-        self.model = loaded.model.eval().to(self.device)
-        if self.device.type == "cuda" and settings.precision in ("fp16", "bf16"):
-            self.model = self.model.to(torch.float16 if settings.precision == "fp16" else torch.bfloat16)
+        self.model = prepare_classifier(loaded.model, settings, self.device)
         self.label_names = np.array(loaded.label_names, dtype=object)
         self.pad_id = loaded.tokenizer.pad_token_id
         self.forward_batch_size = settings.forward_batch_size
+        self.forward_batch_tokens = settings.forward_batch_tokens
         self.lineage = {"model_name": resolved.name, "model_version": resolved.version,
                         "model_run_id": resolved.run_id}
 
@@ -77,8 +136,8 @@ class ClassifierPredictor:
         labels = np.full(n, -1, dtype=np.int64)  # -1 / NaN / None on rejected rows, which the sink drops
         probs = np.full(n, np.nan, dtype=np.float32)
         with torch.inference_mode():
-            for start in range(0, len(order), self.forward_batch_size):
-                rows = order[start:start + self.forward_batch_size]
+            for cut in forward_passes(batch["num_tokens"][order], self.forward_batch_size, self.forward_batch_tokens):
+                rows = order[cut]
                 padded = pad_batch({key: batch[key][rows] for key in ("input_ids", "token_type_ids") if key in batch},
                                    self.pad_id, label_column=None)
                 token_types = padded.get("token_type_ids")
@@ -154,6 +213,10 @@ class Seq2SeqPredictor:
         torch.set_num_threads(settings.torch_threads)
         device = "cuda" if settings.num_gpus > 0 and torch.cuda.is_available() else "cpu"
         self.loaded = load_seq2seq(model_dir_on_node(resolved, tracking_uri, local_model_dir), device)
+        # Half precision by autocast, as training does: the weights stay fp32, and the decoder's masks
+        # and scores (-inf fills, log-softmax over the vocabulary) are kept in fp32 where autocast says so.
+        self.precision = settings.precision if device == "cuda" else "fp32"
+        self.device = torch.device(device)
         self.text_column = text_column
         self.max_new_tokens = max_length
         self.beam_size = settings.beam_size
@@ -170,8 +233,9 @@ class Seq2SeqPredictor:
         texts = batch.column(self.text_column).to_pylist()
         texts, cut = cut_texts([texts[i] for i in todo], max_chars(self.loaded.config.max_len))
         encoded = encode_source_ids(self.loaded, texts)
-        outputs = generate_from_ids(self.loaded, encoded, beam_size=self.beam_size, max_len=self.max_new_tokens,
-                                    batch_size=self.forward_batch_size)
+        with autocast_for(self.precision, self.device):
+            outputs = generate_from_ids(self.loaded, encoded, beam_size=self.beam_size,
+                                        max_len=self.max_new_tokens, batch_size=self.forward_batch_size)
         generated = np.full(n, None, dtype=object)
         generated[todo] = [" ".join(tokens) for tokens in outputs]
         truncated = np.zeros(n, dtype=bool)

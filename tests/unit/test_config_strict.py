@@ -99,7 +99,7 @@ def test_fixed_value_settings_name_the_key_and_the_allowed_values(tmp_path, cls,
 
 
 def test_the_allowed_values_load(tmp_path):
-    cfg = load(BatchInferConfig, None, ["sink.compression=none", "predictor.precision=fp16"])
+    cfg = load(BatchInferConfig, None, ["sink.compression=none", "predictor.precision=fp16", "predictor.num_gpus=1"])
     assert cfg.sink.compression == "none" and cfg.predictor.precision == "fp16"
 
 
