@@ -122,7 +122,8 @@ def run_fingerprint(config: BatchInferConfig, model: ScoringModel) -> dict:
                       "run_id": resolved.run_id, "kind": model.kind},
             "settings": {"max_length": config.max_length, "text_column": config.text_column,
                          "text_pair_column": config.text_pair_column, "id_column": config.id_column,
-                         "precision": config.predictor.precision, "beam_size": config.predictor.beam_size}}
+                         "precision": config.predictor.precision, "quantize": config.predictor.quantize,
+                         "beam_size": config.predictor.beam_size}}
 
 
 def _run(config: BatchInferConfig, run_name: str, staging: RunStaging) -> ScoringOutcome:

@@ -91,11 +91,14 @@ def quantize_dynamic_int8(model: torch.nn.Module) -> torch.nn.Module:
     import warnings
 
     with warnings.catch_warnings():
-        # torch 2.13 flags all of torch.ao.quantization as deprecated in favour of torchao (not a
-        # dependency here); the eager dynamic path still works, and the notice, repeated by every
-        # actor, tells a user of the job nothing they can act on.
+        # torch 2.13 flags all of torch.ao.quantization and its quantized tensors as deprecated in
+        # favour of torchao (not a dependency here; the migration path when torch drops this); the
+        # eager dynamic path still works, and the notice, repeated by every actor, tells a user of
+        # the job nothing they can act on.
         warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated",
                                 category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel",
+                                category=UserWarning)  # the same notice, from the int8 weights' creation
         return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 

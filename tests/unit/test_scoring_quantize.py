@@ -1,8 +1,9 @@
-"""The predictor's int8, compiled and token-budget paths against the fp32 one, and their config checks (no Ray).
+"""The predictor's int8 and token-budget paths against the fp32 one, and their config checks (no Ray).
 
 The model is the tiny BERT (configs/model/bert-debug.json) trained for a few steps to tell two
 word lists apart, so its labels carry a margin: on a random model every probability sits near 0.5
-and any rounding flips labels, which would test nothing.
+and any rounding flips labels, which would test nothing. The compiled path (~45 s of inductor
+compilation on 2 cores) is tested in tests/integration/test_scoring_quantized.py.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def test_the_int8_predictor_agrees_with_fp32_and_quantizes_only_the_linear_layer
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         int8 = score(model_dir, texts, quantize="dynamic_int8")
-    assert not [w for w in caught if "torch.ao.quantization" in str(w.message)]  # the notice is silenced
+    assert not [str(w.message) for w in caught if "quantiz" in str(w.message)]  # the notices are silenced
     assert (int8["label"] == fp32["label"]).mean() >= MIN_LABEL_AGREEMENT
     assert np.abs(int8["probability"] - fp32["probability"]).max() <= MAX_PROBABILITY_DIFF
     model = int8["model"]
@@ -93,15 +94,6 @@ def test_the_int8_predictor_agrees_with_fp32_and_quantizes_only_the_linear_layer
     assert isinstance(model.classifier, torch.ao.nn.quantized.dynamic.Linear)
     assert model.bert.embeddings.word_embeddings.weight.dtype == torch.float32  # embeddings stay fp32
     assert not any(isinstance(m, torch.nn.Linear) and type(m) is torch.nn.Linear for m in model.modules())
-
-
-def test_the_compiled_predictor_gives_the_eager_predictions(model_dir):
-    texts, _ = reviews(200, seed=3)  # varying lengths: passes of several shapes through one compiled model
-    eager = score(model_dir, texts, forward_batch_size=16)
-    compiled = score(model_dir, texts, forward_batch_size=16, compile=True)
-    assert compiled["model"] is not None and hasattr(compiled["model"], "_orig_mod")  # it was compiled
-    assert compiled["label"].tolist() == eager["label"].tolist()
-    np.testing.assert_allclose(compiled["probability"], eager["probability"], atol=1e-4)
 
 
 def test_the_classifier_uses_the_fused_attention_kernel(model_dir):
@@ -186,7 +178,8 @@ def test_the_seq2seq_predictor_decodes_under_bf16_autocast_on_gpu(tmp_path):
     from model.seq2seq_io import save_seq2seq
     from model.transformer import Seq2SeqConfig, Seq2SeqTransformer
 
-    source, target = train_source_tokenizer(["银行行长", "还行"]), train_target_tokenizer(["yin2 hang2", "hai2 xing2"])
+    source = train_source_tokenizer(["银行行长", "还行"])
+    target = train_target_tokenizer(["yin2 hang2", "hai2 xing2"])
     cfg = Seq2SeqConfig(src_vocab_size=source.get_vocab_size(), tgt_vocab_size=target.get_vocab_size(),
                         d_model=16, n_heads=2, d_ff=32, n_encoder_layers=1, n_decoder_layers=1, max_len=16)
     torch.manual_seed(0)
