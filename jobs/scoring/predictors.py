@@ -113,6 +113,7 @@ def prepare_classifier(model: torch.nn.Module, settings: PredictorSettings, devi
         model = torch.compile(model, dynamic=True)  # passes vary in length and row count
     return model
 
+
 class ClassifierPredictor:
     def __init__(self, resolved: ResolvedModel, tracking_uri: str | None, settings: PredictorSettings,
                  local_model_dir: str | None = None):
