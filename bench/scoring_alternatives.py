@@ -251,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         args.rows, args.finetune_steps = 2_000, 20
     work = Path(args.work_dir)
     bench_env(work)
-    folder = repeated_corpus(work, args.rows, 10_000)
+    # at least two files: the reader makes a block per file here, and one block feeds one of the two actors
+    folder = repeated_corpus(work, args.rows, min(10_000, -(-args.rows // 2)))
     model_dir = minirbt_dir(work).resolve()
     if args.child == "accuracy":
         Path(args.child_out).write_text(json.dumps(int8_accuracy(work, args.finetune_steps, args.max_length,
@@ -301,8 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         flops, pad = job_forward_flops(folder, model_dir, args.max_length, predictor.rows_per_call,
                                        predictor.forward_batch_size)
         torch.set_num_threads(cores)
-        peak = result.figure(f"float32 matmul peak, {cores} threads (2048^2 torch.mm)", "GFLOP/s",
-                             [v / 1e9 for v in matmul_peak(2048 if args.quick else 4096, args.repeats)])
+        n = 2048 if args.quick else 4096
+        peak = result.figure(f"float32 matmul peak, {cores} threads ({n}^2 torch.mm)", "GFLOP/s",
+                             [v / 1e9 for v in matmul_peak(n, args.repeats)])
         result.notes.append(f"Forward FLOPs of the {args.rows:,} rows as the job's predictor pads them "
                             f"({predictor.rows_per_call}-row calls sorted by length, {predictor.forward_batch_size} "
                             f"rows a pass; {pad:.2f}x the real tokens): {flops / 1e9:,.0f} GFLOP.")
