@@ -52,7 +52,7 @@ class PredictorSettings:
     # CPU actors in fp32 only. Classifiers only.
     quantize: Literal["none", "dynamic_int8"] = "none"
     # torch.compile the model in each actor, with dynamic shapes (passes vary in length). Classifiers
-    # only. Off by default: on 2 CPU cores it did not pay (README, BENCHMARKS.md question 4).
+    # only. Off by default: on 2 CPU cores it did not pay (BENCHMARKS.md, question 4b).
     compile: bool = False
     beam_size: int = 1  # seq2seq models: 1 decodes greedily, more runs beam search
     torch_threads: int = 1
