@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--precision bf16/fp16 is a GPU setting (the jobs refuse it on CPU)")
     if args.quick:
         args.rows = 256
-    work = Path(args.work_dir)
+    work = Path(args.work_dir).resolve()  # the Ray Train worker writes its step log there from another directory
     bench_env(work)
     cores = len(os.sched_getaffinity(0))
     threads = args.threads or cores

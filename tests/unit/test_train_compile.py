@@ -90,3 +90,11 @@ def test_unwrap_sees_through_ddp_and_compile_wrappers():
 
     assert unwrap(FakeDDP(model)) is model
     assert unwrap(torch.compile(FakeDDP(model))) is model
+
+
+def test_the_run_records_the_device_it_trained_on():
+    from jobs.train.loop import device_tags
+
+    tags = device_tags(torch.device("cpu"), OptimSettings(compile=True), world_size=2)
+    assert tags == {"train_device": "cpu", "train_device_name": "cpu", "train_precision": "fp32",
+                    "train_compile": "true", "train_world_size": "2"}
