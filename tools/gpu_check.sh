@@ -124,9 +124,11 @@ if [ "$DRY" = 1 ]; then
     TRAIN_ARGS=(--rows 64 --repeats 2 --batch-size 16 --paths plain1c ray1)  # compile once, the job once
     CAPS=(150 150 400 200)
 else
-    FLOPS_ARGS=(--repeats 3 --steps 10); SCORE_ARGS=(--rows 200000 --repeats 2)
-    TRAIN_ARGS=(--rows 8192 --repeats 3 --batch-size 64 --paths plain1 plain1c ray1 ray1c)
-    CAPS=(60 240 100 70)
+    # estimated on one H100 and 16 cores: flops 20 s, pytest 3-4 min (five Ray Train runs, one compiled),
+    # train 1.5 min (compiling MiniRBT about 40 s), scoring 1 min; each killed at its cap, the summary kept
+    FLOPS_ARGS=(--repeats 3 --steps 10); SCORE_ARGS=(--rows 40000 --repeats 2)
+    TRAIN_ARGS=(--rows 8192 --repeats 3 --batch-size 64 --paths plain1 plain1c ray1)
+    CAPS=(45 240 110 75)
 fi
 
 # 1. MFU: needs only torch and transformers (the seq2seq model is skipped, with a note, without pypinyin).
