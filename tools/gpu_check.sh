@@ -94,9 +94,10 @@ if [ "$DRY" != 1 ] && [ "$CUDA" != 1 ]; then
 fi
 if [ "$DRY" = 1 ]; then DEVICE=cpu; PRECISION=fp32; else DEVICE=cuda; PRECISION=bf16; fi
 
-# run_stage NAME CAP_S MODULES... -- COMMAND...: skipped when a module is missing, killed at its cap or the budget
+# run_stage NAME CAP_S LOG MODULES... -- COMMAND...: output appended to LOG; skipped when a module is missing,
+# killed at its cap or when the budget runs out
 run_stage() {
-    local name=$1 cap=$2; shift 2
+    local name=$1 cap=$2 log=$3; shift 3
     local needs=()
     while [ "$1" != "--" ]; do needs+=("$1"); shift; done
     shift
@@ -107,7 +108,7 @@ run_stage() {
     if [ "$limit" -lt 20 ]; then record "$name" skipped 0 "out of time (${remaining}s left)"; return; fi
     say "$name: $* (limit ${limit}s)"
     local t0=$(date +%s) rc
-    timeout --kill-after=10 "$limit" "$@"
+    timeout --kill-after=10 "$limit" "$@" >>"$log" 2>&1
     rc=$?
     local took=$(($(date +%s) - t0)) note=""
     [ "$name" = pytest ] && note=$(grep -E '(passed|failed|skipped|error)' "$OUT/pytest.log" | tail -1 | tr -d '=|')
@@ -132,18 +133,17 @@ else
 fi
 
 # 1. MFU: needs only torch and transformers (the seq2seq model is skipped, with a note, without pypinyin).
-run_stage flops "${CAPS[0]}" torch transformers -- "$PY" -m bench.model_flops --device "$DEVICE" --precision "$PRECISION" \
-    --work-dir "$WORK/bench" --json "$OUT/flops.json" "${FLOPS_ARGS[@]}" >>"$OUT/bench.log" 2>&1
+run_stage flops "${CAPS[0]}" "$OUT/bench.log" torch transformers -- "$PY" -m bench.model_flops --device "$DEVICE" \
+    --precision "$PRECISION" --work-dir "$WORK/bench" --json "$OUT/flops.json" "${FLOPS_ARGS[@]}"
 # 2. The GPU test set: correctness first, the larger part of the budget.
-run_stage pytest "${CAPS[1]}" "${JOB_STACK[@]}" pytest -- "$PY" -m pytest -v -rs -m gpu tests/gpu -p no:cacheprovider \
-    --junitxml "$OUT/pytest.xml" --basetemp "$WORK/pytest" >"$OUT/pytest.log" 2>&1
+run_stage pytest "${CAPS[1]}" "$OUT/pytest.log" "${JOB_STACK[@]}" pytest -- "$PY" -m pytest -v -rs -m gpu tests/gpu \
+    -p no:cacheprovider --junitxml "$OUT/pytest.xml" --basetemp "$WORK/pytest"
 # 3. Fine-tuning samples/s, eager and compiled, plain loop and the Ray Train job (plus their start-up).
-run_stage train "${CAPS[2]}" "${JOB_STACK[@]}" -- "$PY" -m bench.train_throughput --device "$DEVICE" \
-    --precision "$PRECISION" --work-dir "$WORK/bench" --json "$OUT/train.json" "${TRAIN_ARGS[@]}" \
-    >>"$OUT/bench.log" 2>&1
+run_stage train "${CAPS[2]}" "$OUT/bench.log" "${JOB_STACK[@]}" -- "$PY" -m bench.train_throughput --device "$DEVICE" \
+    --precision "$PRECISION" --work-dir "$WORK/bench" --json "$OUT/train.json" "${TRAIN_ARGS[@]}"
 # 4. Scoring rows/s: the job against a hand loop, fp32 and bf16.
-run_stage scoring "${CAPS[3]}" "${JOB_STACK[@]}" -- "$PY" -m bench.scoring_gpu --device "$DEVICE" \
-    --work-dir "$WORK/bench" --json "$OUT/scoring.json" "${SCORE_ARGS[@]}" >>"$OUT/bench.log" 2>&1
+run_stage scoring "${CAPS[3]}" "$OUT/bench.log" "${JOB_STACK[@]}" -- "$PY" -m bench.scoring_gpu --device "$DEVICE" \
+    --work-dir "$WORK/bench" --json "$OUT/scoring.json" "${SCORE_ARGS[@]}"
 
 write_summary
 say "done in $(($(date +%s) - START))s; summary: $OUT/summary.json"
