@@ -69,9 +69,12 @@ except ImportError:
     env.update(torch_cuda=None, cuda_available=False, gpus=[])
 json.dump(env, open(sys.argv[1], "w"), indent=1)
 PYTHON
-read -r CUDA GPUS <<<"$("$PY" -c "import json,sys; e=json.load(open(sys.argv[1])); print(int(e['cuda_available']), len(e['gpus']))" "$OUT/env.json")"
-has() { "$PY" -c "import json,sys; m=json.load(open(sys.argv[1]))['modules']; sys.exit(0 if all(m.get(n) for n in sys.argv[2:]) else 1)" "$OUT/env.json" "$@"; }
-missing() { "$PY" -c "import json,sys; m=json.load(open(sys.argv[1]))['modules']; print(' '.join(n for n in sys.argv[2:] if not m.get(n)))" "$OUT/env.json" "$@"; }
+env_py() {  # a one-liner over env.json: e is the whole, m its modules, sys.argv[2:] the arguments
+    "$PY" -c "import json, sys; e = json.load(open(sys.argv[1])); m = e['modules']; $1" "$OUT/env.json" "${@:2}"
+}
+read -r CUDA GPUS <<<"$(env_py "print(int(e['cuda_available']), len(e['gpus']))")"
+has() { env_py "sys.exit(0 if all(m.get(n) for n in sys.argv[2:]) else 1)" "$@"; }
+missing() { env_py "print(' '.join(n for n in sys.argv[2:] if not m.get(n)))" "$@"; }
 
 STAGES=()  # name|status|seconds|note, for summary.json
 record() { STAGES+=("$1|$2|$3|$4"); say "$1: $2 (${3}s) $4"; }
@@ -147,7 +150,9 @@ run_stage scoring "${CAPS[3]}" "$OUT/bench.log" "${JOB_STACK[@]}" -- "$PY" -m be
 
 write_summary
 say "done in $(($(date +%s) - START))s; summary: $OUT/summary.json"
-"$PY" -c "import json,sys; [print(f\"  {s['stage']:8s} {s['status']:10s} {s['seconds']:>4s}s  {s['note']}\") for s in json.load(open(sys.argv[1]))['stages']]" "$OUT/summary.json"
+"$PY" -c "import json, sys
+for s in json.load(open(sys.argv[1]))['stages']:
+    print(f\"  {s['stage']:8s} {s['status']:10s} {s['seconds']:>4s}s  {s['note']}\")" "$OUT/summary.json"
 STATUSES=$(printf '%s\n' "${STAGES[@]}" | cut -d'|' -f2)
 if grep -qE '^(failed|timed-out)$' <<<"$STATUSES"; then exit 1; fi
 if grep -q '^skipped$' <<<"$STATUSES"; then exit 2; fi
