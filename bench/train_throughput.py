@@ -2,6 +2,8 @@
 
     python -m bench.train_throughput                # 768 train rows, 3 epochs per run
     python -m bench.train_throughput --quick        # 256 rows (smoke run)
+    python -m bench.train_throughput --device cuda --precision bf16 --rows 8192 --batch-size 64 \
+        --paths plain1 plain1c ray1 ray1c          # one GPU (tools/gpu_check.sh)
 
 Same model (MiniRBT-H256, random init, configs/model/minirbt-h256.json), same rows, batch 32 per
 worker, max_length 128, AdamW (``jobs.train.loop.build_optimizer``) with linear warm-up/decay and
@@ -13,6 +15,9 @@ gradient clipping at 1.0, length-grouped dynamic padding (16 batches sorted by l
   ``TorchTrainer``, the shared loop, per-epoch evaluation on a 64-row split, checkpoints, MLflow),
   one worker with ``--threads`` threads, one worker with one thread, two workers with one thread each;
 * Hugging Face ``Trainer`` on one process (``--threads`` threads, ``train_sampling_strategy="group_by_length"``);
+* compiled: the plain one-process loop and the one-worker job again with ``torch.compile`` (the job's
+  ``optim.compile``: the model compiled in place before DDP would wrap it); the first epoch pays the
+  compilation, the steady rate is the median epoch and the wall time shows the cost;
 * controls: the plain one-process loop and plain DDP again, in fresh processes, beside the idle
   Ray left by the Ray Train runs (the other plain paths run before Ray starts): Ray's own
   processes share the cores, and on a small machine that alone slows a step whose threads or
@@ -56,6 +61,9 @@ class TrainSpec:
     length_grouping: int = 16
     threads: int = 1
     seed: int = 0
+    device: str = "cpu"  # cpu | cuda (plain and one-worker paths)
+    precision: str = "fp32"  # bf16/fp16 autocast, GPU only (the jobs' optim.precision)
+    compile: bool = False  # torch.compile the model (the jobs' optim.compile)
 
 
 # --------------------------------------------------------------------------- step logs
@@ -166,7 +174,7 @@ def plain_worker(rank: int, world: int, spec: TrainSpec, port: int, log_dir: str
 
     from data_pipeline.tokenization import PadCollate
     from data_pipeline.batching import length_grouped
-    from jobs.train.distributed import seed_everything
+    from jobs.train.distributed import autocast_for, compile_in_place, seed_everything
     from jobs.train.optimizer import build_optimizer
     from jobs.train.settings import OptimSettings
     from model.classifier import load_classifier
@@ -177,7 +185,10 @@ def plain_worker(rank: int, world: int, spec: TrainSpec, port: int, log_dir: str
                                              world_size=world)
     tokenizer, rows = tokenized_rows(spec, rank, world)
     seed_everything(spec.seed)
-    model = load_classifier(spec.model_dir, LABELS).model
+    device = torch.device(spec.device)
+    model = load_classifier(spec.model_dir, LABELS).model.to(device)
+    if spec.compile:
+        model = compile_in_place(model)
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)
     model.train()
@@ -194,13 +205,16 @@ def plain_worker(rank: int, world: int, spec: TrainSpec, port: int, log_dir: str
             chunks = ({k: v[order[i:i + window]] for k, v in rows.items()} for i in range(0, len(order), window))
             for batch in length_grouped(chunks, spec.batch_size, collate, rng):
                 write_event(handle, epoch, "step", int(batch["labels"].shape[0]), int(batch["attention_mask"].sum()))
-                out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                            labels=batch["labels"])
+                with autocast_for(spec.precision, device):
+                    out = model(input_ids=batch["input_ids"].to(device),
+                                attention_mask=batch["attention_mask"].to(device), labels=batch["labels"].to(device))
                 out.loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # the epoch ends when its kernels have run, not when queued
             write_event(handle, epoch, "end")
     if world > 1:
         torch.distributed.destroy_process_group()
@@ -276,8 +290,9 @@ def run_ray_train(spec: TrainSpec, workers: int, threads: int, work: Path, log_d
         model=ClassifierModel(name_or_path=spec.model_dir),
         optim=ClassifierOptim(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr,
                               warmup_ratio=spec.warmup_ratio, length_grouping=spec.length_grouping, seed=spec.seed,
-                              log_every_steps=10),
-        scaling=ScalingSettings(num_workers=workers, cpus_per_worker=0.5, torch_threads=threads),
+                              log_every_steps=10, compile=spec.compile, precision=spec.precision),
+        scaling=ScalingSettings(num_workers=workers, cpus_per_worker=0.5, torch_threads=threads,
+                                use_gpu=spec.device == "cuda"),
         run=RunSettings(storage_path=str(work / "ray-train"), checkpoint_metric="val_accuracy",
                         checkpoint_mode="max", keep_checkpoints=1),
         tracking=TrackingConfig(experiment="bench-training"), baselines=False)
@@ -297,8 +312,22 @@ def run_ray_train(spec: TrainSpec, workers: int, threads: int, work: Path, log_d
 # served the Ray Train runs, which separates what Ray's mere presence costs from Ray Train's own cost.
 # The "x1" pair leaves a core to spare on 2 cores (one thread, one process or worker): there Ray's
 # own processes do not take time from the training step.
-PATHS = ("plain1", "plain1x1", "plain2", "hf", "ray1", "ray1x1", "ray2", "plain1_ray_idle", "plain2_ray_idle")
-RAY_PATHS = ("ray1", "ray1x1", "ray2", "plain1_ray_idle", "plain2_ray_idle")  # run with Ray started
+PATHS = ("plain1", "plain1c", "plain1x1", "plain2", "hf", "ray1", "ray1c", "ray1x1", "ray2", "plain1_ray_idle",
+         "plain2_ray_idle")
+RAY_PATHS = ("ray1", "ray1c", "ray1x1", "ray2", "plain1_ray_idle", "plain2_ray_idle")  # run with Ray started
+GPU_PATHS = ("plain1", "plain1c", "ray1", "ray1c")  # the paths --device cuda runs (one process, one GPU)
+
+
+def gpus_for(device: str) -> int | None:
+    import torch
+
+    return torch.cuda.device_count() if device == "cuda" else None  # None: Ray's own detection
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
 
 
 def subset(work: Path, rows: int) -> tuple[str, str]:
@@ -321,17 +350,27 @@ def main(argv: list[str] | None = None) -> int:
     common_args(parser, repeats=3)
     parser.add_argument("--rows", type=int, default=768, help="train rows (all paths see the same rows)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads of one process (default: cores)")
-    parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS))
+    parser.add_argument("--paths", nargs="+", default=None, choices=list(PATHS),
+                        help=f"default: all on CPU, {' '.join(GPU_PATHS)} on cuda")
+    parser.add_argument("--batch-size", type=int, default=32, help="rows per step and worker")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                        help="autocast dtype (the jobs' optim.precision); bf16/fp16 need --device cuda")
     args = parser.parse_args(argv)
+    args.paths = args.paths or list(GPU_PATHS if args.device == "cuda" else PATHS)
+    if args.device == "cuda" and set(args.paths) - set(GPU_PATHS):
+        parser.error(f"--device cuda runs {', '.join(GPU_PATHS)} only")
+    if args.precision != "fp32" and args.device != "cuda":
+        parser.error("--precision bf16/fp16 is a GPU setting (the jobs refuse it on CPU)")
     if args.quick:
         args.rows = 256
-    work = Path(args.work_dir)
+    work = Path(args.work_dir).resolve()  # the Ray Train worker writes its step log there from another directory
     bench_env(work)
     cores = len(os.sched_getaffinity(0))
     threads = args.threads or cores
     train_file, tiny = subset(work, args.rows)
     spec = TrainSpec(model_dir=str(minirbt_dir(work).resolve()), train_file=train_file, epochs=args.repeats,
-                     threads=threads)
+                     threads=threads, batch_size=args.batch_size, device=args.device, precision=args.precision)
     ray_started = None
 
     measured: dict[str, tuple[EpochRates, float]] = {}
@@ -340,10 +379,15 @@ def main(argv: list[str] | None = None) -> int:
         if path in RAY_PATHS and ray_started is None:
             import ray
 
-            ray_started, _ = timed(lambda: ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False))
+            ray_started, _ = timed(lambda: ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False,
+                                                    num_gpus=gpus_for(args.device)))
         start = time.time()
         if path == "plain1":
             run_plain(spec, 1, log_dir)
+        elif path == "plain1c":
+            run_plain(replace(spec, compile=True), 1, log_dir)
+        elif path == "ray1c":
+            run_ray_train(replace(spec, compile=True), 1, threads, work, log_dir, tiny)
         elif path == "plain1x1":
             run_plain(replace(spec, threads=1), 1, log_dir)
         elif path == "plain1_ray_idle":  # a spawned process: the driver is connected to Ray, it is not
@@ -367,7 +411,10 @@ def main(argv: list[str] | None = None) -> int:
     if ray_started is not None:
         ray.shutdown()
 
+    on = f" on {device_name(args.device)}, {args.precision}" if args.device == "cuda" else ""
     labels = {"plain1": f"plain PyTorch loop, 1 process x {threads} threads",
+              "plain1c": f"plain PyTorch loop, torch.compile, 1 process x {threads} threads",
+              "ray1c": f"Ray Train job, optim.compile, 1 worker x {threads} threads",
               "ray1": f"Ray Train job, 1 worker x {threads} threads",
               "plain1x1": "plain PyTorch loop, 1 process x 1 thread",
               "ray1x1": "Ray Train job, 1 worker x 1 thread",
@@ -376,9 +423,11 @@ def main(argv: list[str] | None = None) -> int:
               "hf": f"Hugging Face Trainer, 1 process x {threads} threads",
               "plain1_ray_idle": f"plain PyTorch loop, 1 process x {threads} threads, beside an idle Ray",
               "plain2_ray_idle": "plain PyTorch DDP, 2 processes x 1 thread (gloo), beside an idle Ray"}
+    labels = {key: label + on for key, label in labels.items()}
     result = Result(
-        question="2. Training (MiniRBT-H256 fine-tuning)",
-        setup=(f"{args.rows:,} train rows, batch 32 per worker, max_length 128, length-grouped dynamic padding, "
+        question="2. Training (MiniRBT-H256 fine-tuning)" + (f", {device_name(args.device)}" if on else ""),
+        setup=(f"{args.rows:,} train rows, batch {args.batch_size} per worker, max_length 128, "
+               f"{args.device}, {args.precision}, length-grouped dynamic padding, "
                f"AdamW + linear schedule + clipping at 1.0; one run per path of {args.repeats} epochs, each epoch "
                "a repetition; steady = the epoch's rows / (first batch -> end of its last step)"))
     figs = {}
@@ -400,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
                              ("ray1x1", "plain1x1", "1 Ray Train worker x 1 thread / 1 plain process x 1 thread"),
                              ("ray2", "plain2", "2 Ray Train workers / 2-process plain DDP"),
                              ("ray1", "hf", "1 Ray Train worker / HF Trainer"),
+                             ("plain1c", "plain1", "plain loop compiled / eager"),
+                             ("ray1c", "ray1", "1 Ray Train worker, optim.compile / eager"),
                              ("hf", "plain1", "HF Trainer / plain loop"),
                              ("ray2", "ray1", "2 Ray Train workers x 1 thread / 1 worker x all threads"),
                              ("plain2", "plain1", "plain DDP 2 x 1 thread / 1 process x all threads"),
@@ -413,7 +464,9 @@ def main(argv: list[str] | None = None) -> int:
                          aim_text=">= 0.95 (overhead within 5%)" if aim else "")
     for ours, base, name in (("ray1", "plain1", "1 Ray Train worker / 1 plain process"),
                              ("ray1x1", "plain1x1", "1 Ray Train worker x 1 thread / 1 plain process x 1 thread"),
-                             ("ray2", "plain2", "2 Ray Train workers / 2-process plain DDP")):
+                             ("ray2", "plain2", "2 Ray Train workers / 2-process plain DDP"),
+                             ("plain1c", "plain1", "plain loop compiled / eager"),
+                             ("ray1c", "ray1", "1 Ray Train worker, optim.compile / eager")):
         if ours in measured and base in measured:
             result.ratio(f"{name}, wall time of the run (lower is better)", measured[ours][1], measured[base][1])
     result.notes.append("A plain process tokenizes its rows up front; Ray Train reads and tokenizes them in a "

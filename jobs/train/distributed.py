@@ -10,8 +10,28 @@ import torch
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module inside a DDP wrapper (the model itself when it is not wrapped)."""
-    return model.module if hasattr(model, "module") else model
+    """The module inside DDP and ``torch.compile`` wrappers (the model itself when it is not wrapped).
+
+    Its ``state_dict`` has the model's own keys: no ``module.`` nor ``_orig_mod.`` prefix.
+    """
+    while True:
+        inner = getattr(model, "_orig_mod", None)  # torch.compile(model) returns such a wrapper
+        if inner is None and hasattr(model, "module"):  # DistributedDataParallel
+            inner = model.module
+        if inner is None:
+            return model
+        model = inner
+
+
+def compile_in_place(model: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile`` a module's forward in place (``nn.Module.compile``), before DDP wraps it.
+
+    PyTorch's advice for DDP is to compile the inner module and wrap that; compiled in place, the
+    module keeps its class, parameters and ``state_dict`` keys, so checkpoints and exports (and
+    resuming an eager run's checkpoint with compile on, or the other way round) are unchanged.
+    """
+    model.compile()
+    return model
 
 
 def is_distributed() -> bool:

@@ -24,7 +24,8 @@ from jobs.common.tracking import MetricLog, TrackingTarget
 from jobs.train.callbacks import callbacks_for
 from jobs.train.checkpoint import (Progress, checkpoint_dir_name, load_latest_valid_state, restore,
                                    save_checkpoint)
-from jobs.train.distributed import all_reduce_sum, autocast_for, epoch_seed, seed_everything, unwrap
+from jobs.train.distributed import (all_reduce_sum, autocast_for, compile_in_place, epoch_seed, seed_everything,
+                                   unwrap)
 from jobs.train.optimizer import build_optimizer, total_optimizer_steps
 from jobs.train.settings import OptimSettings, ScalingSettings
 from jobs.train.task import TrainingTask
@@ -143,6 +144,21 @@ def _improved(value: float, best: float | None, mode: str) -> bool:
     return best is None or (value < best if mode == "min" else value > best)
 
 
+def device_tags(device: torch.device, optim: OptimSettings, world_size: int) -> dict[str, str]:
+    """Where the workers trained, as the run's tags: the device really used, not the one configured."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return {"train_device": device.type, "train_device_name": name, "train_precision": optim.precision,
+            "train_compile": str(optim.compile).lower(), "train_world_size": str(world_size)}
+
+
+def record_device(ctx: LoopContext, device: torch.device, optim: OptimSettings, world_size: int) -> None:
+    from jobs.common.tracking import client_for
+
+    client = client_for(ctx.tracking)
+    for key, value in device_tags(device, optim, world_size).items():
+        client.set_tag(ctx.mlflow_run_id, key, value)
+
+
 class TrainingWorker:
     """One Ray Train worker's model, optimiser and progress, and the steps of its loop."""
 
@@ -155,13 +171,16 @@ class TrainingWorker:
         torch.set_num_threads(spec.scaling.torch_threads)
         self.device = ray.train.torch.get_device()
         seed_everything(self.optim.seed)  # identical initial weights on every rank
-        self.model = ray.train.torch.prepare_model(self.task.build_model())
+        model = self.task.build_model()
+        self.model = ray.train.torch.prepare_model(compile_in_place(model) if self.optim.compile else model)
         self.total_steps = total_optimizer_steps(self.optim, self.ctx.micro_batches_per_epoch)
         self.optimizer, self.scheduler = build_optimizer(self.model, self.optim, self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.optim.precision == "fp16" else None
         self.metrics_log = MetricLog(self.ctx.tracking, self.ctx.mlflow_run_id, enabled=self.rank == 0)
         self.callbacks = callbacks_for(self.rank, self.ctx.audit_dir)
         self.progress = Progress()
+        if self.rank == 0:
+            record_device(self.ctx, self.device, self.optim, ray.train.get_context().get_world_size())
 
     def run(self) -> None:
         self.resume()

@@ -48,6 +48,10 @@ class OptimSettings:
     shuffle_buffer_rows: int = 2048  # local shuffle buffer per worker
     length_grouping: int = 16  # sort this many batches' worth of rows by length before batching; 0: off
     early_stopping_patience: int | None = None  # stop after this many epochs without a better run.checkpoint_metric
+    # torch.compile the model inside each worker (in place, before DDP wraps it). On 2 CPU cores MiniRBT's
+    # steady steps ran about 2x faster, but compiling took about 3 minutes: off by default, so that short
+    # runs (tests, smoke runs) do not pay it; turn it on for runs of many epochs (BENCHMARKS.md, question 2).
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.grad_accum_steps < 1:

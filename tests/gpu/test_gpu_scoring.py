@@ -1,0 +1,82 @@
+"""Batch scoring on GPUs for real: one ``num_gpus`` predictor actor per visible GPU, in bf16.
+
+Scores the tiny corpus with the model the session's GPU fine-tuning registered (``finetuned_gpu``).
+Skipped where CUDA is absent.
+"""
+
+from __future__ import annotations
+
+
+import pytest
+
+pytest.importorskip("ray")
+pytest.importorskip("mlflow")
+
+from gpu_jobs import REGISTERED, REPO  # noqa: E402
+
+# bf16 keeps 8 bits of mantissa: a tiny model's class probabilities move by a few thousandths.
+PROBABILITY_TOLERANCE = 0.02
+
+
+@pytest.fixture(scope="module")
+def registered(finetuned_gpu):
+    _, outcome = finetuned_gpu
+    return f"models:/{REGISTERED}@candidate", outcome
+
+
+def test_bf16_scoring_with_a_gpu_actor_per_gpu_keeps_every_row_and_agrees_with_fp32(
+        registered, gpus, mlflow_uri, tiny_corpus, tmp_path):
+    import mlflow
+    import pyarrow.parquet as pq
+
+    from jobs.batch_infer import BatchInferConfig, run
+    from jobs.common.config import load
+    from model.classifier import classify_texts, load_classifier
+
+    model_uri, trained = registered
+    config = load(BatchInferConfig, REPO / "configs/batch_infer.cluster-gpu.yaml", [
+        f"input={tiny_corpus / '*.parquet'}", f"output_dir={tmp_path / 'scores'}", f"model={model_uri}",
+        "max_length=64", "stages.read_cpus=0.5", "stages.tokenize_cpus=0.5", "stages.tokenize_concurrency=2",
+        "stages.tokenize_batch_rows=32", "stages.min_blocks=4", f"predictor.concurrency={gpus}",
+        "predictor.num_gpus=1", "predictor.num_cpus=1", "predictor.precision=bf16", "predictor.rows_per_call=64",
+        "predictor.forward_batch_size=16", "chunk_rows=1000000", "tracking.experiment=gpu-batch-infer"])
+    assert config.predictor.num_gpus == 1 and config.predictor.precision == "bf16"
+    outcome = run(config)
+
+    ids, texts = [], []
+    for split in ("train", "val", "test"):
+        table = pq.read_table(tiny_corpus / f"{split}.parquet", columns=["id", "text"])
+        ids += table.column("id").to_pylist()
+        texts += table.column("text").to_pylist()
+    scored = pq.read_table(outcome.output_path).to_pandas().set_index("id")
+    assert outcome.rows_in == outcome.rows_out == len(ids) == len(scored)
+    assert sorted(scored.index) == sorted(ids)
+    assert set(scored["model_version"]) == {trained.registered_version}
+    run_data = mlflow.MlflowClient(mlflow_uri).get_run(outcome.run_id).data
+    assert run_data.metrics["rows_out"] == len(ids)
+
+    # The same model in fp32 on the CPU, in this process: same labels and probabilities within bf16's rounding
+    # (a label may flip only where fp32 itself is within the tolerance of a tie).
+    labels, probs = classify_texts(load_classifier(trained.model_dir), texts, max_length=64)
+    reference = dict(zip(ids, zip(labels, probs)))
+    for row_id, row in scored.iterrows():
+        label, prob = reference[row_id]
+        if abs(prob - 0.5) > PROBABILITY_TOLERANCE:
+            assert row["label"] == label, row_id
+            assert row["probability"] == pytest.approx(prob, abs=PROBABILITY_TOLERANCE), row_id
+
+
+def test_gpu_predictor_runs_on_cuda_in_bf16(registered, mlflow_uri):
+    """What each ``num_gpus`` actor builds: the model on the actor's GPU, its weights in bf16."""
+    import torch
+
+    from jobs.common.tracking import TrackingConfig, prepare_tracking
+    from jobs.scoring.pipeline import ScoringModel
+    from jobs.scoring.predictors import ClassifierPredictor, PredictorSettings
+
+    model_uri, _ = registered
+    model = ScoringModel.load(model_uri, prepare_tracking(TrackingConfig(tracking_uri=mlflow_uri)))
+    predictor = ClassifierPredictor(model.resolved, model.tracking_uri,
+                                    PredictorSettings(num_gpus=1, precision="bf16"), model.local_dir)
+    assert predictor.device.type == "cuda"
+    assert next(predictor.model.parameters()).dtype == torch.bfloat16

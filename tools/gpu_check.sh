@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# The GPU checks in one go, sized to fit 8 minutes on one GPU: the GPU test set and the GPU benchmarks.
+#
+#   tools/gpu_check.sh                        # on a machine with NVIDIA GPUs
+#   GPU_CHECK_DRY_RUN=1 tools/gpu_check.sh    # the same plumbing on CPU with tiny sizes (a few minutes)
+#
+# Everything lands in $OUT (default runs/gpu-check), at most 8 files, flat:
+#   summary.json   what ran, what was skipped and why, exit status and seconds of each stage
+#   env.json       python, torch and CUDA, the GPUs, which of the job stack's modules import
+#   pytest.log, pytest.xml      pytest -m gpu tests/gpu
+#   flops.json, train.json, scoring.json   bench results (bench.run_all's format): MFU, samples/s, rows/s
+#   bench.log      the benchmarks' output
+#
+# Python: $GPU_CHECK_PYTHON, else .venv/bin/python when it exists, else python3 (a GPU image's python
+# with CUDA torch). Nothing is downloaded: a wheel folder ($GPU_CHECK_WHEELS, default .whl) is installed
+# offline into a scratch folder first when it holds wheels (e.g. ray, mlflow, pypinyin, snownlp, cn-clip,
+# downloaded beforehand for that machine's Python). Stages whose modules are missing are skipped and
+# named in summary.json; a machine whose torch has no CUDA stops at once with that said.
+# Exit status: 0 every stage passed; 1 a stage failed or ran out of time; 2 stages skipped; 3 no CUDA.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+OUT=${OUT:-$REPO/runs/gpu-check}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+DRY=${GPU_CHECK_DRY_RUN:-0}
+# 8 minutes on a GPU machine; the dry run on 2 shared CPU cores compiles MiniRBT on CPU and needs longer
+BUDGET_S=${GPU_CHECK_BUDGET_S:-$([ "$DRY" = 1 ] && echo 900 || echo 480)}
+WHEELS=${GPU_CHECK_WHEELS:-$REPO/.whl}
+WORK=${GPU_CHECK_WORK:-$(mktemp -d /tmp/gpu-check.XXXXXX)}
+START=$(date +%s)
+export PYTHONUNBUFFERED=1 MLFLOW_DISABLE_TELEMETRY=true TOKENIZERS_PARALLELISM=false RAY_DATA_DISABLE_PROGRESS_BARS=1
+export TEXT_JOBS_CACHE="$WORK/cache"
+
+say() { echo "[gpu_check $(($(date +%s) - START))s] $*" | tee -a "$OUT/bench.log"; }
+left() { echo $((BUDGET_S - ($(date +%s) - START))); }
+
+if [ -n "${GPU_CHECK_PYTHON:-}" ]; then PY=$GPU_CHECK_PYTHON
+elif [ -x .venv/bin/python ]; then PY=$REPO/.venv/bin/python
+else PY=$(command -v python3); fi
+say "python: $PY; out: $OUT; work: $WORK; budget ${BUDGET_S}s; dry run: $DRY"
+
+if compgen -G "$WHEELS/*.whl" >/dev/null; then
+    say "installing the wheels of $WHEELS offline into $WORK/site"
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$WORK/site" "$WHEELS"/*.whl \
+        >>"$OUT/bench.log" 2>&1 || say "WARNING: the offline wheel install failed (see bench.log)"
+    export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+command -v nvidia-smi >/dev/null && nvidia-smi >>"$OUT/bench.log" 2>&1
+
+# What this machine has: torch's CUDA, the GPUs, and which modules of the job stack import.
+"$PY" - "$OUT/env.json" <<'PYTHON'
+import importlib, json, platform, sys
+env = {"python": platform.python_version(), "executable": sys.executable, "modules": {}}
+for name in ("torch", "transformers", "tokenizers", "safetensors", "pyarrow", "pandas", "numpy", "yaml", "ray",
+             "mlflow", "sklearn", "psutil", "pypinyin", "snownlp", "cn_clip", "pytest"):
+    try:
+        module = importlib.import_module(name)
+        env["modules"][name] = getattr(module, "__version__", "present")
+    except Exception as error:  # noqa: BLE001 -- a broken install counts as missing, with its reason
+        env["modules"][name] = None
+        env.setdefault("missing", {})[name] = f"{type(error).__name__}: {error}"
+try:
+    import torch
+    env.update(torch_cuda=torch.version.cuda, cuda_available=torch.cuda.is_available(),
+               gpus=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+               if torch.cuda.is_available() else [])
+except ImportError:
+    env.update(torch_cuda=None, cuda_available=False, gpus=[])
+json.dump(env, open(sys.argv[1], "w"), indent=1)
+PYTHON
+env_py() {  # a one-liner over env.json: e is the whole, m its modules, sys.argv[2:] the arguments
+    "$PY" -c "import json, sys; e = json.load(open(sys.argv[1])); m = e['modules']; $1" "$OUT/env.json" "${@:2}"
+}
+read -r CUDA GPUS <<<"$(env_py "print(int(e['cuda_available']), len(e['gpus']))")"
+has() { env_py "sys.exit(0 if all(m.get(n) for n in sys.argv[2:]) else 1)" "$@"; }
+missing() { env_py "print(' '.join(n for n in sys.argv[2:] if not m.get(n)))" "$@"; }
+
+STAGES=()  # name|status|seconds|note, for summary.json
+record() { STAGES+=("$1|$2|$3|$4"); say "$1: $2 (${3}s) $4"; }
+write_summary() {
+    "$PY" - "$OUT/summary.json" "$DRY" "$CUDA" "$GPUS" "$(($(date +%s) - START))" "${STAGES[@]}" <<'PYTHON'
+import json, sys
+path, dry, cuda, gpus, seconds, *stages = sys.argv[1:]
+rows = [dict(zip(("stage", "status", "seconds", "note"), s.split("|", 3))) for s in stages]
+json.dump({"dry_run": dry == "1", "cuda": cuda == "1", "gpus": int(gpus), "seconds": int(seconds),
+           "stages": rows}, open(path, "w"), indent=1)
+PYTHON
+}
+
+if [ "$DRY" != 1 ] && [ "$CUDA" != 1 ]; then
+    say "no CUDA here: torch $("$PY" -c 'import torch; print(torch.__version__, "cuda", torch.version.cuda)' 2>&1)"
+    say "this machine's torch cannot run the GPU checks; install a CUDA build of torch, or use GPU_CHECK_DRY_RUN=1"
+    record preflight no-cuda 0 "torch.cuda.is_available() is false"
+    write_summary
+    exit 3
+fi
+if [ "$DRY" = 1 ]; then DEVICE=cpu; PRECISION=fp32; else DEVICE=cuda; PRECISION=bf16; fi
+
+# run_stage NAME CAP_S LOG MODULES... -- COMMAND...: output appended to LOG; skipped when a module is missing,
+# killed at its cap or when the budget runs out
+run_stage() {
+    local name=$1 cap=$2 log=$3; shift 3
+    local needs=()
+    while [ "$1" != "--" ]; do needs+=("$1"); shift; done
+    shift
+    if ! has "${needs[@]}"; then record "$name" skipped 0 "missing modules: $(missing "${needs[@]}")"; return; fi
+    local limit remaining
+    remaining=$(($(left) - 10))
+    limit=$(( cap < remaining ? cap : remaining ))
+    if [ "$limit" -lt 20 ]; then record "$name" skipped 0 "out of time (${remaining}s left)"; return; fi
+    say "$name: $* (limit ${limit}s)"
+    local t0=$(date +%s) rc
+    timeout --kill-after=10 "$limit" "$@" >>"$log" 2>&1
+    rc=$?
+    local took=$(($(date +%s) - t0)) note=""
+    [ "$name" = pytest ] && note=$(grep -E '(passed|failed|skipped|error)' "$OUT/pytest.log" | tail -1 | tr -d '=|')
+    if [ $rc -eq 0 ]; then record "$name" passed "$took" "$note"
+    elif [ $rc -eq 124 ] || [ $rc -eq 137 ]; then record "$name" timed-out "$took" "killed after ${limit}s $note"
+    else record "$name" failed "$took" "exit status $rc $note"; fi
+}
+
+JOB_STACK=(torch transformers tokenizers safetensors pyarrow pandas yaml ray mlflow sklearn psutil pypinyin snownlp
+           cn_clip)
+# Each stage's cap (seconds); together they fit the budget, in order of importance.
+if [ "$DRY" = 1 ]; then
+    FLOPS_ARGS=(--quick); SCORE_ARGS=(--quick)
+    TRAIN_ARGS=(--rows 64 --repeats 2 --batch-size 16 --paths plain1c ray1)  # compile once, the job once
+    CAPS=(150 150 400 200)
+else
+    # estimated on one H100 and 16 cores: flops 20 s, pytest 3-4 min (five Ray Train runs, one compiled),
+    # train 1.5 min (compiling MiniRBT about 40 s), scoring 1 min; each killed at its cap, the summary kept
+    FLOPS_ARGS=(--repeats 3 --steps 10); SCORE_ARGS=(--rows 40000 --repeats 2)
+    TRAIN_ARGS=(--rows 8192 --repeats 3 --batch-size 64 --paths plain1 plain1c ray1)
+    CAPS=(45 240 110 75)
+fi
+
+# 1. MFU: needs only torch and transformers (the seq2seq model is skipped, with a note, without pypinyin).
+run_stage flops "${CAPS[0]}" "$OUT/bench.log" torch transformers -- "$PY" -m bench.model_flops --device "$DEVICE" \
+    --precision "$PRECISION" --work-dir "$WORK/bench" --json "$OUT/flops.json" "${FLOPS_ARGS[@]}"
+# 2. The GPU test set: correctness first, the larger part of the budget.
+run_stage pytest "${CAPS[1]}" "$OUT/pytest.log" "${JOB_STACK[@]}" pytest -- "$PY" -m pytest -v -rs -m gpu tests/gpu \
+    -p no:cacheprovider --junitxml "$OUT/pytest.xml" --basetemp "$WORK/pytest"
+# 3. Fine-tuning samples/s, eager and compiled, plain loop and the Ray Train job (plus their start-up).
+run_stage train "${CAPS[2]}" "$OUT/bench.log" "${JOB_STACK[@]}" -- "$PY" -m bench.train_throughput --device "$DEVICE" \
+    --precision "$PRECISION" --work-dir "$WORK/bench" --json "$OUT/train.json" "${TRAIN_ARGS[@]}"
+# 4. Scoring rows/s: the job against a hand loop, fp32 and bf16.
+run_stage scoring "${CAPS[3]}" "$OUT/bench.log" "${JOB_STACK[@]}" -- "$PY" -m bench.scoring_gpu --device "$DEVICE" \
+    --work-dir "$WORK/bench" --json "$OUT/scoring.json" "${SCORE_ARGS[@]}"
+
+write_summary
+say "done in $(($(date +%s) - START))s; summary: $OUT/summary.json"
+"$PY" -c "import json, sys
+for s in json.load(open(sys.argv[1]))['stages']:
+    print(f\"  {s['stage']:8s} {s['status']:10s} {s['seconds']:>4s}s  {s['note']}\")" "$OUT/summary.json"
+STATUSES=$(printf '%s\n' "${STAGES[@]}" | cut -d'|' -f2)
+if grep -qE '^(failed|timed-out)$' <<<"$STATUSES"; then exit 1; fi
+if grep -q '^skipped$' <<<"$STATUSES"; then exit 2; fi
+exit 0
