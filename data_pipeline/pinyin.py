@@ -126,14 +126,31 @@ def segment_text(text: str, max_chars: int) -> list[str]:
     return segments
 
 
+@lru_cache(maxsize=None)
+def _tone3(marked: str) -> str:
+    """A tone-marked syllable (``lǜ``) in TONE3 with neutral tone 5 (``lv4``): what ``Style.TONE3`` gives.
+
+    Asking pypinyin for tone marks and converting each distinct syllable once is ~2.5x faster than
+    asking for TONE3, whose per-syllable regex conversion dominates the time (same tokens: checked on
+    every sentence of the reviews and the People's Daily).
+    """
+    from pypinyin.contrib.tone_convert import to_tone3
+
+    return to_tone3(marked, neutral_tone_with_five=True)
+
+
 def transliterate(segment: str) -> list[str] | None:
     """One target token per character of ``segment`` (see the module doc); None if pypinyin misaligns."""
     from pypinyin import Style, lazy_pinyin
 
-    syllables = lazy_pinyin(segment, style=Style.TONE3, neutral_tone_with_five=True, errors=list)
-    if len(syllables) != len(segment):
+    marked = lazy_pinyin(segment, style=Style.TONE, errors=list)
+    if len(marked) != len(segment):
         return None
-    return [syl if is_chinese(ch) and is_syllable(syl) else ch for ch, syl in zip(segment, syllables)]
+    out = []
+    for ch, syl in zip(segment, marked):
+        syl = _tone3(syl) if is_chinese(ch) else ch
+        out.append(syl if is_syllable(syl) else ch)
+    return out
 
 
 # --------------------------------------------------------------------------- corpus
