@@ -164,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
               f"({config.scaling.num_workers} workers, last epoch)")
     if args.json:
         figures = {"date": time.strftime("%Y-%m-%d"), "model_dir": str(model_dir), "config": args.config,
-                   "overrides": args.overrides, "train_seconds": train_seconds, "polyphonic_characters": len(polyphonic),
-                   "predict_seconds": seconds,
+                   "overrides": args.overrides, "train_seconds": train_seconds,
+                   "polyphonic_characters": len(polyphonic), "predict_seconds": seconds,
                    "results": {method: {corpus: {**s.as_counts(), **s.rates()} for corpus, s in by_corpus.items()}
                                for method, by_corpus in results.items()}}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
