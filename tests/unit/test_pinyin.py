@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pyarrow.parquet as pq
 import pytest
 
-from data_pipeline.pinyin import (Pair, PairStats, ReadingTable, Scores, baseline_scores, build_pairs, is_syllable,
-                                  normalise_source, score, segment_text, transliterate, write_pairs)
+from data_pipeline.pinyin import (Pair, PairStats, ReadingTable, Scores, baseline_scores, build_pairs,
+                                  char_by_char_pinyin, is_syllable, normalise_source, score, segment_text, split_of,
+                                  transliterate, write_pairs)
+from data_pipeline.pinyin_sources import SourceTexts
 from data_pipeline.schema import SEQ2SEQ_SPEC
+
+FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
 
 
 # ---- segmenting ------------------------------------------------------------------------------
@@ -66,26 +72,47 @@ def test_normalise_source_matches_segment_output():
 
 # ---- pairs -----------------------------------------------------------------------------------
 
-def test_pairs_inherit_the_review_split_dedupe_and_never_cross_splits(tmp_path):
-    ids = ["r1", "r2", "r3", "r4"]
-    texts = ["很好。很好。物流快", "很好！质量差", "物流快。包装好", "质量差，还行"]
-    splits = {"train": [0], "val": [1, 2], "test": [3]}
+def test_pairs_are_deduplicated_across_sources_and_split_by_sentence_hash(tmp_path):
+    reviews = SourceTexts("reviews", ["r1", "r2", "r3"], ["很好。很好。物流快", "很好！质量差", "物流快。包装好"])
+    news = SourceTexts("news", ["1", "2"], ["质量差，还行。新年讲话", "包装好。经济发展"])
     stats = PairStats()
-    pairs = build_pairs(ids, texts, splits, 48, stats)
-    assert [(p.id, p.source) for p in pairs["train"]] == [("r1-0", "很好"), ("r1-2", "物流快")]
-    # val: "很好" and "物流快" are train sentences; "质量差" is new
-    assert [(p.id, p.source) for p in pairs["val"]] == [("r2-1", "质量差"), ("r3-1", "包装好")]
-    assert [(p.id, p.source) for p in pairs["test"]] == [("r4-0", "质量差,还行")]  # a different sentence
-    assert stats.duplicates_dropped == 1 and stats.cross_split_dropped == 2
-    assert stats.rows_per_split == {"train": 2, "val": 2, "test": 1}
-    sources = [{p.source for p in pairs[s]} for s in splits]
-    assert not (sources[0] & sources[1]) and not (sources[0] & sources[2]) and not (sources[1] & sources[2])
-    assert pairs["train"][0].target == "hen3 hao3"
+    pairs = build_pairs([reviews, news], FRACTIONS, 48, stats)
+    rows = [p for split in pairs.values() for p in split]
+    # each sentence once, kept by the first source that has it, under that source's text id
+    assert sorted((p.id, p.source, p.corpus) for p in rows) == [
+        ("news-1-0", "质量差,还行", "news"), ("news-1-1", "新年讲话", "news"), ("news-2-1", "经济发展", "news"),
+        ("reviews-r1-0", "很好", "reviews"), ("reviews-r1-2", "物流快", "reviews"),
+        ("reviews-r2-1", "质量差", "reviews"), ("reviews-r3-1", "包装好", "reviews")]
+    assert stats.sources["reviews"].duplicates_dropped == 3  # 很好 x2, 物流快
+    assert stats.sources["news"].cross_source_dropped == {"reviews": 1}  # 包装好
+    assert stats.sources["news"].duplicates_dropped == 0
+    for split, split_rows in pairs.items():  # the split is the sentence's hash's, whichever text it came from
+        assert all(split_of(hashlib.sha1(p.source.encode()).digest(), FRACTIONS) == split for p in split_rows)
+    assert {s: sum(src.rows_per_split[s] for src in stats.sources.values()) for s in FRACTIONS} == \
+        stats.rows_per_split == {s: len(v) for s, v in pairs.items()}
+    assert next(p for p in rows if p.source == "很好").target == "hen3 hao3"
 
-    write_pairs(tmp_path / "train.parquet", pairs["train"])
+    write_pairs(tmp_path / "train.parquet", rows)
     table = pq.read_table(tmp_path / "train.parquet")
-    assert table.schema.names == SEQ2SEQ_SPEC.names
-    assert table.column("target").to_pylist() == ["hen3 hao3", "wu4 liu2 kuai4"]
+    assert table.schema.names == SEQ2SEQ_SPEC.names + ["corpus"]
+    assert table.column("corpus").to_pylist() == [p.corpus for p in rows]
+
+
+def test_sentence_hash_split_is_deterministic_disjoint_and_near_the_fractions():
+    sentences = [f"第{i}句话" for i in range(3000)]
+    first = build_pairs([SourceTexts("a", [str(i) for i in range(3000)], sentences)], FRACTIONS, 48)
+    again = build_pairs([SourceTexts("b", ["x"] * 3000, sentences[::-1])], FRACTIONS, 48)  # other order and name
+    members = {split: {p.source for p in rows} for split, rows in first.items()}
+    assert members == {split: {p.source for p in rows} for split, rows in again.items()}
+    assert [p.source for p in first["val"]] == [p.source for p in again["val"]]  # rows in hash order
+    assert sum(len(m) for m in members.values()) == len(set().union(*members.values())) == 3000
+    for split, fraction in FRACTIONS.items():
+        assert abs(len(members[split]) / 3000 - fraction) < 0.03
+
+
+def test_source_names_must_be_unique():
+    with pytest.raises(ValueError, match="named 'a'"):
+        build_pairs([SourceTexts("a", ["1"], ["好"]), SourceTexts("a", ["1"], ["行"])], FRACTIONS, 48)
 
 
 # ---- baseline --------------------------------------------------------------------------------
@@ -106,6 +133,13 @@ def test_reading_table_counts_most_frequent_reading_and_polyphonic_chars():
 def test_unaligned_pairs_are_skipped_by_the_table():
     table = ReadingTable.fit([("行", "xing2 extra"), ("行", "hang2")])
     assert table.unaligned == 1 and table.counts["行"] == {"hang2": 1}
+
+
+def test_char_by_char_pypinyin_reads_each_character_alone_without_phrases():
+    assert transliterate("银行行长") == ["yin2", "hang2", "hang2", "zhang3"]  # the reference, phrase-aware
+    assert char_by_char_pinyin("银行行长") == ["yin2", "xing2", "xing2", "zhang3"]  # each character alone: 行 xing2
+    assert char_by_char_pinyin("我们绿的, 2个") == ["wo3", "men5", "lv4", "de5", ",", "2", "ge4"]  # same style
+    assert char_by_char_pinyin("ＯＫ好") == ["O", "K", "hao3"]  # normalised like the model's source
 
 
 def test_baseline_scores_on_a_toy_test_set():
