@@ -10,10 +10,12 @@ bert-base-chinese WordPiece, ``max_length`` 128), so the work per row is identic
 * one process, one thread (``TOKENIZERS_PARALLELISM=false``): the per-core baseline;
 * one process, the tokenizer's own thread pool (``TOKENIZERS_PARALLELISM=true``, one thread per core);
 * Ray Data: ``data_pipeline.ray_stages.read_parquet`` + ``data_pipeline.ray_stages.tokenized`` (the training jobs' stage,
-  ``tokenize_texts`` tasks) with one task per core, consumed on the driver as Arrow batches.
+  ``tokenize_texts`` tasks) with one task per core, consumed on the driver as Arrow batches; once with read tasks
+  beside the tokenize tasks (the jobs' default), once with ``read_in_tokenize_tasks`` (Ray Data fuses the read into
+  the tokenize tasks, one block per file).
 
-Ray is started once (its start-up is reported apart); one untimed warm-up pass loads the
-tokenizer into the warm worker processes, as in a long-running job.
+Ray is started once (its start-up is reported apart); one untimed warm-up pass per configuration loads the
+tokenizer into the worker processes, as in a long-running job.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -48,8 +51,8 @@ def ray_data(files: list[Path], tokenizer_path: str, resources, max_length: int)
     from data_pipeline.paths import resolve_parquet_files
     from data_pipeline.ray_stages import read_parquet, tokenized
 
-    # A file, or the folder of all of them.
-    parquet = resolve_parquet_files(str(files[0]) if len(files) == 1 else str(files[0].parent))
+    parquet = resolve_parquet_files(str(files[0].parent))
+    parquet = replace(parquet, paths=tuple(p for p in parquet.paths if Path(p).name in {f.name for f in files}))
     ds = tokenized(read_parquet(parquet, ["id", "text"], resources), tokenizer_path, "text", max_length, ["id"],
                    resources)
     start, first, first_rows, rows = time.perf_counter(), 0.0, 0, 0
@@ -108,35 +111,55 @@ def main(argv: list[str] | None = None) -> int:
     resources = StageResources(read_cpus=0.25, tokenize_cpus=round((cores - 0.25) / tasks, 2) - 0.01,
                                tokenize_concurrency=tasks, tokenize_batch_rows=args.batch_rows,
                                min_blocks=args.blocks)
-    warm_s, _ = timed(lambda: ray_data(files[:1], tokenizer_path, resources, args.max_length))
-    distributed, after_first, first_s = [], [], []
-    for _ in range(args.repeats):
-        seconds, (rows, first, first_rows) = timed(lambda: ray_data(files, tokenizer_path, resources,
-                                                                    args.max_length))
-        assert rows == args.rows, rows
-        distributed.append(rows / seconds)
-        after_first.append((rows - first_rows) / (seconds - first))
-        first_s.append(first)
-        print(f"Ray Data: {distributed[-1]:.0f} rows/s, first block after {first:.1f} s", flush=True)
+    # No read tasks: the whole CPU slot per tokenize task.
+    fused = replace(resources, tokenize_cpus=round(cores / tasks, 2) - 0.01, read_in_tokenize_tasks=True)
+
+    def passes(stage: StageResources, warm_files: list[Path]) -> tuple[float, list, list, list]:
+        warm_s, _ = timed(lambda: ray_data(warm_files, tokenizer_path, stage, args.max_length))
+        rates, after_first, first_s = [], [], []
+        for _ in range(args.repeats):
+            seconds, (rows, first, first_rows) = timed(lambda: ray_data(files, tokenizer_path, stage,
+                                                                        args.max_length))
+            assert rows == args.rows, rows
+            rates.append(rows / seconds)
+            after_first.append((rows - first_rows) / (seconds - first))
+            first_s.append(first)
+            print(f"Ray Data{' (read in the tokenize tasks)' if stage.read_in_tokenize_tasks else ''}: "
+                  f"{rates[-1]:.0f} rows/s, first block after {first:.1f} s", flush=True)
+        return warm_s, rates, after_first, first_s
+
+    warm_s, distributed, after_first, first_s = passes(resources, files[:1])
+    # One file is one fused task: warm every task's process.
+    fused_warm_s, fused_rates, fused_after_first, fused_first_s = passes(fused, files[:tasks])
     ray.shutdown()
 
     result = Result(
         question="1. Tokenization",
         setup=(f"{args.rows:,} review texts (train split cycled) in {len(files)} Parquet files; TokenizeBatch, "
                f"batches of {args.batch_rows} rows, max_length {args.max_length}; Ray Data: read_parquet "
-               f"({args.blocks} blocks) -> tokenize_texts tasks x {tasks} -> driver iterator; {cores} cores"))
+               f"({args.blocks} blocks) -> tokenize_texts tasks x {tasks} -> driver iterator, or read_parquet fused "
+               f"into the tokenize tasks (one block per file); {cores} cores"))
     base = result.figure("one process, 1 tokenizer thread", "rows/s", one_thread)
     pooled = result.figure(f"one process, tokenizer thread pool ({cores} threads)", "rows/s", pool)
-    ray_fig = result.figure(f"Ray Data stage, {tasks} tasks x 1 thread", "rows/s", distributed)
-    steady = result.figure("Ray Data stage, after its first tokenized block", "rows/s", after_first,
-                           note="start-up left out")
-    result.figure("Ray Data: execution start to first tokenized block", "s", first_s)
+    ray_fig = result.figure(f"Ray Data stage, {tasks} tasks x 1 thread, read tasks beside them", "rows/s",
+                            distributed)
+    steady = result.figure("Ray Data stage, read tasks beside: after its first tokenized block", "rows/s",
+                           after_first, note="start-up left out")
+    result.figure("Ray Data, read tasks beside: execution start to first tokenized block", "s", first_s)
+    fused_fig = result.figure(f"Ray Data stage, {tasks} tasks x 1 thread, read in the tokenize tasks", "rows/s",
+                              fused_rates, note="read_in_tokenize_tasks")
+    result.figure("Ray Data, read in the tokenize tasks: after its first tokenized block", "rows/s",
+                  fused_after_first, note="start-up left out")
+    result.figure("Ray Data, read in the tokenize tasks: execution start to first tokenized block", "s",
+                  fused_first_s)
     result.figure("ray.init (once, not in the rows/s)", "s", [init_s])
-    result.figure(f"Ray Data warm-up pass ({len(files[:1])} file, untimed above)", "s", [warm_s])
-    result.ratio("Ray Data / one process, 1 thread", ray_fig, base, aim=0.9 * cores,
+    result.figure(f"Ray Data warm-up passes (1 file; {tasks} files read in the tokenize tasks; untimed above)", "s",
+                  [warm_s, fused_warm_s])
+    result.ratio("Ray Data, read in the tokenize tasks / one process, 1 thread", fused_fig, base, aim=0.9 * cores,
                  aim_text=f">= {0.9 * cores:.1f} (~{cores}x on {cores} cores)")
-    result.ratio("Ray Data after its first block / one process, 1 thread", steady, base)
-    result.ratio("Ray Data / one process, thread pool", ray_fig, pooled)
+    result.ratio("Ray Data, read tasks beside / one process, 1 thread", ray_fig, base)
+    result.ratio("Ray Data, read tasks beside, after its first block / one process, 1 thread", steady, base)
+    result.ratio("Ray Data, read in the tokenize tasks / one process, thread pool", fused_fig, pooled)
     result.ratio("thread pool / 1 thread", pooled, base)
     result.write(args.json)
     return 0

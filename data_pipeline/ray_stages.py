@@ -18,6 +18,11 @@ class StageResources:
     tokenize_concurrency: int = 1  # concurrent tokenize tasks
     tokenize_batch_rows: int = 1024
     min_blocks: int = 4  # small files are read as one block; split them so stages overlap
+    # Read each file inside the tokenize tasks (Ray Data fuses ReadParquet into the tokenize stage): no read tasks
+    # beside them, so no worker processes beyond tokenize_concurrency, which Ray starts cold (Python, the tokenizer)
+    # during an execution and trims to one per CPU once idle, in every execution again. One block per file, so the
+    # first rows wait for a whole file to be tokenized and min_blocks does not apply: for throughput over many files.
+    read_in_tokenize_tasks: bool = False
 
 
 def read_parquet(files: ParquetFiles, columns: list[str] | None, resources: StageResources):
@@ -30,10 +35,17 @@ def read_parquet(files: ParquetFiles, columns: list[str] | None, resources: Stag
     previous, context.use_datasource_v2 = context.use_datasource_v2, False
     try:
         return ray.data.read_parquet(files.uris() if files.uri_prefix else list(files.paths),
-                                     filesystem=files.filesystem, columns=columns, num_cpus=resources.read_cpus,
-                                     override_num_blocks=resources.min_blocks)
+                                     filesystem=files.filesystem, columns=columns, **read_options(files, resources))
     finally:
         context.use_datasource_v2 = previous
+
+
+def read_options(files: ParquetFiles, resources: StageResources) -> dict:
+    """Ray Data fuses a read into the next map only with the same CPUs and task cap, and no block split."""
+    if resources.read_in_tokenize_tasks:
+        return {"num_cpus": resources.tokenize_cpus, "concurrency": resources.tokenize_concurrency,
+                "override_num_blocks": len(files.paths)}
+    return {"num_cpus": resources.read_cpus, "override_num_blocks": resources.min_blocks}
 
 
 def tokenized(dataset, tokenizer_path: str, text_column: str, max_length: int, keep_columns: list[str],
