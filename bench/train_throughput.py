@@ -240,7 +240,8 @@ def run_hf_trainer(spec: TrainSpec, log_dir: Path) -> None:
 
     torch.set_num_threads(spec.threads)
     tokenizer, rows = tokenized_rows(spec, 0, 1)
-    dataset = [{"input_ids": ids.tolist(), "labels": int(label)} for ids, label in zip(rows["input_ids"], rows["label"])]
+    dataset = [{"input_ids": ids.tolist(), "labels": int(label)}
+               for ids, label in zip(rows["input_ids"], rows["label"])]
     counts: list[tuple[int, int]] = []
     pad = DataCollatorWithPadding(tokenizer)
 
