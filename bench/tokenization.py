@@ -10,9 +10,9 @@ bert-base-chinese WordPiece, ``max_length`` 128), so the work per row is identic
 * one process, one thread (``TOKENIZERS_PARALLELISM=false``): the per-core baseline;
 * one process, the tokenizer's own thread pool (``TOKENIZERS_PARALLELISM=true``, one thread per core);
 * Ray Data: ``data_pipeline.ray_stages.read_parquet`` + ``data_pipeline.ray_stages.tokenized`` (the training
-  jobs' stage, ``tokenize_texts`` tasks) with one task per core, consumed on the driver as Arrow batches; once with read tasks
-  beside the tokenize tasks (the jobs' default), once with ``read_in_tokenize_tasks`` (Ray Data fuses the read into
-  the tokenize tasks, one block per file).
+  jobs' stage, ``tokenize_texts`` tasks) with one task per core, consumed on the driver as Arrow batches; once
+  with read tasks beside the tokenize tasks (the jobs' default), once with ``read_in_tokenize_tasks`` (Ray Data
+  fuses the read into the tokenize tasks, one block per file).
 
 Ray is started once (its start-up is reported apart); one untimed warm-up pass per configuration loads the
 tokenizer into the worker processes, as in a long-running job.
