@@ -132,7 +132,7 @@ def seq2seq(batch: int, seq: int, device: str = "cpu", precision: str = "fp32"):
     from model.transformer import Seq2SeqTransformer, sequence_loss
 
     settings = config_lib.load(Seq2SeqTrainConfig, str(REPO / "configs/train_seq2seq.local-cpu.yaml"))
-    cfg = settings.model.build(4400, 1300)
+    cfg = settings.model.with_vocab(4400, 1300)
     torch.manual_seed(0)
     model = Seq2SeqTransformer(cfg).train().to(device)
     src = torch.randint(4, cfg.src_vocab_size, (batch, seq), device=device)
