@@ -67,6 +67,11 @@ class SourceSettings:
                              self.max_labels)
 
 
+def check_fractions(what: str, train: float, val: float, test: float) -> None:
+    if abs(train + val + test - 1.0) > 1e-9 or min(train, val, test) <= 0:
+        raise ValueError(f"{what} fractions must be positive and sum to 1")
+
+
 @dataclass(frozen=True, kw_only=True)
 class SplitSettings:
     train: float = 0.8
@@ -77,8 +82,7 @@ class SplitSettings:
     cross_split_duplicates: Literal["remove", "keep"] = "remove"
 
     def __post_init__(self) -> None:
-        if abs(self.train + self.val + self.test - 1.0) > 1e-9 or min(self.train, self.val, self.test) <= 0:
-            raise ValueError("split fractions must be positive and sum to 1")
+        check_fractions("split", self.train, self.val, self.test)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,8 +93,7 @@ class SentenceSplit:
     test: float = 0.1
 
     def __post_init__(self) -> None:
-        if abs(self.train + self.val + self.test - 1.0) > 1e-9 or min(self.train, self.val, self.test) <= 0:
-            raise ValueError("seq2seq split fractions must be positive and sum to 1")
+        check_fractions("seq2seq split", self.train, self.val, self.test)
 
 
 @dataclass(frozen=True, kw_only=True)
