@@ -6,7 +6,9 @@
     python -m bench.run_all --render-only   # rewrite BENCHMARKS.md from the last run's results
 
 Each script writes its figures as JSON; this one adds the machine and the durations and renders
-them. ``bench/analysis.md`` (written by hand from profiles, see there) is appended: it explains
+them. A full run's JSON lives in ``bench/results/`` (tracked with BENCHMARKS.md, so ``--only`` and
+``--render-only`` work from a fresh clone, on the machine that measured them); its logs in the
+work folder. ``bench/analysis.md`` (written by hand from profiles, see there) is appended: it explains
 the figures that miss their aim, so read it beside the numbers of the same date.
 """
 
@@ -23,6 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import DEFAULT_WORK, REPO, Result, load_result, machine  # noqa: E402
+
+RESULTS = REPO / "bench" / "results"  # the figures behind BENCHMARKS.md
 
 # (key, module, accepts --work-dir/--repeats); the order of BENCHMARKS.md
 QUESTIONS = [
@@ -97,8 +101,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="measure nothing: render the last run's results again (e.g. after editing analysis.md)")
     args = parser.parse_args(argv)
     work = Path(args.work_dir)
-    results_dir = work / ("results-quick" if args.quick else "results")
-    results_dir.mkdir(parents=True, exist_ok=True)
+    results_dir = work / "results-quick" if args.quick else RESULTS
+    logs_dir = work / ("logs-quick" if args.quick else "logs")
+    for folder in (results_dir, logs_dir):
+        folder.mkdir(parents=True, exist_ok=True)
     output = Path(args.output or (work / "BENCHMARKS-quick.md" if args.quick else REPO / "BENCHMARKS.md"))
     run_file = results_dir / "run.json"  # machine, per-question durations and times: the rest of a rendering
     previous = json.loads(run_file.read_text()) if run_file.is_file() else {"questions": {}}
@@ -131,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             command += ["--work-dir", str(work)]
         print(f"\n##### question {key}: {' '.join(command[1:])}", flush=True)
         start = time.perf_counter()
-        log = results_dir / f"q{key}.log"  # Ray and the libraries are chatty: their stderr goes here
+        log = logs_dir / f"q{key}.log"  # Ray and the libraries are chatty: their stderr goes here
         with open(log, "w", encoding="utf-8") as handle:
             done = subprocess.run(command, cwd=REPO, stderr=handle)
         seconds = time.perf_counter() - start

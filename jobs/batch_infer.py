@@ -122,8 +122,7 @@ def run_fingerprint(config: BatchInferConfig, model: ScoringModel) -> dict:
                       "run_id": resolved.run_id, "kind": model.kind},
             "settings": {"max_length": config.max_length, "text_column": config.text_column,
                          "text_pair_column": config.text_pair_column, "id_column": config.id_column,
-                         "precision": config.predictor.precision, "quantize": config.predictor.quantize,
-                         "beam_size": config.predictor.beam_size}}
+                         **config.predictor.numerics()}}
 
 
 def _run(config: BatchInferConfig, run_name: str, staging: RunStaging) -> ScoringOutcome:
@@ -168,7 +167,7 @@ def _run(config: BatchInferConfig, run_name: str, staging: RunStaging) -> Scorin
             if pause > 0:
                 time.sleep(pause)
         counts = _total(chunks, infos)
-        manifest = manifest_for(counts, infos, model, mlflow_run_id=run.info.run_id, source=config.input,
+        manifest = manifest_for(counts, infos, model, config.predictor, mlflow_run_id=run.info.run_id, source=config.input,
                                 inputs=sources, chunks=[_chunk_summary(c) for c in chunks])
         staging.publish(manifest)  # atomic: nothing at the target before, all of it after
         mlflow.log_metrics({**counts_metrics(counts), "chunks_resumed": len(resumed),

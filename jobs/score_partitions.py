@@ -51,6 +51,7 @@ from jobs.scoring.ledger import (Attempt, CommitFailed, Lease, LeaseLost, LeaseS
                                 Store, committed_versions, entry_from_manifest)
 from jobs.scoring.pipeline import (PipelineCounts, ScoringError, ScoringModel, counts_metrics, manifest_for,
                                    score_groups, summary_line)
+from jobs.scoring.predictors import PredictorSettings
 from jobs.scoring.settings import ScoringSettings
 
 # Fault injection for tests: seconds to wait after a partition's rows are written and before it
@@ -255,12 +256,12 @@ def _release(lease: Lease) -> None:
 
 
 def _commit(claimed: _Claimed, result: PipelineCounts | str, store: Store, ledger: Ledger, model: ScoringModel,
-            scheduled_run_id: str) -> PartitionOutcome:
+            predictor: PredictorSettings, scheduled_run_id: str) -> PartitionOutcome:
     name, attempt = claimed.partition.name, claimed.attempt
     if isinstance(result, str):
         attempt.abandon()
         return PartitionOutcome(name, "failed", "ScoringError", error=result)
-    manifest = manifest_for(result, list(claimed.group.infos), model, partition=name,
+    manifest = manifest_for(result, list(claimed.group.infos), model, predictor, partition=name,
                             output_version=attempt.number, inputs=fingerprints(claimed.partition, claimed.group.infos),
                             scheduled_run_id=scheduled_run_id, attempt_id=attempt.attempt_id,
                             started_at=claimed.started, decision=claimed.decision.reason,
@@ -305,7 +306,8 @@ def score_chunk(partitions: list[Partition], store: Store, ledger: Ledger, model
         for c in claimed:
             if pause > 0:
                 time.sleep(pause)
-            outcomes.append(_commit(c, results[c.partition.name], store, ledger, model, scheduled_run_id))
+            outcomes.append(_commit(c, results[c.partition.name], store, ledger, model, config.predictor,
+                                    scheduled_run_id))
         return outcomes
     finally:
         for c in claimed:

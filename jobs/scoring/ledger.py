@@ -362,8 +362,8 @@ class Ledger:
 
 
 def entry_from_manifest(partition: str, number: int, uri: str, manifest: dict, **extra) -> dict:
-    keys = ("rows_in", "rows_out", "rows_rejected", "rejected_by_reason", "inputs", "model", "started_at",
-            "committed_at", "scheduled_run_id", "attempt_id", "seconds")
+    keys = ("rows_in", "rows_out", "rows_rejected", "rejected_by_reason", "inputs", "model", "scored_with",
+            "started_at", "committed_at", "scheduled_run_id", "attempt_id", "seconds")
     return {"partition": partition, "output_version": number, "output": uri,
             **{k: manifest.get(k) for k in keys}, **extra}
 

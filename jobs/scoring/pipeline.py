@@ -17,8 +17,8 @@ from data_pipeline.quarantine import (TAG_COLUMNS, FileInfo, InputColumns, Scori
 from jobs.common.naming import now_iso
 from jobs.common.registry import (ModelKind, ResolvedModel, check_max_length, materialize_model, model_kind,
                                   resolve_model_ref)
-from jobs.scoring.predictors import (ClassifierPredictor, Seq2SeqPredictor, TokenizingClassifierPredictor,
-                                     tokenize_tagged)
+from jobs.scoring.predictors import (ClassifierPredictor, PredictorSettings, Seq2SeqPredictor,
+                                     TokenizingClassifierPredictor, tokenize_tagged)
 from jobs.scoring.settings import PipelineSettings
 from jobs.scoring.sink import SCORED_SCHEMAS, SplitScoredSink
 
@@ -145,12 +145,14 @@ def score_files(files: ParquetFiles, infos: list[FileInfo], output: str, model: 
     return result
 
 
-def manifest_for(counts: PipelineCounts, infos: list[FileInfo], model: ScoringModel, **extra) -> dict:
+def manifest_for(counts: PipelineCounts, infos: list[FileInfo], model: ScoringModel, predictor: PredictorSettings,
+                 **extra) -> dict:
     return {"rows_in": counts.rows_in, "rows_out": counts.rows_out, "rows_rejected": counts.rows_rejected,
             "rejected_by_reason": counts.rejected_by_reason, "files": counts.files,
             "inputs": [info.fingerprint() for info in infos],
             "model": {"name": model.resolved.name, "version": model.resolved.version,
                       "run_id": model.resolved.run_id, "kind": model.kind},
+            "scored_with": predictor.numerics(),  # int8 or bf16 scores differ slightly from fp32 ones
             "seconds": round(counts.seconds, 3), "committed_at": now_iso(),
             **extra}
 

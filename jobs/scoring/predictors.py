@@ -61,6 +61,11 @@ class PredictorSettings:
     # off on GPUs, where tokenizing in the actor would leave the GPU idle.
     tokenize_in_actor: bool = False
 
+    def numerics(self) -> dict:
+        """The settings the scores depend on besides the model: recorded beside every published output."""
+        return {"precision": self.precision, "quantize": self.quantize, "compile": self.compile,
+                "beam_size": self.beam_size}
+
     def __post_init__(self) -> None:
         if self.precision != "fp32" and self.num_gpus <= 0:
             raise ValueError(f"precision {self.precision} is a GPU setting (num_gpus > 0); CPU actors stay fp32")

@@ -172,6 +172,7 @@ def test_incremental_run_skips_done_partitions(ray_local, registry, texts, tmp_p
     entry = entries[-1]
     assert (entry["rows_in"], entry["rows_out"], entry["rows_rejected"]) == (18, 18, 0)
     assert entry["model"]["name"] == MODEL and entry["model"]["version"] == "1" and entry["model"]["run_id"]
+    assert entry["scored_with"] == {"precision": "fp32", "quantize": "none", "compile": False, "beam_size": 1}
     assert entry["inputs"][0]["file"] == "part-0.parquet" and entry["inputs"][0]["size"] > 0
     assert entry["output"].endswith("date=2026-11-25/v1") and entry["scheduled_run_id"] == second.run_id
     scored_rows = pq.read_table(committed_outputs(str(scored))["date=2026-11-25"][0])

@@ -11,6 +11,7 @@ import torch
 
 from jobs.common.registry import ResolvedModel
 from jobs.scoring.predictors import PredictorSettings, TokenizingClassifierPredictor
+from jobs.scoring.sink import read_manifest
 
 
 def score_in_process(model_dir: Path, texts: list[str], **settings) -> tuple[dict, torch.nn.Module]:
@@ -48,6 +49,7 @@ def test_batch_infer_scores_with_the_int8_predictor(ray_local, mlflow_uri, tiny_
     assert np.abs(job_probs - int8["probability"]).max() < np.abs(job_probs - fp32["probability"]).max()
     params = mlflow.MlflowClient(mlflow_uri).get_run(outcome.run_id).data.params
     assert params["predictor.quantize"] == "dynamic_int8"
+    assert read_manifest(outcome.output_path)["scored_with"]["quantize"] == "dynamic_int8"  # beside the scores
 
 
 def test_the_compiled_predictor_gives_the_eager_predictions(tiny_model_dir: Path, tiny_corpus: Path):

@@ -151,6 +151,19 @@ def test_the_new_settings_load():
             load(cls, str(ROOT / f"configs/{name}.{target}.yaml"), [])
 
 
+def test_a_resume_under_other_numerics_starts_fresh():
+    """int8, compiled or half-precision scores differ slightly from fp32 ones: a run's chunks are not mixed."""
+    from jobs.batch_infer import run_fingerprint
+    from jobs.scoring.pipeline import ScoringModel
+
+    model = ScoringModel(ResolvedModel(load_uri="/m", name="m", version="1", run_id="r"), None, "/m", "classifier")
+    fp32 = run_fingerprint(load(BatchInferConfig, None, []), model)
+    assert fp32["settings"]["quantize"] == "none" and fp32["settings"]["compile"] is False
+    for override in ("predictor.quantize=dynamic_int8", "predictor.compile=true"):
+        assert run_fingerprint(load(BatchInferConfig, None, [override]), model) != fp32, override
+    assert run_fingerprint(load(BatchInferConfig, None, ["predictor.concurrency=4"]), model) == fp32
+
+
 def test_a_seq2seq_model_refuses_the_classifier_only_settings(tmp_path):
     from data_pipeline.quarantine import InputColumns
     from data_pipeline.seq2seq import train_source_tokenizer, train_target_tokenizer
