@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 
 from data_pipeline.paths import ParquetFiles
 from data_pipeline.schema import label_names_from_schema
-from data_pipeline.tokenization import tokenize_texts
+from data_pipeline.tokenization import tokenize_texts, tokenizer_json
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,7 +55,7 @@ def tokenized(dataset, tokenizer_path: str, text_column: str, max_length: int, k
     return dataset.map_batches(
         tokenize_texts, fn_kwargs={"tokenizer_path": tokenizer_path, "text_column": text_column,
                                    "max_length": max_length, "keep_columns": keep_columns,
-                                   "pair_column": pair_column},
+                                   "pair_column": pair_column, "serialized": tokenizer_json(tokenizer_path)},
         batch_format="pyarrow", batch_size=resources.tokenize_batch_rows,
         compute=ray.data.TaskPoolStrategy(size=resources.tokenize_concurrency), num_cpus=resources.tokenize_cpus)
 

@@ -16,14 +16,16 @@ workers with fewer batches split their biggest ones (no row dropped or repeated)
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import torch
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from data_pipeline.text_limits import cut_texts, max_chars
+
+if TYPE_CHECKING:
+    import torch  # imported where used: the tokenize stage's processes never need it (data_pipeline.tokenization)
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)  # ids 0, 1, 2, 3
@@ -158,6 +160,8 @@ def split_to_count(batches: list[list[int]], count: int) -> list[list[int]]:
 
 def collate_pairs(src_rows: Sequence[Sequence[int]], tgt_rows: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
     """Pad one batch: ``src_ids`` (B, S), ``tgt_in`` = <s> + target (B, T+1), ``tgt_out`` = target + </s> (B, T+1)."""
+    import torch
+
     B = len(src_rows)
     S = max(len(r) for r in src_rows)
     T = max(len(r) for r in tgt_rows) + 1

@@ -8,21 +8,55 @@ scoring batch is padded to its own longest row by ``pad_batch``. Reviews have a 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from data_pipeline.text_limits import cut_texts, max_chars
 
+if TYPE_CHECKING:
+    import tokenizers
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+# torch and transformers are imported where they are used, not here: Ray Data unpickles
+# ``tokenize_texts`` in every process that plans or runs a dataset (a training run's split
+# coordinators, one per split, and each cold tokenize process), and the two imports cost ~4 s of
+# start-up there, for a stage whose work is the Rust tokenizer's.
+
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     if not tokenizer.is_fast:
         raise ValueError(f"{name_or_path}: a fast (Rust) tokenizer is required for batch tokenization")
     return tokenizer
+
+
+def tokenizer_json(name_or_path: str) -> str:
+    """The Rust tokenizer behind ``load_tokenizer(name_or_path)``, serialized for the tokenize stage.
+
+    Loaded with transformers where it is cheap to do so (the driver, which loads it anyway), so every
+    tokenizer_config.json setting is applied; the stage rebuilds it with ``tokenizers`` alone. The
+    truncation side travels in the serialized truncation settings.
+    """
+    return serialize_tokenizer(load_tokenizer(name_or_path))
+
+
+def serialize_tokenizer(loaded: PreTrainedTokenizerBase) -> str:
+    backend = loaded.backend_tokenizer
+    backend.no_padding()
+    backend.enable_truncation(max_length=512, direction=loaded.truncation_side)  # the stage reads the direction
+    return backend.to_str()
+
+
+def rust_tokenizer(serialized: str) -> tokenizers.Tokenizer:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(serialized)
 
 
 class TokenizeBatch:
@@ -39,8 +73,10 @@ class TokenizeBatch:
     """
 
     def __init__(self, tokenizer_path: str, text_column: str, max_length: int,
-                 keep_columns: Sequence[str] = (), pair_column: str | None = None):
-        self.tokenizer = load_tokenizer(tokenizer_path)
+                 keep_columns: Sequence[str] = (), pair_column: str | None = None, serialized: str | None = None):
+        # ``serialized`` (``tokenizer_json`` of the path, made by the caller): no transformers here
+        self.tokenizer = rust_tokenizer(serialized or tokenizer_json(tokenizer_path))
+        self.truncation_side = (self.tokenizer.truncation or {}).get("direction", "right")
         self.text_column = text_column
         self.pair_column = pair_column
         self.max_length = max_length
@@ -48,9 +84,18 @@ class TokenizeBatch:
         self.keep_columns = tuple(keep_columns)
 
     def _encode(self, texts: list[str], pairs: list[str] | None, truncate: bool) -> dict[str, list[list[int]]]:
-        kwargs = {"truncation": "longest_first", "max_length": self.max_length} if truncate else {"truncation": False}
-        return self.tokenizer(texts, pairs, add_special_tokens=True, verbose=False, return_attention_mask=False,
-                              return_token_type_ids=pairs is not None, **kwargs)
+        # what a transformers fast tokenizer's __call__ does with these arguments, without its wrapper
+        if truncate:
+            self.tokenizer.enable_truncation(self.max_length, strategy="longest_first",
+                                             direction=self.truncation_side)
+        else:
+            self.tokenizer.no_truncation()
+        encodings = self.tokenizer.encode_batch(texts if pairs is None else list(zip(texts, pairs)),
+                                                add_special_tokens=True)
+        out = {"input_ids": [e.ids for e in encodings]}
+        if pairs is not None:
+            out["token_type_ids"] = [e.type_ids for e in encodings]
+        return out
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         texts, cut = cut_texts(batch.column(self.text_column).to_pylist(), self.max_chars)
@@ -97,7 +142,8 @@ _STAGES: dict[tuple, TokenizeBatch] = {}
 
 
 def tokenize_texts(batch: pa.Table, tokenizer_path: str, text_column: str, max_length: int,
-                   keep_columns: Sequence[str] = (), pair_column: str | None = None) -> pa.Table:
+                   keep_columns: Sequence[str] = (), pair_column: str | None = None,
+                   serialized: str | None = None) -> pa.Table:
     """``TokenizeBatch`` as a function for task-based ``map_batches``.
 
     Ray reuses warm worker processes for tasks, whereas an actor pool is started again for every
@@ -107,7 +153,7 @@ def tokenize_texts(batch: pa.Table, tokenizer_path: str, text_column: str, max_l
     stage = _STAGES.get(key)
     if stage is None:
         _STAGES.clear()
-        stage = _STAGES[key] = TokenizeBatch(*key)
+        stage = _STAGES[key] = TokenizeBatch(*key, serialized=serialized)
     return stage(batch)
 
 
@@ -119,6 +165,8 @@ def pad_batch(batch: dict[str, np.ndarray], pad_id: int = 0,
     row of this batch, ``token_type_ids`` (B, T_max) for sentence pairs, plus ``labels`` (B,)
     when ``label_column`` is present.
     """
+    import torch
+
     rows = batch["input_ids"]
     lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
     width = int(lengths.max()) if len(rows) else 0

@@ -25,13 +25,19 @@ def test_a_multi_megabyte_row_scores_and_is_flagged_truncated(tmp_path):
     predictor = TokenizingClassifierPredictor(resolved, None, PredictorSettings(), str(model_dir), max_length=32,
                                               keep_columns=("id",))
     seen = []
-    inner = predictor.tokenize.tokenizer
 
-    def spy(texts, pairs=None, **kwargs):
-        seen.extend(len(t) for t in texts)
-        return inner(texts, pairs, **kwargs)
+    class Spy:  # the stage's Rust tokenizer, recording the texts it is handed
+        def __init__(self, inner):
+            self.inner = inner
 
-    predictor.tokenize.tokenizer = spy
+        def encode_batch(self, texts, **kwargs):
+            seen.extend(len(t) for t in texts)
+            return self.inner.encode_batch(texts, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    predictor.tokenize.tokenizer = Spy(predictor.tokenize.tokenizer)
     out = predictor(pa.table({"id": ["short", "huge"], "text": ["很好", HUGE]}))
     assert out["truncated"].tolist() == [False, True]
     assert max(seen) < 5_000  # the tokenizer saw a bounded prefix, not megabytes

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pytest
 import torch
 
 from data_pipeline.text_limits import max_chars
-from data_pipeline.tokenization import PadCollate, TokenizeBatch, load_tokenizer, pad_batch
+from data_pipeline.tokenization import (PadCollate, TokenizeBatch, load_tokenizer, pad_batch, serialize_tokenizer,
+                                         tokenizer_json)
 
 torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[2]
 
 MAX_LEN = 16
 
@@ -94,9 +100,13 @@ class SpyTokenizer:
     def __init__(self, inner):
         self.inner, self.longest = inner, 0
 
-    def __call__(self, texts, pairs=None, **kwargs):
-        self.longest = max([self.longest] + [len(t) for t in list(texts) + list(pairs or [])])
-        return self.inner(texts, pairs, **kwargs)
+    def encode_batch(self, inputs, **kwargs):
+        texts = [part for item in inputs for part in ((item,) if isinstance(item, str) else item)]
+        self.longest = max([self.longest] + [len(t) for t in texts])
+        return self.inner.encode_batch(inputs, **kwargs)
+
+    def __getattr__(self, name):  # truncation settings go to the real one
+        return getattr(self.inner, name)
 
 
 def spied(tokenizer_dir, **kwargs) -> TokenizeBatch:
@@ -159,6 +169,53 @@ def test_custom_text_column(tokenizer_dir, tokenizer):
     out = TokenizeBatch(tokenizer_dir, "review", 8)(pa.table({"review": ["很好"]}))
     assert out.column_names == ["input_ids", "num_tokens", "truncated"]
     assert out.column("input_ids").to_pylist() == [tokenizer("很好")["input_ids"]]
+
+
+def test_the_stage_encodes_as_the_transformers_tokenizer_does(tokenizer_dir, tokenizer):
+    """The stage runs the Rust tokenizer alone (no transformers in its processes): same ids, same cut."""
+    texts = ["好", "", "  ", "这家店的东西质量很好", REVIEW, "Ｆｕｌｌ　ｗｉｄｔｈ ÀÉÎ 😀 mixed 中文 text",
+             "好" * (MAX_LEN - 2), "好" * (MAX_LEN + 5), REVIEW * 3, "x" * 150, "[CLS] [SEP] [MASK] literal"]
+    pairs = list(reversed(texts))
+    for pair_column in (None, "pair"):
+        stage = TokenizeBatch(tokenizer_dir, "text", MAX_LEN, pair_column=pair_column)
+        out = stage(pa.table({"text": texts, "pair": pairs}))
+        expected = tokenizer(texts, pairs if pair_column else None, truncation="longest_first", max_length=MAX_LEN,
+                             return_token_type_ids=True)
+        assert out.column("input_ids").to_pylist() == expected["input_ids"]
+        if pair_column:
+            assert out.column("token_type_ids").to_pylist() == expected["token_type_ids"]
+    serialized = tokenizer_json(tokenizer_dir)
+    assert TokenizeBatch("no/such/path", "text", MAX_LEN, serialized=serialized)(
+        pa.table({"text": texts})).column("input_ids").to_pylist() == tokenizer(
+            texts, truncation=True, max_length=MAX_LEN)["input_ids"]  # built from the serialized form alone
+
+
+def test_a_tokenize_process_imports_neither_torch_nor_transformers(tokenizer_dir, tmp_path):
+    """Ray Data unpickles the stage in every process that plans or runs it: ~4 s of imports saved in each."""
+    (tmp_path / "tokenizer.json").write_text(tokenizer_json(tokenizer_dir))
+    script = f"""
+import sys
+from pathlib import Path
+import pyarrow as pa
+from data_pipeline.tokenization import tokenize_texts
+serialized = Path({str(tmp_path / "tokenizer.json")!r}).read_text()
+out = tokenize_texts(pa.table({{"text": ["很好"]}}), "unused", "text", 8, serialized=serialized)
+assert out.column("num_tokens").to_pylist() == [4], out
+print(sorted(name for name in ("torch", "transformers") if name in sys.modules))
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_stage_cuts_on_the_tokenizers_truncation_side(tokenizer_dir):
+    left = load_tokenizer(tokenizer_dir)
+    left.truncation_side = "left"
+    text = "一二三四五六七八九十" * 3
+    stage = TokenizeBatch("unused", "text", MAX_LEN, serialized=serialize_tokenizer(left))
+    expected = left([text], truncation=True, max_length=MAX_LEN)["input_ids"]
+    assert stage(pa.table({"text": [text]})).column("input_ids").to_pylist() == expected
+    assert expected[0][1] != left(text)["input_ids"][1]  # the start was cut: the left side
 
 
 def ragged(rows: list[list[int]]) -> np.ndarray:
