@@ -95,7 +95,7 @@ def score_rows(rows: EvalRows, model: ScoringModel, config: EvaluateConfig, outp
     check_cpu_budget(config.cpu_demands(model.kind))
     scores = f"{output}/scores"
     counts = score_files(staged, infos, scores, model, config, rows.columns)
-    write_manifest(scores, manifest_for(counts, infos, model))
+    write_manifest(scores, manifest_for(counts, infos, model, config.predictor))
     return counts
 
 
