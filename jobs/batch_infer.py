@@ -167,8 +167,8 @@ def _run(config: BatchInferConfig, run_name: str, staging: RunStaging) -> Scorin
             if pause > 0:
                 time.sleep(pause)
         counts = _total(chunks, infos)
-        manifest = manifest_for(counts, infos, model, config.predictor, mlflow_run_id=run.info.run_id, source=config.input,
-                                inputs=sources, chunks=[_chunk_summary(c) for c in chunks])
+        manifest = manifest_for(counts, infos, model, config.predictor, mlflow_run_id=run.info.run_id,
+                                source=config.input, inputs=sources, chunks=[_chunk_summary(c) for c in chunks])
         staging.publish(manifest)  # atomic: nothing at the target before, all of it after
         mlflow.log_metrics({**counts_metrics(counts), "chunks_resumed": len(resumed),
                             "rows_resumed": sum(c.record["rows_in"] for c in resumed)})
