@@ -14,6 +14,7 @@ from jobs.score_partitions import (Decision, Partition, ScorePartitionsConfig, _
                                    decide_for, discover_partitions)
 from jobs.scoring.ledger import Attempt, Lease, LeaseSettings, Ledger, OutputVersion, Store, committed_versions
 from jobs.scoring.pipeline import PipelineCounts, ScoringModel
+from jobs.scoring.predictors import PredictorSettings
 
 INPUTS = [{"file": "part-0.parquet", "size": 10, "mtime_ns": 1}]
 CHANGED = [*INPUTS, {"file": "part-1.parquet", "size": 7, "mtime_ns": 2}]  # rows added after scoring
@@ -142,7 +143,7 @@ def test_a_failed_commit_is_a_failed_partition_naming_the_paths(tmp_path: Path):
                             files=[{"path": "part-0.parquet", "rows": 1, "kind": "scored"}], seconds=0.1)
     model = ScoringModel(V2, None, str(tmp_path), "classifier")
     try:
-        outcome = _commit(claimed, counts, store, Ledger(store), model, "run-1")
+        outcome = _commit(claimed, counts, store, Ledger(store), model, PredictorSettings(), "run-1")
     finally:
         lease.release()
     assert outcome.status == "failed" and outcome.reason == "CommitFailed"
