@@ -56,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (REPO, Ratio, Result, bench_env, common_args, corpus_dir, minirbt_dir,  # noqa: E402
                           repeated_corpus)
+from jobs.common.ray_runtime import start_local_ray  # noqa: E402
 
 METHODS = ("ray", "ray-int8", "ray-compile", "pipeline", "loop")
 JOB_VARIANTS = {"ray": {}, "ray-int8": {"quantize": "dynamic_int8"}, "ray-compile": {"compile": True}}
@@ -85,7 +86,7 @@ def run_method(method: str, folder: Path, model_dir: Path, work: Path, repeats: 
         base = config_lib.load(BatchInferConfig, str(REPO / "configs/batch_infer.local-cpu.yaml"))
         memory = TreeMemory(os.getpid(), 0.25, pss_interval_s=2.0).__enter__()
         start = time.perf_counter()
-        ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+        start_local_ray(num_cpus=cores, log_to_driver=False)
         extra["ray_init_s"] = time.perf_counter() - start
         for i in range(repeats):
             out = work / "scores"

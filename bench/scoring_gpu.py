@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import REPO, Result, bench_env, common_args, minirbt_dir, repeated_corpus  # noqa: E402
+from jobs.common.ray_runtime import start_local_ray  # noqa: E402
 
 FORWARD_BATCH = 512
 
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     for precision in precisions:
         rates = [hand_loop(texts, model_dir, args.device, precision, args.max_length) for _ in range(args.repeats)]
         figures[("loop", precision)] = result.figure(f"hand loop, {precision}, {where}", "rows/s", rates)
-    ray.init(num_cpus=cores, num_gpus=gpus, include_dashboard=False, log_to_driver=False)
+    start_local_ray(num_cpus=cores, num_gpus=gpus, log_to_driver=False)
     try:
         for precision in precisions:
             overrides = job_overrides(args.device, gpus, cores, precision, args.max_length)

@@ -30,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import Result, bench_env, common_args, minirbt_dir, repeated_corpus, timed  # noqa: E402
+from jobs.common.ray_runtime import start_local_ray  # noqa: E402
 
 
 def one_process(files: list[Path], tokenizer_path: str, batch_rows: int, max_length: int) -> int:
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     from data_pipeline.ray_stages import StageResources
 
     ray.data.DataContext.get_current().enable_progress_bars = False
-    init_s, _ = timed(lambda: ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False))
+    init_s, _ = timed(lambda: start_local_ray(num_cpus=cores, log_to_driver=False))
     # One CPU slot per tokenize task minus what the read tasks and the driver's consumer need.
     resources = StageResources(read_cpus=0.25, tokenize_cpus=round((cores - 0.25) / tasks, 2) - 0.01,
                                tokenize_concurrency=tasks, tokenize_batch_rows=args.batch_rows,

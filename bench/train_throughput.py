@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import LABELS, Result, bench_env, common_args, corpus_dir, minirbt_dir, timed  # noqa: E402
 from jobs.finetune_classifier import ClassifierTask  # noqa: E402
+from jobs.common.ray_runtime import start_local_ray  # noqa: E402
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -380,8 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         if path in RAY_PATHS and ray_started is None:
             import ray
 
-            ray_started, _ = timed(lambda: ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False,
-                                                    num_gpus=gpus_for(args.device)))
+            ray_started, _ = timed(lambda: start_local_ray(num_cpus=cores, num_gpus=gpus_for(args.device),
+                                                           log_to_driver=False))
         start = time.time()
         if path == "plain1":
             run_plain(spec, 1, log_dir)

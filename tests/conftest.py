@@ -31,7 +31,9 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+        from jobs.common.ray_runtime import start_local_ray
+
+        start_local_ray(num_cpus=2)  # as the jobs start theirs: immune to other Ray instances here
     yield ray
     ray.shutdown()
 

@@ -1,14 +1,34 @@
-"""Connect to Ray: an existing cluster when one is named, else a local instance started by the job."""
+"""Connect to Ray: an existing cluster when one is named, else a local instance started by the job.
+
+Immune to other Ray instances on the same machine. Ray's State API (which Ray Train's
+placement-group cleaner asks once a second whether the training controller is still alive, and
+Ray Data's hang detector asks about tasks) finds its server through the cluster's record of a
+dashboard address. A Ray started with ``include_dashboard=False`` still records the default one,
+``127.0.0.1:8265``; when another Ray on the machine (a notebook, a test run, a second job) starts
+its dashboard there, it answers for ours: "no such actor", so the cleaner removes our training
+placement group and every worker dies ("A worker health check failed"). So the workers of a Ray
+this module starts are told where their State API is (``RAY_API_SERVER_ADDRESS``): their own
+dashboard when it runs, else an address this process holds and never serves, which refuses at
+once (the cleaner then logs that it cannot ask and keeps waiting, as it does without a dashboard
+anywhere). Workers of a cluster the job connects to are pinned to its address (``RAY_ADDRESS``), so
+a second Ray on a node never becomes "the latest cluster" they find by themselves.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
+import socket
 from dataclasses import dataclass
 
 from jobs.common import console
 
 log = logging.getLogger(__name__)
+
+STATE_API_ENV = "RAY_API_SERVER_ADDRESS"  # read by ray.util.state before any address lookup
+RAY_ADDRESS_ENV = "RAY_ADDRESS"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -18,6 +38,65 @@ class RayConfig:
     num_gpus: int | None = None  # local Ray only
 
 
+_held_state_api_socket: socket.socket | None = None
+
+
+def unserved_local_address() -> str:
+    """``http://127.0.0.1:<port>`` on a port this process keeps bound and never listens on.
+
+    A connection there is refused at once, and no other process can bind the port while this one
+    lives: no other Ray's dashboard can ever answer on it. (The socket is not inherited by children.)
+    """
+    global _held_state_api_socket
+    if _held_state_api_socket is None:
+        held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        held.bind(("127.0.0.1", 0))
+        _held_state_api_socket = held
+    return f"http://127.0.0.1:{_held_state_api_socket.getsockname()[1]}"
+
+
+@contextlib.contextmanager
+def _environment(**values: str):
+    """Set variables for the processes started inside the block (Ray's raylet copies the environment)."""
+    previous = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def start_local_ray(num_cpus: int | None, num_gpus: int | None = None, runtime_env: dict | None = None,
+                    log_to_driver: bool = True, **init_kwargs) -> None:
+    """``ray.init`` of a new local instance whose workers ask only their own Ray's State API.
+
+    The driver's own environment is restored afterwards: a ``ray job submit`` it runs later must not
+    inherit the address (the variable overrides ``--address`` there).
+    """
+    import ray
+
+    state_api = os.environ.get(STATE_API_ENV) or unserved_local_address()
+    with _environment(**{STATE_API_ENV: state_api}):
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=log_to_driver,
+                 runtime_env=runtime_env, **init_kwargs)
+
+
+def _pinned_cluster_env(address: str) -> dict[str, str]:
+    """``RAY_ADDRESS`` for the workers of a cluster given as ``host:port`` (a job's own setting wins)."""
+    if "://" in address or address in ("auto", "local") or os.environ.get(STATE_API_ENV):
+        return {}
+    submitted = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "")
+    try:
+        job_env = json.loads(submitted).get("runtime_env", {}).get("env_vars", {}) if submitted else {}
+    except (ValueError, AttributeError):
+        job_env = {}
+    return {} if RAY_ADDRESS_ENV in (job_env or {}) else {RAY_ADDRESS_ENV: address}
+
+
 def init_ray(config: RayConfig) -> None:
     """Idempotent: a job run inside a test session or a Ray job reuses the running instance."""
     import ray
@@ -25,15 +104,17 @@ def init_ray(config: RayConfig) -> None:
     console.install()
     if ray.is_initialized():
         return
-    address = config.address or os.environ.get("RAY_ADDRESS")
+    address = config.address or os.environ.get(RAY_ADDRESS_ENV)
     # Every worker process of the job installs the same log filters (Ray Train's own actors included).
-    runtime_env = None if console.verbose() or _job_sets_setup_hook() else \
+    runtime_env: dict = {} if console.verbose() or _job_sets_setup_hook() else \
         {"worker_process_setup_hook": console.worker_setup_hook()}
     if address:
-        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
+        pinned = _pinned_cluster_env(address)
+        if pinned:
+            runtime_env["env_vars"] = pinned
+        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env or None)
     else:
-        ray.init(num_cpus=config.num_cpus, num_gpus=config.num_gpus, include_dashboard=False,
-                 log_to_driver=True, runtime_env=runtime_env)
+        start_local_ray(config.num_cpus, config.num_gpus, runtime_env=runtime_env or None)
         log.info("started a local Ray: %s", ray.cluster_resources())
     console.quiet_ray_driver()
 

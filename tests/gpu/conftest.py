@@ -47,7 +47,9 @@ def ray_gpu(gpus: int):
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=min(os.cpu_count() or 2, 16), num_gpus=gpus, include_dashboard=False, log_to_driver=True)
+        from jobs.common.ray_runtime import start_local_ray
+
+        start_local_ray(num_cpus=min(os.cpu_count() or 2, 16), num_gpus=gpus)
     offered = int(ray.cluster_resources().get("GPU", 0))
     if offered < gpus:
         pytest.skip(f"the running Ray offers {offered} GPU(s) of the {gpus} visible (started without them)")

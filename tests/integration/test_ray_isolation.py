@@ -1,0 +1,91 @@
+"""A second Ray on the machine leaves a running job alone.
+
+Seen before the fix: a job's own Ray (no dashboard) still records the default dashboard address,
+127.0.0.1:8265; a notebook's ``ray.init()`` starting its dashboard there answered our training
+controller's placement-group cleaner with "no such actor", the cleaner removed the training
+placement group, and every worker died within seconds (``jobs.common.ray_runtime`` explains).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from jobs.train.callbacks import STEP_DELAY_ENV
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "configs/finetune_classifier.tiny.yaml"
+DEFAULT_DASHBOARD_PORT = 8265
+SECOND_RAY = """
+import time, ray
+ray.init(num_cpus=1)  # a notebook's Ray: its dashboard on the default port
+print("second ray up", flush=True)
+time.sleep(600)
+"""
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _wait(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def test_a_second_ray_with_a_dashboard_does_not_kill_a_training_job(mlflow_uri, tiny_corpus, tiny_model_dir,
+                                                                    session_dir):
+    if _port_open(DEFAULT_DASHBOARD_PORT):
+        pytest.skip(f"port {DEFAULT_DASHBOARD_PORT} is already served here: the second Ray's dashboard "
+                    "could not take the default address")
+    storage, name = session_dir / "isolation-ray", "beside-a-second-ray"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, STEP_DELAY_ENV: "1.0"}
+    env.pop("RAY_ADDRESS", None)
+    command = [sys.executable, "-m", "jobs.finetune_classifier", "--config", str(TINY)]
+    for item in (f"data.train={tiny_corpus / 'train.parquet'}", f"data.val={tiny_corpus / 'val.parquet'}",
+                 f"data.test={tiny_corpus / 'test.parquet'}", f"model.name_or_path={tiny_model_dir}",
+                 f"run.storage_path={storage}", f"run.name={name}", "run.max_failures=0", "optim.epochs=4"):
+        command += ["--set", item]
+    log = open(session_dir / "isolation-job.log", "wb")
+    job = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+    second = None
+    try:
+        # Training has begun once the first checkpoint is on disk; then another Ray starts beside it.
+        _wait(lambda: any(storage.glob(f"{name}/epoch-*/COMPLETE")) or job.poll() is not None, 300,
+              "the job's first checkpoint")
+        assert job.poll() is None, (session_dir / "isolation-job.log").read_text()[-3000:]
+        second_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        second = subprocess.Popen([sys.executable, "-c", SECOND_RAY], env=second_env, start_new_session=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        _wait(lambda: _port_open(DEFAULT_DASHBOARD_PORT) or job.poll() is not None, 120,
+              "the second Ray's dashboard on the default port")
+        code = job.wait(timeout=600)
+    finally:
+        for process in (job, second):
+            if process is not None and process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+        log.close()
+    output = (session_dir / "isolation-job.log").read_text(errors="replace")
+    assert code == 0, output[-3000:]
+    assert "Cleaning up placement group" not in output
+    client = mlflow.MlflowClient(mlflow_uri)
+    runs = client.search_runs([client.get_experiment_by_name("finetune-tiny").experiment_id],
+                              filter_string=f"tags.ray_run_name = '{name}'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert "restarts" not in runs[0].data.tags
