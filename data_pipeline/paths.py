@@ -71,17 +71,20 @@ def resolve_parquet_files(path: str, s3_endpoint_url: str | None = None) -> Parq
     """Expand a file, a directory (recursively) or a glob into a sorted list of Parquet files.
 
     Raises FileNotFoundError naming the path when nothing matches, so a typo fails before any compute.
+    Listings are retried when the store answers with a transient error (``data_pipeline.storage``).
     """
+    from data_pipeline.storage import retrying
+
     fs, inner = filesystem_for(path, s3_endpoint_url)
     prefix = path.split("://", 1)[0] + "://" if _is_uri(path) else ""
     has_glob = any(ch in inner for ch in "*?[")
     if not has_glob:
-        info = fs.get_file_info(inner)
+        info = retrying(lambda: fs.get_file_info(inner), f"stat {path}")
         if info.type == pafs.FileType.File:
             return ParquetFiles(fs, (inner,), prefix)
         if info.type == pafs.FileType.Directory:
             selector = pafs.FileSelector(inner, recursive=True)
-            found = [i.path for i in fs.get_file_info(selector)
+            found = [i.path for i in retrying(lambda: fs.get_file_info(selector), f"list {path}")
                      if i.type == pafs.FileType.File and i.path.endswith(".parquet")
                      and not _hidden(i.path[len(inner):])]
             if not found:
@@ -93,7 +96,7 @@ def resolve_parquet_files(path: str, s3_endpoint_url: str | None = None) -> Parq
     else:
         base = inner.split("*", 1)[0].rsplit("/", 1)[0]
         selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
-        found = [i.path for i in fs.get_file_info(selector)
+        found = [i.path for i in retrying(lambda: fs.get_file_info(selector), f"list {path}")
                  if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, inner)]
     if not found:
         raise FileNotFoundError(f"{path}: the pattern matches no files")

@@ -16,21 +16,33 @@ Tagged rows keep flowing (their text replaced by ``""``) so the predictor can sk
 sink can write them to ``_rejected/``: rows out + rows rejected = rows in, by construction.
 
 File-level faults are different: a file whose footer or data pages cannot be read, or that
-lacks the ``id`` / text column, fails the whole group of files it belongs to (a partition),
-with a message naming the file. ``inspect_files`` reads only footers (no data pass), so most
-corrupt files fail on the driver before any compute (``InputFileError``). A fault found later,
-in a data page, must not fail the other groups scored by the same pipeline: the read task
-emits one error row for it (``reject_reason`` starting with ``FILE_ERROR``) that travels to the
-sink, which marks that group failed; nothing of a failed group is ever committed.
+lacks the ``id`` / text column. ``ReadSettings.on_unreadable_file`` says what happens to it:
+
+- ``fail`` (the default): it fails the whole group of files it belongs to (a partition), with a
+  message naming the file. ``inspect_files`` reads only footers (no data pass), so most corrupt
+  files fail on the driver before any compute (``InputFileError``). A fault found later, in a data
+  page, must not fail the other groups scored by the same pipeline: the read task emits one error
+  row for it (``reject_reason`` starting with ``FILE_ERROR``) that travels to the sink, which marks
+  that group failed; nothing of a failed group is ever committed.
+- ``quarantine`` (Spark's ``ignoreCorruptFiles``): the rest is scored; the file is listed with its
+  reason and the rows it held that were not read (``UnreadableFile``; a footer that cannot be read
+  gives no row count), and those rows are counted apart: rows out + rows rejected + rows unreadable
+  = rows in. A data-page fault leaves the rows of the row groups read before it scored.
+
+A storage error is not a corrupt file: reads are retried when the error is transient
+(``data_pipeline.storage``, per row group, so nothing is yielded twice), and one that still fails
+raises (``StorageError``): the pipeline fails, no file is blamed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -40,6 +52,7 @@ import pyarrow.parquet as pq
 
 from data_pipeline.paths import ParquetFiles, mtime_ns
 from data_pipeline.schema import classification_spec
+from data_pipeline.storage import DEFAULT_RETRY, StorageRetry, is_transient, retrying
 from data_pipeline.validation import bad_row_masks
 
 # Reject reasons, highest priority first: a row gets the first that applies.
@@ -89,6 +102,22 @@ class InputColumns:
 class ReadSettings:
     rows_per_task: int = 262_144  # row groups are packed into read tasks of about this many rows
     batch_rows: int = 8192  # rows per block leaving a read task (bounded memory per task)
+    # A corrupt or unreadable input file: fail its group (a partition, or the whole run), or quarantine it
+    # (score the rest; the file, its reason and its unread rows are listed in the manifest and the counts).
+    on_unreadable_file: Literal["fail", "quarantine"] = "fail"
+
+
+@dataclass(frozen=True)
+class UnreadableFile:
+    """An input file (or the row groups of it from a fault on) that could not be read, quarantined."""
+    file: str  # URI or absolute path
+    reason: str
+    rows: int | None  # rows not read; None when even the footer could not be read
+    row_groups: tuple[int, ...] | None = None  # the row groups not read; None: the whole file
+
+    def as_dict(self) -> dict:
+        return {"file": self.file, "reason": self.reason, "rows": self.rows,
+                "row_groups": None if self.row_groups is None else list(self.row_groups)}
 
 
 @dataclass(frozen=True)
@@ -119,14 +148,20 @@ def _check_columns(display: str, schema: pa.Schema, columns: InputColumns) -> No
         raise InputFileError(display, f"column {columns.id} has type {id_type}, expected string or integer")
 
 
-def inspect_file(files: ParquetFiles, path: str, columns: InputColumns | str) -> FileInfo:
+def inspect_file(files: ParquetFiles, path: str, columns: InputColumns | str,
+                 retry: StorageRetry = DEFAULT_RETRY) -> FileInfo:
     display = files.uri_prefix + path
-    try:
+
+    def footer():
         info = files.filesystem.get_file_info(path)
         with files.filesystem.open_input_file(path) as handle:
             parquet = pq.ParquetFile(handle)
-            metadata, schema = parquet.metadata, parquet.schema_arrow
+            return info, parquet.metadata, parquet.schema_arrow
+    try:
+        info, metadata, schema = retrying(footer, f"read the footer of {display}", retry)
     except (OSError, pa.ArrowException) as exc:
+        if is_transient(exc) or isinstance(exc, (FileNotFoundError, PermissionError)):
+            raise  # the store's fault (retried already), not the file's
         raise InputFileError(display, f"unreadable as Parquet ({exc})") from None
     _check_columns(display, schema, InputColumns.of(columns))
     groups = [metadata.row_group(i) for i in range(metadata.num_row_groups)]
@@ -135,15 +170,31 @@ def inspect_file(files: ParquetFiles, path: str, columns: InputColumns | str) ->
                     row_group_bytes=tuple(int(g.total_byte_size) for g in groups))
 
 
-def inspect_files(files: ParquetFiles, columns: InputColumns | str) -> list[FileInfo]:
-    """Footers of every file (threads: on object stores each footer is a round trip).
+def inspect_inputs(files: ParquetFiles, columns: InputColumns | str, on_unreadable: str = "fail",
+                   retry: StorageRetry = DEFAULT_RETRY) -> tuple[list[FileInfo], list[UnreadableFile]]:
+    """Footers of every file (threads: on object stores each footer is a round trip), and the files quarantined.
 
-    Raises the first ``InputFileError`` in path order, so the message names a file.
+    With ``on_unreadable="fail"`` the first ``InputFileError`` in path order is raised, so the
+    message names a file; with ``quarantine`` such files are returned apart, in path order.
     """
     workers = 1 if isinstance(files.filesystem, pafs.LocalFileSystem) else 16
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(inspect_file, files, p, columns) for p in files.paths]
-        return [f.result() for f in futures]
+        futures = [pool.submit(inspect_file, files, p, columns, retry) for p in files.paths]
+        infos, unreadable = [], []
+        for future in futures:
+            try:
+                infos.append(future.result())
+            except InputFileError as exc:
+                if on_unreadable != "quarantine":
+                    raise
+                unreadable.append(UnreadableFile(exc.file, exc.problem, None))
+        return infos, unreadable
+
+
+def inspect_files(files: ParquetFiles, columns: InputColumns | str,
+                  retry: StorageRetry = DEFAULT_RETRY) -> list[FileInfo]:
+    """Footers of every file; the first ``InputFileError`` in path order is raised, naming its file."""
+    return inspect_inputs(files, columns, "fail", retry)[0]
 
 
 def _is_stringish(tp: pa.DataType) -> bool:
@@ -259,29 +310,88 @@ def _repeat(value: str, n: int) -> pa.Array:
                                           pa.array([value], pa.string())).dictionary_decode()
 
 
-def error_row(display: str, columns: InputColumns | str, group: str, problem: str) -> pa.Table:
-    """The in-band marker of a file that failed mid-read: one unscorable row the sink recognises."""
+def error_row(display: str, columns: InputColumns | str, group: str, problem: str, rows: int | None = None,
+              row_groups: Sequence[int] | None = None) -> pa.Table:
+    """The in-band marker of a file that failed mid-read: one unscorable row the sink recognises.
+
+    Its reason carries the file, the problem and the rows and row groups not read (``parse_file_error``).
+    """
     columns = InputColumns.of(columns)
     texts = {name: [""] for name in (columns.text, columns.pair) if name is not None}
+    detail = json.dumps(UnreadableFile(display, problem, rows, None if row_groups is None else tuple(row_groups))
+                        .as_dict(), ensure_ascii=False)
     return pa.table({ID: pa.array([None], pa.string()), **texts, SOURCE_FILE: [display],
-                     REJECT_REASON: [f"{FILE_ERROR}{display}: {problem}"], SCORABLE: [False], GROUP: [group]})
+                     REJECT_REASON: [f"{FILE_ERROR}{detail}"], SCORABLE: [False], GROUP: [group]})
+
+
+def parse_file_error(reason: str) -> UnreadableFile:
+    """The file, problem and unread rows of an error row's reason (``FILE_ERROR`` stripped or not)."""
+    payload = json.loads(reason[len(FILE_ERROR):] if reason.startswith(FILE_ERROR) else reason)
+    groups = payload.get("row_groups")
+    return UnreadableFile(payload["file"], payload["reason"], payload["rows"], None if groups is None else tuple(groups))
+
+
+class _RowGroupReader:
+    """Row groups of one file, each read whole; a failed read reopens the file for the next try."""
+
+    def __init__(self, filesystem: pafs.FileSystem, path: str):
+        self.filesystem, self.path = filesystem, path
+        self.handle = None
+        self.parquet: pq.ParquetFile | None = None
+
+    def file(self) -> pq.ParquetFile:
+        if self.parquet is None:
+            self.handle = self.filesystem.open_input_file(self.path)
+            self.parquet = pq.ParquetFile(self.handle)
+        return self.parquet
+
+    def read(self, index: int, columns: list[str]) -> pa.Table:
+        try:
+            return self.file().read_row_group(index, columns=columns)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+        self.handle, self.parquet = None, None
 
 
 def read_tagged(filesystem: pafs.FileSystem, path: str, display: str, row_groups: Sequence[int],
-                columns: InputColumns | str, batch_rows: int, group: str = "") -> Iterator[pa.Table]:
-    """Stream tagged batches of some row groups of one file; a read error becomes an error row."""
+                columns: InputColumns | str, batch_rows: int, group: str = "",
+                retry: StorageRetry = DEFAULT_RETRY, row_group_rows: Sequence[int] | None = None) -> Iterator[pa.Table]:
+    """Stream tagged batches of some row groups of one file; a corrupt file becomes an error row.
+
+    Each row group is read whole before any of it is yielded, with transient storage errors
+    retried, so a retry never yields a row twice; a storage error that persists raises.
+    ``row_group_rows`` (from the footer) gives the unread rows an error row reports.
+    """
     columns = InputColumns.of(columns)
+    reader = _RowGroupReader(filesystem, path)
+    remaining = list(row_groups)
     try:
-        with filesystem.open_input_file(path) as handle:
-            parquet = pq.ParquetFile(handle)
-            _check_columns(display, parquet.schema_arrow, columns)
-            for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=list(row_groups),
-                                              columns=columns.names):
+        parquet = retrying(reader.file, f"open {display}", retry)
+        _check_columns(display, parquet.schema_arrow, columns)
+        while remaining:
+            table = retrying(lambda: reader.read(remaining[0], columns.names),
+                             f"read row group {remaining[0]} of {display}", retry)
+            remaining.pop(0)
+            for batch in table.to_batches(max_chunksize=batch_rows):
                 yield tag_rows(batch, display, columns, group)
     except InputFileError as exc:
-        yield error_row(display, columns, group, exc.problem)
+        yield error_row(display, columns, group, exc.problem, _unread(remaining, row_group_rows), remaining)
     except (OSError, pa.ArrowException) as exc:
-        yield error_row(display, columns, group, f"unreadable as Parquet ({type(exc).__name__}: {exc})")
+        if is_transient(exc) or isinstance(exc, (FileNotFoundError, PermissionError)):
+            raise  # the store's fault, not the file's: the pipeline fails and names it
+        yield error_row(display, columns, group, f"unreadable as Parquet ({type(exc).__name__}: {exc})",
+                        _unread(remaining, row_group_rows), remaining)
+    finally:
+        reader.close()
+
+
+def _unread(remaining: list[int], row_group_rows: Sequence[int] | None) -> int | None:
+    return None if row_group_rows is None else sum(row_group_rows[i] for i in remaining)
 
 
 @dataclass(frozen=True)
@@ -306,6 +416,7 @@ class ScoringGroup:
     name: str
     files: ParquetFiles
     infos: tuple[FileInfo, ...]
+    unreadable: tuple[UnreadableFile, ...] = ()  # files quarantined before any read (their footer failed)
 
     @property
     def rows(self) -> int:
@@ -330,10 +441,10 @@ def read_units(groups: Sequence[ScoringGroup], rows_per_task: int) -> list[ReadU
     return units
 
 
-def _make_read_fn(unit: ReadUnit, columns: InputColumns, batch_rows: int):
+def _make_read_fn(unit: ReadUnit, columns: InputColumns, batch_rows: int, retry: StorageRetry):
     def read_fn():
         return read_tagged(unit.filesystem, unit.file.path, unit.file.display, unit.row_groups, columns,
-                           batch_rows, unit.group)
+                           batch_rows, unit.group, retry, unit.file.row_group_rows)
     return read_fn
 
 
@@ -352,11 +463,12 @@ class ScoringSource(_Datasource):
     """
 
     def __init__(self, groups: Sequence[ScoringGroup], columns: InputColumns | str,
-                 settings: ReadSettings = ReadSettings()):
+                 settings: ReadSettings = ReadSettings(), retry: StorageRetry = DEFAULT_RETRY):
         super().__init__()
         self.units = read_units(groups, settings.rows_per_task)
         self.columns = InputColumns.of(columns)
         self.batch_rows = settings.batch_rows
+        self.retry = retry
 
     def estimate_inmemory_data_size(self) -> int | None:
         return sum(u.bytes for u in self.units)
@@ -369,7 +481,7 @@ class ScoringSource(_Datasource):
         for unit in self.units:
             metadata = BlockMetadata(num_rows=unit.rows, size_bytes=unit.bytes, exec_stats=None,
                                      input_files=(unit.file.display,))
-            tasks.append(ReadTask(_make_read_fn(unit, self.columns, self.batch_rows),
+            tasks.append(ReadTask(_make_read_fn(unit, self.columns, self.batch_rows, self.retry),
                                   metadata, per_task_row_limit=per_task_row_limit))
         return tasks
 

@@ -28,7 +28,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from data_pipeline.paths import ParquetFiles
-from data_pipeline.quarantine import InputFileError, inspect_files
+from data_pipeline.quarantine import InputFileError, UnreadableFile, inspect_inputs
 from data_pipeline.readers import FileFormat, InputFormatError
 from jobs.common import config as config_lib
 from jobs.common.naming import unique_run_name
@@ -98,20 +98,20 @@ class ScoringOutcome:
 
 def run(config: BatchInferConfig) -> ScoringOutcome:
     run_name = config.run_name or unique_run_name("score")
-    staging = RunStaging(config.output_dir, run_name, replace=config.replace)
+    staging = RunStaging(config.output_dir, run_name, replace=config.replace, retry=config.storage)
     staging.check_target()  # before any work: a rerun into a published output fails at once
     try:
         return _run(config, run_name, staging)
     except BaseException:
         try:
             keep = staging.has_progress()
+            if not keep:
+                staging.remove()  # nothing to resume from: no staging, no unpublished files in the target
         except OSError:  # the store is unreachable: leave it as it is, report the run's own error
             keep = True
         if keep:  # a rerun with this run_name resumes from it
             print(f"batch scoring: committed chunks kept in {staging.root}; rerun with run_name={run_name} "
                   "to resume", file=sys.stderr, flush=True)
-        else:
-            staging.remove()
         raise
 
 
@@ -129,7 +129,8 @@ def _run(config: BatchInferConfig, run_name: str, staging: RunStaging) -> Scorin
     import mlflow
 
     files = scoring_input(config.input, config.input_format, config.input_columns, staging.input_uri)
-    infos = inspect_files(files, config.input_columns)  # footers only: a corrupt file fails here, by name
+    # footers only: a corrupt file fails here, by name, or is quarantined (read.on_unreadable_file)
+    infos, unreadable = inspect_inputs(files, config.input_columns, config.read.on_unreadable_file, config.storage)
     sources = source_fingerprints(config.input, config.input_format, infos)
     target = prepare_tracking(config.tracking)
     model = ScoringModel.load(config.model, target)
@@ -166,10 +167,13 @@ def _run(config: BatchInferConfig, run_name: str, staging: RunStaging) -> Scorin
                   f"{chunks[-1].record['rows_in']} rows", flush=True)
             if pause > 0:
                 time.sleep(pause)
-        counts = _total(chunks, infos)
+        counts = _total(chunks, infos, unreadable)
         manifest = manifest_for(counts, infos, model, config.predictor, mlflow_run_id=run.info.run_id,
                                 source=config.input, inputs=sources, chunks=[_chunk_summary(c) for c in chunks])
         staging.publish(manifest)  # atomic: nothing at the target before, all of it after
+        for item in counts.unreadable:
+            print(f"quarantined {redact_text(item['file'])}: {item['reason']} ({item['rows']} rows not read)",
+                  file=sys.stderr, flush=True)
         mlflow.log_metrics({**counts_metrics(counts), "chunks_resumed": len(resumed),
                             "rows_resumed": sum(c.record["rows_in"] for c in resumed)})
         mlflow.log_dict(manifest, "scoring_manifest.json")
@@ -194,25 +198,28 @@ def _score_chunk(name: str, infos: list, sources: list[dict], files: ParquetFile
     return staging.commit_chunk(name, {
         "inputs": sources, "files": counts.files, "rows_in": counts.rows_in, "rows_out": counts.rows_out,
         "rows_rejected": counts.rows_rejected, "rejected_by_reason": counts.rejected_by_reason,
+        "unreadable": list(counts.unreadable),
         "seconds": round(counts.seconds, 3), "scored_by": mlflow_run_id})
 
 
-def _total(chunks: list[Chunk], infos: list) -> PipelineCounts:
-    """The run's counts from its chunks, checked: every input row scored or rejected exactly once."""
+def _total(chunks: list[Chunk], infos: list, unreadable: list[UnreadableFile]) -> PipelineCounts:
+    """The run's counts from its chunks, checked: every input row scored, rejected or quarantined exactly once."""
     reasons: dict[str, int] = {}
     for chunk in chunks:
         for reason, n in chunk.record["rejected_by_reason"].items():
             reasons[reason] = reasons.get(reason, 0) + n
     files = sorted((f for c in chunks for f in c.record["files"]), key=lambda f: f["path"])
+    quarantined = tuple(u.as_dict() for u in unreadable) + tuple(u for c in chunks for u in c.record.get("unreadable", []))
     counts = PipelineCounts(rows_in=sum(c.record["rows_in"] for c in chunks),
                             rows_out=sum(c.record["rows_out"] for c in chunks),
                             rows_rejected=sum(c.record["rows_rejected"] for c in chunks),
                             rejected_by_reason=dict(sorted(reasons.items())), files=files,
-                            seconds=sum(c.record["seconds"] for c in chunks))
+                            seconds=sum(c.record["seconds"] for c in chunks), unreadable=quarantined)
     rows_in = sum(info.num_rows for info in infos)
-    if counts.rows_in != rows_in or counts.rows_out + counts.rows_rejected != rows_in:
-        raise ScoringError(f"{counts.rows_out} rows scored + {counts.rows_rejected} rejected over the chunks != "
-                           f"{rows_in} rows in: rows were lost or duplicated")
+    if counts.rows_in != rows_in or not counts.balanced():
+        raise ScoringError(f"{counts.rows_out} rows scored + {counts.rows_rejected} rejected + "
+                           f"{counts.rows_unreadable} unreadable over the chunks != {rows_in} rows in: "
+                           "rows were lost or duplicated")
     return counts
 
 

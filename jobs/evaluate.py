@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_pipeline.paths import resolve_parquet_files
+from data_pipeline.paths import filesystem_for, resolve_parquet_files, to_uri
 from data_pipeline.quarantine import InputFileError, inspect_files
 from data_pipeline.readers import InputFormatError
 from jobs.common import config as config_lib
@@ -38,8 +38,11 @@ from jobs.evaluation.results import (ClassifierResult, Seq2SeqResult, classifier
                                      seq2seq_result)
 from jobs.scoring.pipeline import (PipelineCounts, ScoringError, ScoringModel, manifest_for, output_location,
                                    score_files)
+from jobs.scoring.publish import Publication
 from jobs.scoring.settings import PipelineSettings
-from jobs.scoring.sink import REJECTED_DIR, committed_files, write_manifest
+from jobs.scoring.sink import REJECTED_DIR, committed_files
+
+SCORES = "scores"  # <output_dir>/<run name>/scores/: the scored and rejected rows, with their manifest
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,13 +92,16 @@ def read_rows(config: EvaluateConfig, model: ScoringModel) -> tuple[EvalRows, Ev
 
 
 def score_rows(rows: EvalRows, model: ScoringModel, config: EvaluateConfig, output: str) -> PipelineCounts:
+    """Score the rows into ``<output>/scores``, published as the batch outputs are (``jobs.scoring.publish``)."""
     staged = resolve_parquet_files(rows.stage(f"{output}/_input"))
-    infos = inspect_files(staged, rows.columns)
+    infos = inspect_files(staged, rows.columns, config.storage)
     init_ray(config.ray)
     check_cpu_budget(config.cpu_demands(model.kind))
-    scores = f"{output}/scores"
-    counts = score_files(staged, infos, scores, model, config, rows.columns)
-    write_manifest(scores, manifest_for(counts, infos, model, config.predictor))
+    fs, target = filesystem_for(f"{output}/{SCORES}")
+    publication = Publication.on(fs, target, staging=filesystem_for(f"{output}/_staging/{SCORES}")[1],
+                                 retry=config.storage)
+    counts = score_files(staged, infos, to_uri(publication.write_path, output), model, config, rows.columns)
+    publication.publish(manifest_for(counts, infos, model, config.predictor), existing="refuse")
     return counts
 
 
@@ -103,7 +109,7 @@ def _read_committed(output: str, kind: str):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    files = committed_files(f"{output}/scores", kind)
+    files = committed_files(f"{output}/{SCORES}", kind)
     return pa.concat_tables([pq.read_table(f) for f in files]) if files else None
 
 

@@ -39,7 +39,8 @@ from typing import Literal
 import pyarrow.fs as pafs
 
 from data_pipeline.paths import filesystem_for, mtime_ns, resolve_parquet_files
-from data_pipeline.quarantine import FileInfo, ScoringGroup, inspect_files
+from data_pipeline.storage import DEFAULT_RETRY, Storage, StorageRetry
+from data_pipeline.quarantine import FileInfo, ScoringGroup, UnreadableFile, inspect_inputs
 from jobs.common import config as config_lib
 from jobs.common.naming import now_iso, unique_run_name
 from jobs.common.ray_runtime import RayConfig, check_cpu_budget, init_ray
@@ -97,20 +98,20 @@ class Partition:
     uri: str
 
 
-def discover_partitions(input_root: str, pattern: str) -> list[Partition]:
+def discover_partitions(input_root: str, pattern: str, retry: StorageRetry = DEFAULT_RETRY) -> list[Partition]:
     """Directories under ``input_root`` whose relative path matches ``pattern`` level by level.
 
     Lists one directory level per pattern segment, so the input files themselves are never listed.
     """
     fs, base = filesystem_for(input_root)
+    storage = Storage(fs, retry)
     base = base.rstrip("/")
     prefix = input_root.split("://", 1)[0] + "://" if "://" in input_root else ""
     candidates = [""]
     for segment in pattern.strip("/").split("/"):
         found = []
         for rel in candidates:
-            selector = pafs.FileSelector(f"{base}/{rel}".rstrip("/"), allow_not_found=True)
-            for info in fs.get_file_info(selector):
+            for info in storage.list(f"{base}/{rel}".rstrip("/")):
                 name = info.base_name
                 if info.type == pafs.FileType.Directory and fnmatch.fnmatchcase(name, segment) \
                         and not name.startswith(("_", ".")):
@@ -119,14 +120,23 @@ def discover_partitions(input_root: str, pattern: str) -> list[Partition]:
     return [Partition(rel, f"{prefix}{base}/{rel}") for rel in sorted(candidates)]
 
 
-def fingerprints(partition: Partition, infos: list[FileInfo] | None = None) -> list[dict]:
-    """Size, mtime (and rows, when the footers were read) of each input file, relative to the partition."""
-    if infos is None:
+def fingerprints(partition: Partition, infos: list[FileInfo] | None = None,
+                 unreadable: tuple[UnreadableFile, ...] = (), retry: StorageRetry = DEFAULT_RETRY) -> list[dict]:
+    """Size, mtime (and rows, when the footers were read) of each input file, relative to the partition.
+
+    Quarantined files are inputs too (stat only): a partition does not look changed for holding one.
+    """
+    listed = []
+    if infos is None or unreadable:
         files = resolve_parquet_files(partition.uri)
-        stats = files.filesystem.get_file_info(list(files.paths))
-        rows = [(files.uri_prefix + s.path, int(s.size or 0), mtime_ns(s), None) for s in stats]
+        stats = Storage(files.filesystem, retry).call(lambda: files.filesystem.get_file_info(list(files.paths)),
+                                                      f"stat the files of {partition.uri}")
+        listed = [(files.uri_prefix + s.path, int(s.size or 0), mtime_ns(s), None) for s in stats]
+    if infos is None:
+        rows = listed
     else:
-        rows = [(i.display, i.size, i.mtime_ns, i.num_rows) for i in infos]
+        bad = {u.file for u in unreadable}
+        rows = [(i.display, i.size, i.mtime_ns, i.num_rows) for i in infos] + [r for r in listed if r[0] in bad]
     out = []
     for display, size, modified_ns, n in rows:
         rel = display[len(partition.uri):].lstrip("/") if display.startswith(partition.uri) else display
@@ -204,6 +214,7 @@ class PartitionOutcome:
     rejected_by_reason: dict = field(default_factory=dict)
     seconds: float = 0.0
     error: str | None = None
+    unreadable: tuple = ()  # quarantined input files (read.on_unreadable_file: quarantine)
 
 
 @dataclass
@@ -230,7 +241,7 @@ def _claim(partition: Partition, store: Store, resolved: ResolvedModel, config: 
                                 error=f"could not take the lease under {store.uri('_leases')}: {exc}")
     try:
         versions = committed_versions(store, partition.name)  # again, now that no one else can commit it
-        decision = decide_for(config, versions, fingerprints(partition), resolved)
+        decision = decide_for(config, versions, fingerprints(partition, retry=config.storage), resolved)
         if not decision.score:
             _release(lease)
             return decision.outcome(partition.name)
@@ -239,7 +250,8 @@ def _claim(partition: Partition, store: Store, resolved: ResolvedModel, config: 
         attempt.prepare()
         claimed = _Claimed(partition, lease, decision, attempt, now_iso())
         files = resolve_parquet_files(partition.uri)
-        claimed.group = ScoringGroup(partition.name, files, tuple(inspect_files(files, config.input_columns)))
+        infos, unreadable = inspect_inputs(files, config.input_columns, config.read.on_unreadable_file, config.storage)
+        claimed.group = ScoringGroup(partition.name, files, tuple(infos), tuple(unreadable))
         return claimed
     except Exception as exc:  # noqa: BLE001 - footers are read here: a corrupt file fails its partition only
         _release(lease)
@@ -262,7 +274,9 @@ def _commit(claimed: _Claimed, result: PipelineCounts | str, store: Store, ledge
         attempt.abandon()
         return PartitionOutcome(name, "failed", "ScoringError", error=result)
     manifest = manifest_for(result, list(claimed.group.infos), model, predictor, partition=name,
-                            output_version=attempt.number, inputs=fingerprints(claimed.partition, claimed.group.infos),
+                            output_version=attempt.number,
+                            inputs=fingerprints(claimed.partition, list(claimed.group.infos), claimed.group.unreadable,
+                                                store.storage.retry),
                             scheduled_run_id=scheduled_run_id, attempt_id=attempt.attempt_id,
                             started_at=claimed.started, decision=claimed.decision.reason,
                             previous_version=claimed.decision.previous.number if claimed.decision.previous else None)
@@ -281,7 +295,7 @@ def _commit(claimed: _Claimed, result: PipelineCounts | str, store: Store, ledge
               flush=True)
     return PartitionOutcome(name, "scored", claimed.decision.reason, attempt.final_uri, attempt.number,
                             result.rows_in, result.rows_out, result.rows_rejected, result.rejected_by_reason,
-                            result.seconds)
+                            result.seconds, unreadable=result.unreadable)
 
 
 def score_chunk(partitions: list[Partition], store: Store, ledger: Ledger, model: ScoringModel,
@@ -341,7 +355,8 @@ class RunOutcome:
                 reasons[k] = reasons.get(k, 0) + v
         return PipelineCounts(rows_in=sum(p.rows_in for p in scored), rows_out=sum(p.rows_out for p in scored),
                               rows_rejected=sum(p.rows_rejected for p in scored), rejected_by_reason=reasons,
-                              files=[], seconds=self.scoring_seconds)
+                              files=[], seconds=self.scoring_seconds,
+                              unreadable=tuple(u for p in scored for u in p.unreadable))
 
 
 def run(config: ScorePartitionsConfig) -> RunOutcome:
@@ -350,7 +365,8 @@ def run(config: ScorePartitionsConfig) -> RunOutcome:
     start = time.perf_counter()
     target = prepare_tracking(config.tracking)
     resolved = resolve_model_ref(config.model, target)  # the alias's current version, fixed for this run
-    store, partitions = Store(config.output_root), discover_partitions(config.input_root, config.partitions)
+    store = Store(config.output_root, config.storage)
+    partitions = discover_partitions(config.input_root, config.partitions, config.storage)
     ledger = Ledger(store)
     run_name = config.run_name or unique_run_name("score-partitions")
     mlrun = mlflow.start_run(experiment_id=target.experiment_id, run_name=run_name, log_system_metrics=True,
@@ -387,10 +403,11 @@ def _run_partitions(config: ScorePartitionsConfig, target: TrackingTarget,
         try:
             versions = committed_versions(store, partition.name)
             repaired += ledger.repair(versions)
-            if config.require_input_marker and not _has_marker(partition, config.require_input_marker):
+            if config.require_input_marker and not _has_marker(partition, config.require_input_marker,
+                                                                config.storage):
                 outcomes.append(PartitionOutcome(partition.name, "skipped", "incomplete"))
                 continue
-            decision = decide_for(config, versions, fingerprints(partition), resolved)
+            decision = decide_for(config, versions, fingerprints(partition, retry=config.storage), resolved)
         except FileNotFoundError:
             outcomes.append(PartitionOutcome(partition.name, "skipped", "empty"))
             continue
@@ -430,9 +447,9 @@ def _run_partitions(config: ScorePartitionsConfig, target: TrackingTarget,
                       repaired, scoring_seconds)
 
 
-def _has_marker(partition: Partition, marker: str) -> bool:
+def _has_marker(partition: Partition, marker: str, retry: StorageRetry = DEFAULT_RETRY) -> bool:
     fs, path = filesystem_for(f"{partition.uri}/{marker}")
-    return fs.get_file_info(path).type == pafs.FileType.File
+    return Storage(fs, retry).info(path).type == pafs.FileType.File
 
 
 def _log_run(result: RunOutcome) -> None:
@@ -475,6 +492,9 @@ def _print_partition(outcome: PartitionOutcome) -> None:
     if outcome.status == "scored":
         print(f"  {outcome.partition}: scored -> {outcome.output} ({outcome.rows_in} in, {outcome.rows_out} out, "
               f"{outcome.rows_rejected} rejected, {outcome.seconds:.1f} s)", flush=True)
+        for item in outcome.unreadable:
+            print(f"    quarantined {redact_text(item['file'])}: {item['reason']} ({item['rows']} rows not read)",
+                  flush=True)
     elif outcome.status == "failed":
         print(f"  {outcome.partition}: FAILED: {redact_text(str(outcome.error))}", flush=True)
     else:

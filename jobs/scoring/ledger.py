@@ -20,21 +20,23 @@ Reader contract (``committed_outputs`` implements it):
   * anything under a name starting with ``_`` (staging, leases, ledger, rejected rows) is not
     scored output (pyarrow and Spark skip such paths by default).
 
-Commit: on a local or POSIX-shared filesystem the attempt writes into a staging directory,
-deletes the files its manifest does not list (a retried write task's leftovers), writes the
-manifest, fsyncs every file and directory of it (the write tasks may have run on other nodes of a
-shared filesystem: the driver's sync covers them), and renames the directory to ``v<k>``, then
-fsyncs the directories whose entries changed. ``rename(2)`` is atomic and fails when ``v<k>``
-already exists, so at most one attempt ever commits a version. A failed rename means "committed
-by another instance" only when ``v<k>`` now holds a valid manifest; any other failure (EACCES,
-ENOSPC, EXDEV, a ``v<k>`` without a valid manifest, e.g. one whose ``_SUCCESS`` an operator
-deleted) fails the partition loudly (``CommitFailed``), naming the paths and the errno: such a
-``v<k>`` is never skipped over silently, since readers that list the partition directory
-(Spark, pyarrow) would read its files; an operator removes it or restores its manifest. Object
-stores have no atomic directory rename: there the attempt writes straight into ``v<k>`` under
-file names unique to the attempt, deletes what its manifest does not list, and commits by
-writing ``_SUCCESS`` last (one PUT, atomic and durable per object); leftovers of killed attempts
-are unlisted and deleted by the next attempt.
+Commit: an attempt publishes its output version with ``jobs.scoring.publish.Publication`` (the
+protocol, local and object store, is described there once) in ``keep`` mode: on a local or
+POSIX-shared filesystem the attempt writes into a private staging directory and the commit is
+one ``rename(2)`` to ``v<k>``, which fails when ``v<k>`` already exists, so at most one attempt
+ever commits a version. A failed rename means "committed by another instance" only when ``v<k>``
+now holds a valid manifest; any other failure (EACCES, ENOSPC, EXDEV, a ``v<k>`` without a valid
+manifest, e.g. one whose ``_SUCCESS`` an operator deleted) fails the partition loudly
+(``CommitFailed``), naming the paths and the errno: such a ``v<k>`` is never skipped over
+silently, since readers that list the partition directory (Spark, pyarrow) would read its files;
+an operator removes it or restores its manifest. Object stores have no atomic directory rename:
+there the attempt writes straight into ``v<k>`` under file names unique to the attempt, and the
+``_SUCCESS`` PUT is the commit; leftovers of killed attempts are unlisted and deleted by the next
+attempt (before it scores) and by the commit.
+
+Storage errors are errors (``data_pipeline.storage``): a read that fails with a transient error is
+retried, and one that still fails fails the partition; it never reads as "absent", so a committed
+version is never taken for a free version number and a lease is not lost to one failed read.
 
 The manifest is the source of truth; the ledger is an index of manifests, rebuilt from them
 when a run died between commit and ledger write (``Ledger.repair``).
@@ -51,7 +53,6 @@ exactly-once, at worst at the cost of scoring a partition twice.
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import socket
@@ -64,9 +65,9 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from data_pipeline.paths import filesystem_for, join_path
+from data_pipeline.storage import DEFAULT_RETRY, Storage, StorageRetry
 from jobs.common.naming import now_iso
-from jobs.scoring.publish import fsync_dir, listed_files, remove_unlisted, sync_tree
-from jobs.scoring.sink import MANIFEST, read_json, write_json
+from jobs.scoring.publish import MANIFEST, CommitFailed, Publication, valid_manifest
 
 STAGING, LEASES, LEDGER = "_staging", "_leases", "_ledger"
 _VERSION = re.compile(r"^v(\d+)$")
@@ -83,12 +84,13 @@ def partition_key(partition: str) -> str:
 
 
 class Store:
-    """The output root on its filesystem, with the few primitives the protocol needs."""
+    """The output root on its filesystem, with the few primitives the protocol needs (all retried)."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, retry: StorageRetry = DEFAULT_RETRY):
         self.root = root.rstrip("/")
         self.fs, self.base = filesystem_for(self.root)
-        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        self.storage = Storage(self.fs, retry)
+        self.local = self.storage.local
         self.uri_prefix = self.root[:self.root.index("://") + 3] if "://" in self.root else ""
 
     def uri(self, *parts: str) -> str:
@@ -98,25 +100,25 @@ class Store:
         return join_path(self.base, *parts)
 
     def listdir(self, *parts: str) -> list[pafs.FileInfo]:
-        selector = pafs.FileSelector(self.path(*parts), allow_not_found=True)
-        return self.fs.get_file_info(selector)
+        return self.storage.list(self.path(*parts))
 
     def exists(self, *parts: str) -> bool:
-        return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
+        return self.storage.exists(self.path(*parts))
 
     def read_json(self, *parts: str) -> dict | None:
-        return read_json(self.fs, self.path(*parts))
+        """None when absent; a read that fails raises (never "absent")."""
+        return self.storage.read_json(self.path(*parts))
 
     def write_json(self, payload: dict, *parts: str) -> None:
-        self.fs.create_dir(self.path(*parts[:-1]), recursive=True)
-        write_json(self.fs, self.path(*parts), payload)
+        self.storage.create_dir(self.path(*parts[:-1]))
+        self.storage.write_json(self.path(*parts), payload)
 
     def create_exclusive(self, payload: dict, *parts: str) -> bool:
         """Create a JSON file only if absent; True when this call created it."""
         import json
 
         path = self.path(*parts)
-        self.fs.create_dir(self.path(*parts[:-1]), recursive=True)
+        self.storage.create_dir(self.path(*parts[:-1]))
         if self.local:
             tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
             with open(tmp, "w", encoding="utf-8") as handle:
@@ -132,22 +134,16 @@ class Store:
                 os.unlink(tmp)
         if self.exists(*parts):  # object store: best effort (see the module docstring)
             return False
-        write_json(self.fs, path, payload)
+        self.storage.write_json(path, payload)
         time.sleep(0.2)
         current = self.read_json(*parts)
         return current is not None and current.get("token") == payload.get("token")
 
     def delete_dir(self, *parts: str) -> None:
-        try:
-            self.fs.delete_dir(self.path(*parts))
-        except (FileNotFoundError, OSError):
-            pass
+        self.storage.delete_dir(self.path(*parts))
 
     def delete_file(self, *parts: str) -> None:
-        try:
-            self.fs.delete_file(self.path(*parts))
-        except (FileNotFoundError, OSError):
-            pass
+        self.storage.delete_file(self.path(*parts))
 
 
 # ---------------------------------------------------------------- output versions and commits
@@ -162,10 +158,6 @@ class OutputVersion:
     @property
     def model(self) -> dict:
         return self.manifest.get("model", {})
-
-
-def valid_manifest(manifest: dict | None) -> bool:
-    return isinstance(manifest, dict) and isinstance(manifest.get("files"), list)
 
 
 def committed_versions(store: Store, partition: str) -> list[OutputVersion]:
@@ -185,15 +177,6 @@ def version_dir(partition: str, number: int) -> str:
     return join_path(partition, f"v{number}")
 
 
-class CommitFailed(RuntimeError):
-    """An attempt could not be published and no other attempt committed that version: fail loudly."""
-
-
-def _errno_text(exc: OSError) -> str:
-    name = errno.errorcode.get(exc.errno or 0)
-    return f"{name}: {exc.strerror}" if name else str(exc)
-
-
 @dataclass
 class Attempt:
     """One try at scoring a partition into output version ``number``."""
@@ -201,6 +184,12 @@ class Attempt:
     partition: str
     number: int
     attempt_id: str
+
+    @property
+    def publication(self) -> Publication:
+        store, target = self.store, self.store.path(version_dir(self.partition, self.number))
+        staging = store.path(STAGING, partition_key(self.partition), self.attempt_id) if store.local else None
+        return Publication(store.storage, target, staging, root=store.base)
 
     @property
     def write_uri(self) -> str:
@@ -216,23 +205,23 @@ class Attempt:
     def prepare(self) -> None:
         """Remove leftovers of earlier attempts on this partition (the caller holds the lease).
 
-        Locally, a ``v<k>`` that exists without a valid manifest is not an attempt's leftover (the
-        rename publishes directory and manifest together): ``CommitFailed`` before any scoring.
+        A ``v<k>`` that exists with a manifest file (one that is not valid: ``number`` follows the
+        highest committed version) is not an attempt's leftover; locally, neither is any ``v<k>``
+        (the rename publishes directory and manifest together): ``CommitFailed`` before any scoring.
         """
         target = version_dir(self.partition, self.number)
         if self.store.local:
             self.store.delete_dir(STAGING, partition_key(self.partition))
             if self.store.exists(target):
                 raise CommitFailed(self._blocked(self.store.path(target)))
-        elif not self.store.exists(target, MANIFEST):
+        elif self.store.exists(target, MANIFEST):
+            raise CommitFailed(self._blocked(self.store.uri(target)))
+        else:
             self.store.delete_dir(target)
 
     def _blocked(self, final: str) -> str:
-        return (f"{final} exists without a valid {MANIFEST} manifest (deleted by hand, or not written by this job): "
-                f"remove that directory, or restore its manifest, then run again")
-
-    def _committed(self) -> bool:
-        return valid_manifest(self.store.read_json(version_dir(self.partition, self.number), MANIFEST))
+        return (f"{self.partition}: {final} exists without a valid {MANIFEST} manifest (deleted by hand, or not "
+                "written by this job): remove that directory, or restore its manifest, then run again")
 
     def commit(self, manifest: dict) -> bool:
         """Publish the attempt; False when another attempt already committed this version.
@@ -240,52 +229,13 @@ class Attempt:
         Raises ``CommitFailed`` (naming the paths and the errno) when publishing failed for any
         other reason; nothing is published then.
         """
-        store = self.store
-        keep = listed_files(manifest)
-        if store.local:
-            staging = store.path(STAGING, partition_key(self.partition), self.attempt_id)
-            final = store.path(version_dir(self.partition, self.number))
-            remove_unlisted(store.fs, staging, keep)  # a retried write task's file is not published
-            store.fs.create_dir(staging, recursive=True)  # zero rows: no write task may have created it
-            write_json(store.fs, join_path(staging, MANIFEST), manifest)
-            sync_tree(staging)  # every listed file is on disk in full before the rename publishes it
-            fsync_dir(os.path.dirname(staging))
-            try:
-                os.makedirs(os.path.dirname(final), exist_ok=True)
-                _fsync_up(os.path.dirname(final), store.base)  # a new partition directory is durable too
-                os.rename(staging, final)  # atomic; fails on an existing non-empty directory
-            except OSError as exc:
-                if self._committed():
-                    return False
-                blocked = f"; {self._blocked(final)}" if os.path.lexists(final) else ""
-                raise CommitFailed(f"{self.partition}: could not publish {staging} as {final}: "
-                                   f"{_errno_text(exc)}{blocked}") from exc
-            fsync_dir(os.path.dirname(final))
-            fsync_dir(os.path.dirname(staging))
-            return True
-        target = version_dir(self.partition, self.number)
-        if self._committed():
-            return False
-        if store.exists(target, MANIFEST):
-            raise CommitFailed(f"{self.partition}: {self._blocked(store.uri(target))}")
-        remove_unlisted(store.fs, store.path(target), keep)  # before the PUT that makes the version visible
-        store.write_json(manifest, target, MANIFEST)
-        return True
+        try:
+            return self.publication.publish(manifest, existing="keep")
+        except CommitFailed as exc:
+            raise CommitFailed(f"{self.partition}: {exc}") from exc
 
     def abandon(self) -> None:
-        if self.store.local:
-            self.store.delete_dir(STAGING, partition_key(self.partition), self.attempt_id)
-
-
-def _fsync_up(path: str, root: str) -> None:
-    """fsync ``path`` and its parents up to ``root``'s parent: directories ``makedirs`` may just have created."""
-    stop = os.path.dirname(os.path.abspath(root))
-    current = os.path.abspath(path)
-    while True:
-        fsync_dir(current)
-        if current == stop or os.path.dirname(current) == current:
-            return
-        current = os.path.dirname(current)
+        self.publication.abandon()
 
 
 def committed_outputs(root: str, kind: str = "scored") -> dict[str, list[str]]:
@@ -464,7 +414,10 @@ class Lease:
         if not store.create_exclusive(payload, *cls._dir(partition), f"{top + 1:010d}.json"):
             return None
         for number, _ in gens[:-1]:  # keep the last two generations for inspection
-            store.delete_file(*cls._dir(partition), f"{number:010d}.json")
+            try:
+                store.delete_file(*cls._dir(partition), f"{number:010d}.json")
+            except OSError:  # tidying only: an old generation never outranks the newest
+                pass
         lease = cls(store, partition, top + 1, payload, settings)
         lease._start_heartbeat()
         return lease
@@ -480,8 +433,8 @@ class Lease:
         if gens and gens[-1][0] != self.generation:
             self.lost = f"{self.partition}: lease generation {gens[-1][0]} replaced ours ({self.generation})"
             raise LeaseLost(self.lost)
-        current = self.store.read_json(*self._dir(self.partition), self._name())
-        if current is None or current.get("token") != self.payload["token"]:
+        current = self.store.read_json(*self._dir(self.partition), self._name())  # a failed read raises, and
+        if current is None or current.get("token") != self.payload["token"]:  # loses nothing: only this is "lost"
             self.lost = f"{self.partition}: our lease file changed hands"
             raise LeaseLost(self.lost)
 

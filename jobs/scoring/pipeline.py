@@ -13,7 +13,7 @@ from pathlib import Path
 
 from data_pipeline.paths import ParquetFiles, join_path
 from data_pipeline.quarantine import (TAG_COLUMNS, FileInfo, InputColumns, ScoringGroup, ScoringSource,
-                                      describe_failure)
+                                      UnreadableFile, describe_failure)
 from jobs.common.naming import now_iso
 from jobs.common.registry import (ModelKind, ResolvedModel, check_max_length, materialize_model, model_kind,
                                   resolve_model_ref)
@@ -53,10 +53,20 @@ class PipelineCounts:
     rejected_by_reason: dict[str, int]
     files: list[dict]
     seconds: float
+    unreadable: tuple[dict, ...] = ()  # quarantined input files (``UnreadableFile.as_dict``)
 
     @property
     def rows_per_s(self) -> float:
         return self.rows_in / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def rows_unreadable(self) -> int:
+        """Rows of quarantined files that were not read (a file whose footer failed counted none: unknown)."""
+        return sum(u["rows"] or 0 for u in self.unreadable)
+
+    def balanced(self) -> bool:
+        """Every row in was scored, rejected or counted unreadable, exactly once."""
+        return self.rows_out + self.rows_rejected + self.rows_unreadable == self.rows_in
 
 
 class ScoringError(RuntimeError):
@@ -90,9 +100,10 @@ def score_groups(groups: list[ScoringGroup], outputs: dict[str, str], model: Sco
     start = time.perf_counter()
     stages, predictor = settings.stages, settings.predictor
     common = {"resolved": model.resolved, "tracking_uri": model.tracking_uri, "local_model_dir": model.local_dir}
-    sink = SplitScoredSink(outputs, compression=settings.sink.compression, scored_schema=SCORED_SCHEMAS[model.kind])
+    sink = SplitScoredSink(outputs, compression=settings.sink.compression, scored_schema=SCORED_SCHEMAS[model.kind],
+                           retry=settings.storage)
     try:
-        ds = ray.data.read_datasource(ScoringSource(groups, columns, settings.read),
+        ds = ray.data.read_datasource(ScoringSource(groups, columns, settings.read, settings.storage),
                                       override_num_blocks=max(stages.min_blocks, 1), num_cpus=stages.read_cpus)
         tokenize = {"text_column": columns.text, "max_length": settings.max_length,
                     "keep_columns": list(TAG_COLUMNS)}
@@ -120,26 +131,30 @@ def score_groups(groups: list[ScoringGroup], outputs: dict[str, str], model: Sco
     results: dict[str, PipelineCounts | str] = {}
     for group in groups:
         written = (sink.result or {}).get(group.name, {"files": [], "rows_out": 0, "rows_rejected": 0,
-                                                       "rejected_by_reason": {}, "errors": []})
-        if written["errors"]:
-            results[group.name] = "; ".join(written["errors"])
+                                                       "rejected_by_reason": {}, "unreadable": []})
+        if written["unreadable"] and settings.read.on_unreadable_file == "fail":
+            results[group.name] = "; ".join(f"{u['file']}: {u['reason']}" for u in written["unreadable"])
             continue
         counts = PipelineCounts(rows_in=group.rows, rows_out=written["rows_out"],
                                 rows_rejected=written["rows_rejected"],
                                 rejected_by_reason=written["rejected_by_reason"], files=written["files"],
-                                seconds=seconds)
-        if counts.rows_out + counts.rows_rejected != counts.rows_in:
+                                seconds=seconds,
+                                unreadable=tuple(u.as_dict() for u in group.unreadable) + tuple(written["unreadable"]))
+        if not counts.balanced():
+            unread = f" + {counts.rows_unreadable} unreadable" if counts.unreadable else ""
             results[group.name] = (f"{outputs[group.name]}: {counts.rows_out} rows scored + {counts.rows_rejected} "
-                                   f"rejected != {counts.rows_in} rows in: rows were lost or duplicated")
+                                   f"rejected{unread} != {counts.rows_in} rows in: rows were lost or duplicated")
         else:
             results[group.name] = counts
     return results
 
 
 def score_files(files: ParquetFiles, infos: list[FileInfo], output: str, model: ScoringModel,
-                 settings: PipelineSettings, columns: InputColumns) -> PipelineCounts:
+                settings: PipelineSettings, columns: InputColumns,
+                unreadable: tuple[UnreadableFile, ...] = ()) -> PipelineCounts:
     """Score one input into ``output``; raises ``ScoringError`` naming the bad file, if any."""
-    result = score_groups([ScoringGroup("", files, tuple(infos))], {"": output}, model, settings, columns)[""]
+    result = score_groups([ScoringGroup("", files, tuple(infos), unreadable)], {"": output}, model, settings,
+                          columns)[""]
     if isinstance(result, str):
         raise ScoringError(result)
     return result
@@ -149,6 +164,7 @@ def manifest_for(counts: PipelineCounts, infos: list[FileInfo], model: ScoringMo
                  **extra) -> dict:
     return {"rows_in": counts.rows_in, "rows_out": counts.rows_out, "rows_rejected": counts.rows_rejected,
             "rejected_by_reason": counts.rejected_by_reason, "files": counts.files,
+            "rows_unreadable": counts.rows_unreadable, "unreadable_files": list(counts.unreadable),
             "inputs": [info.fingerprint() for info in infos],
             "model": {"name": model.resolved.name, "version": model.resolved.version,
                       "run_id": model.resolved.run_id, "kind": model.kind},
@@ -159,12 +175,15 @@ def manifest_for(counts: PipelineCounts, infos: list[FileInfo], model: ScoringMo
 
 def summary_line(counts: PipelineCounts) -> str:
     reasons = ", ".join(f"{k} {v}" for k, v in counts.rejected_by_reason.items())
+    files = {u["file"] for u in counts.unreadable}
+    unread = f"; {len(files)} unreadable file(s) quarantined ({counts.rows_unreadable} rows not read)" if files else ""
     return (f"rows in {counts.rows_in}, out {counts.rows_out}, rejected {counts.rows_rejected}"
-            f"{f' ({reasons})' if reasons else ''}; {counts.rows_per_s:.0f} rows/s over {counts.seconds:.1f} s")
+            f"{f' ({reasons})' if reasons else ''}{unread}; {counts.rows_per_s:.0f} rows/s over {counts.seconds:.1f} s")
 
 
 def counts_metrics(counts: PipelineCounts) -> dict[str, float]:
     metrics = {"rows_in": counts.rows_in, "rows_out": counts.rows_out, "rows_rejected": counts.rows_rejected,
-               "rows_per_s": counts.rows_per_s, "seconds": counts.seconds}
+               "rows_per_s": counts.rows_per_s, "seconds": counts.seconds,
+               "files_unreadable": len({u["file"] for u in counts.unreadable}), "rows_unreadable": counts.rows_unreadable}
     metrics.update({f"rows_rejected_{reason}": n for reason, n in counts.rejected_by_reason.items()})
     return metrics

@@ -17,35 +17,32 @@ them covers. A state made with another model or other output-shaping settings is
 the run starts fresh. Files of a discarded chunk, or of a chunk killed mid-write, are listed
 by no record and never published.
 
-Publish: the ``_SUCCESS`` manifest merges the chunk records. Local disks: files no record
-lists are deleted, the manifest written, every file and directory fsynced, and the directory
-renamed onto the target (``rename(2)`` is atomic); with ``replace`` an existing target is
-swapped out in one step (``renameat2(RENAME_EXCHANGE)``). Object stores have no rename: data
-files are written under unique names straight into the target and the manifest PUT publishes
-them (with ``replace``: switches readers from the old manifest to the new one); unlisted files
-are deleted before (those no manifest lists) and after it. A reader relies on ``_SUCCESS``: no
-manifest, no output; on object stores it reads exactly the files the manifest lists.
+Publish: the ``_SUCCESS`` manifest merges the chunk records, and ``jobs.scoring.publish.Publication``
+makes it visible (the protocol is described there): locally, one ``rename(2)`` of the staged
+directory onto the target (with ``replace``, an existing target swapped out in one step); on an
+object store, where the data files were written straight into the target under unique names, the
+manifest PUT. Unlisted files are never published. A reader relies on ``_SUCCESS``: no manifest, no
+output; on object stores it reads exactly the files the manifest lists. A run that fails before
+publishing deletes, on an object store, the files it wrote into the target when no chunk of it
+was committed (nothing would resume from them); an object-store target without a manifest holds
+nothing published, so a rerun of the same name is never refused because of such files.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
 from data_pipeline.paths import filesystem_for, join_path
+from data_pipeline.storage import DEFAULT_RETRY, Storage, StorageRetry
 from jobs.common.naming import now_iso
 from jobs.scoring.pipeline import output_location
-from jobs.scoring.publish import fsync_dir, fsync_file, listed_files, remove_unlisted, replace_dir, sync_tree
-from jobs.scoring.sink import MANIFEST, read_json, write_json
+from jobs.scoring.publish import MANIFEST, Publication, TargetOccupied, fsync_dir, fsync_file, remove_unlisted
 
 STATE, CHUNKS, OUTPUT, INPUT = "state.json", "chunks", "output", "input"
-
-
-class TargetOccupied(RuntimeError):
-    """The run's output directory already holds output and ``replace`` is not set."""
+__all__ = ["Chunk", "RunStaging", "TargetOccupied", "plan_chunks"]
 
 
 @dataclass(frozen=True)
@@ -76,13 +73,17 @@ def plan_chunks(rows: list[int], chunk_rows: int) -> list[list[int]]:
 class RunStaging:
     """The staging area and the target of one named run (see the module docstring)."""
 
-    def __init__(self, output_dir: str, run_name: str, replace: bool = False):
+    def __init__(self, output_dir: str, run_name: str, replace: bool = False, retry: StorageRetry = DEFAULT_RETRY):
         self.target = output_location(output_dir, run_name)
         self.root = output_location(output_dir, f"_staging/{run_name}")
         self.replace = replace
         self.fs, self.target_base = filesystem_for(self.target)
         _, self.root_base = filesystem_for(self.root)
-        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        self.storage = Storage(self.fs, retry)
+        self.local = self.storage.local
+        self.publication = Publication(self.storage, self.target_base,
+                                       join_path(self.root_base, OUTPUT) if self.local else None,
+                                       occupied_message=self._occupied_message())
 
     @property
     def write_uri(self) -> str:
@@ -95,25 +96,20 @@ class RunStaging:
 
     @property
     def _write_base(self) -> str:
-        return join_path(self.root_base, OUTPUT) if self.local else self.target_base
-
-    def _list(self, base: str, recursive: bool = False) -> list[pafs.FileInfo]:
-        return self.fs.get_file_info(pafs.FileSelector(base, recursive=recursive, allow_not_found=True))
-
-    def _exists(self, path: str) -> bool:
-        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+        return self.publication.write_path
 
     def check_target(self) -> None:
-        """Refuse a target that holds anything unless ``replace`` is set (before any work is done)."""
+        """Refuse a target that holds output unless ``replace`` is set (before any work is done).
+
+        Locally anything there is someone's output. On an object store only a manifest publishes
+        files: others are unpublished leftovers of an attempt of this run name, deleted at publish.
+        """
         if self.replace:
             return
-        entries = self._list(self.target_base)
-        if not entries:
-            return
-        if not self.local and self._exists(join_path(self.root_base, STATE)) \
-                and not self._exists(join_path(self.target_base, MANIFEST)):
-            return  # object store: the unpublished files of an earlier attempt of this run
-        raise TargetOccupied(self._occupied_message())
+        occupied = self.storage.exists(join_path(self.target_base, MANIFEST)) if not self.local \
+            else bool(self.storage.list(self.target_base))
+        if occupied:
+            raise TargetOccupied(self._occupied_message())
 
     def _occupied_message(self) -> str:
         return (f"{self.target} is not empty (an earlier run's output?): set replace=true to replace it "
@@ -123,16 +119,16 @@ class RunStaging:
 
     def open(self, fingerprint: dict, inputs: list[dict]) -> list[Chunk]:
         """Start or resume: the chunks an earlier attempt committed that are still valid for ``inputs``."""
-        state = read_json(self.fs, join_path(self.root_base, STATE))
+        state = self.storage.read_json(join_path(self.root_base, STATE))
         if state is not None and state.get("fingerprint") != fingerprint:
             print(f"{self.root}: the staged progress was made with another model or settings; starting fresh",
                   flush=True)
             state = None
         if state is None:
             self.discard_progress()
-            self.fs.create_dir(self.root_base, recursive=True)
-            write_json(self.fs, join_path(self.root_base, STATE), {"fingerprint": fingerprint,
-                                                                  "created_at": now_iso()})
+            self.storage.create_dir(self.root_base)
+            self.storage.write_json(join_path(self.root_base, STATE), {"fingerprint": fingerprint,
+                                                                      "created_at": now_iso()})
             if self.local:
                 fsync_dir(self.root_base)
             return []
@@ -140,12 +136,11 @@ class RunStaging:
 
     def _valid_chunks(self, inputs: list[dict]) -> list[Chunk]:
         current = {fp["file"]: fp for fp in inputs}
-        present = {info.path[len(self._write_base.rstrip("/")):].lstrip("/"): info.size
-                   for info in self._list(self._write_base, recursive=True) if info.type == pafs.FileType.File}
+        present = self.storage.files(self._write_base)
         chunks: list[Chunk] = []
         covered: set[str] = set()
-        for info in sorted(self._list(join_path(self.root_base, CHUNKS)), key=lambda i: i.base_name):
-            record = read_json(self.fs, info.path) if info.base_name.endswith(".json") else None
+        for info in sorted(self.storage.list(join_path(self.root_base, CHUNKS)), key=lambda i: i.base_name):
+            record = self.storage.read_json(info.path) if info.base_name.endswith(".json") else None
             if not isinstance(record, dict) or not {"inputs", "files", "rows_in"} <= record.keys():
                 record = None
             chunk = Chunk(info.base_name[:-len(".json")], record) if record is not None else None
@@ -158,7 +153,7 @@ class RunStaging:
                 why = "another chunk covers its input files"
             if why is not None:
                 print(f"{info.path}: discarded ({why}); its files are scored again", flush=True)
-                self.fs.delete_file(info.path)
+                self.storage.delete_file(info.path)
                 continue
             chunks.append(chunk)
             covered |= chunk.input_files
@@ -171,72 +166,36 @@ class RunStaging:
             path = join_path(self._write_base, entry["path"])
             if self.local:
                 fsync_file(path)
-            files.append({**entry, "bytes": self.fs.get_file_info(path).size})
+            files.append({**entry, "bytes": int(self.storage.info(path).size or 0)})
         if self.local:
             for folder in {os.path.dirname(join_path(self._write_base, f["path"])) for f in files}:
                 fsync_dir(folder)
         record = {**record, "files": files, "committed_at": now_iso()}
         folder = join_path(self.root_base, CHUNKS)
-        self.fs.create_dir(folder, recursive=True)
-        write_json(self.fs, join_path(folder, f"{name}.json"), record)
+        self.storage.create_dir(folder)
+        self.storage.write_json(join_path(folder, f"{name}.json"), record)
         if self.local:
             fsync_dir(folder)
         return Chunk(name, record)
 
     def has_progress(self) -> bool:
-        return any(i.base_name.endswith(".json") for i in self._list(join_path(self.root_base, CHUNKS)))
+        return any(i.base_name.endswith(".json") for i in self.storage.list(join_path(self.root_base, CHUNKS)))
 
     def discard_progress(self) -> None:
         """Forget the state and the chunks (a staged input stays): their files become unlisted leftovers."""
         for name in (CHUNKS, OUTPUT) if self.local else (CHUNKS,):
-            if self._exists(join_path(self.root_base, name)):
-                self.fs.delete_dir(join_path(self.root_base, name))
-        if self._exists(join_path(self.root_base, STATE)):
-            self.fs.delete_file(join_path(self.root_base, STATE))
+            self.storage.delete_dir(join_path(self.root_base, name))
+        self.storage.delete_file(join_path(self.root_base, STATE))
 
     def remove(self) -> None:
-        if self._exists(self.root_base):
-            self.fs.delete_dir(self.root_base)
+        """Drop the staging area and, on an object store, the unpublished files this run wrote into the target."""
+        if not self.local and not self.storage.exists(join_path(self.target_base, MANIFEST)):
+            remove_unlisted(self.storage, self.target_base, set())
+        self.storage.delete_dir(self.root_base)
 
     # ------------------------------------------------------------ publish
 
     def publish(self, manifest: dict) -> None:
         """Make the output visible at the target as ``manifest`` lists it, atomically; then drop the staging."""
-        keep = listed_files(manifest)
-        if self.local:
-            self._publish_local(manifest, keep)
-        else:
-            self._publish_object_store(manifest, keep)
-        self.remove()
-
-    def _publish_local(self, manifest: dict, keep: set[str]) -> None:
-        staged = self._write_base
-        os.makedirs(staged, exist_ok=True)  # an input of zero rows wrote no file
-        remove_unlisted(self.fs, staged, keep)  # retried write tasks', discarded chunks' files
-        write_json(self.fs, join_path(staged, MANIFEST), manifest)
-        sync_tree(staged)  # every file and directory on disk before the rename makes them visible
-        parent = os.path.dirname(self.target_base)
-        os.makedirs(parent, exist_ok=True)
-        try:
-            os.rename(staged, self.target_base)  # atomic; takes the place of an empty directory only
-        except OSError:
-            if not os.path.isdir(self.target_base) or not os.listdir(self.target_base):
-                raise
-            if not self.replace:
-                raise TargetOccupied(self._occupied_message()) from None
-            aside = join_path(self.root_base, "replaced")
-            shutil.rmtree(aside, ignore_errors=True)  # a crashed earlier replace's old output
-            old = replace_dir(staged, self.target_base, aside)
-            fsync_dir(parent)
-            shutil.rmtree(old)
-        fsync_dir(parent)
-
-    def _publish_object_store(self, manifest: dict, keep: set[str]) -> None:
-        base = self.target_base
-        old = read_json(self.fs, join_path(base, MANIFEST))
-        if old is not None and not self.replace:
-            raise TargetOccupied(self._occupied_message())
-        # Files no manifest lists go first; those the old manifest lists stay until the switch.
-        remove_unlisted(self.fs, base, keep | (listed_files(old) | {MANIFEST} if old is not None else set()))
-        write_json(self.fs, join_path(base, MANIFEST), manifest)  # one PUT: the commit (or the switch)
-        remove_unlisted(self.fs, base, keep | {MANIFEST})
+        self.publication.publish(manifest, existing="replace" if self.replace else "refuse")
+        self.storage.delete_dir(self.root_base)

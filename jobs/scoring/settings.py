@@ -7,6 +7,7 @@ from typing import Literal
 
 from data_pipeline.quarantine import InputColumns, ReadSettings
 from data_pipeline.ray_stages import StageResources
+from data_pipeline.storage import StorageRetry
 from jobs.common.registry import ModelKind
 from jobs.scoring.predictors import PredictorSettings
 
@@ -25,6 +26,8 @@ class PipelineSettings:
     stages: StageResources = field(default_factory=StageResources)
     predictor: PredictorSettings = field(default_factory=PredictorSettings)
     sink: SinkSettings = field(default_factory=SinkSettings)
+    # Retries of every read, write and listing of inputs and outputs (503s, resets, stalls); data_pipeline.storage
+    storage: StorageRetry = field(default_factory=StorageRetry)
 
     def tokenize_stage(self, kind: ModelKind) -> bool:
         """A separate tokenizer stage feeds classifiers; seq2seq predictors tokenize with their own vocabulary."""

@@ -6,18 +6,21 @@ rejected rows (``<dir>/_rejected/part-*.parquet``, columns ``id``, ``reason``, `
 one Parquet file of each kind per group and write task, with fixed schemas. The data is read, scored and written in
 one pass; nothing is materialised and no second job re-reads the output to split it.
 
-On local and POSIX-shared filesystems each write task fsyncs the files it wrote once closed, on
-the node that wrote them (on some shared filesystems only the writing client can flush its
-data); the commit syncs the whole directory again from the driver before publishing it.
+Each file is written whole in one retried call (``data_pipeline.storage``): a write that fails
+with a transient error (503, a reset connection) writes that file again under the same name, and
+the task, its other files and the pipeline go on. On local and POSIX-shared filesystems each
+write task fsyncs the files it wrote, on the node that wrote them (on some shared filesystems
+only the writing client can flush its data); the commit syncs the whole directory again from the
+driver before publishing it.
 
-An output directory is complete only when its ``_SUCCESS`` manifest exists; the manifest lists
-every data file with its row count, so a reader on an object store (where a half-written
-attempt's files may sit beside the committed ones) reads exactly the listed files.
+An output directory is complete only when its ``_SUCCESS`` manifest exists (``jobs.scoring.publish``
+has the protocol); the manifest lists every data file with its row count, so a reader on an object
+store (where a half-written attempt's files may sit beside the committed ones) reads exactly the
+listed files.
 """
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections import Counter
 from collections.abc import Iterable
@@ -29,10 +32,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from data_pipeline.paths import filesystem_for, join_path
-from data_pipeline.quarantine import FILE_ERROR, GROUP, ID, REJECT_REASON, SCORABLE, SOURCE_FILE
-from jobs.scoring.publish import fsync_file
+from data_pipeline.quarantine import FILE_ERROR, GROUP, ID, REJECT_REASON, SCORABLE, SOURCE_FILE, parse_file_error
+from data_pipeline.storage import DEFAULT_RETRY, Storage, StorageRetry
+from jobs.scoring.publish import MANIFEST, fsync_file
 
-MANIFEST = "_SUCCESS"
 REJECTED_DIR = "_rejected"
 
 _LINEAGE = [pa.field("truncated", pa.bool_()), pa.field("model_name", pa.string()),
@@ -55,15 +58,18 @@ class SplitScoredSink(_Datasink):
     """Write each group's scored and rejected rows to two Parquet files per write task.
 
     ``outputs`` maps a scoring group (a partition; ``""`` for a single input) to the directory
-    its rows go to. A group whose read hit a corrupt file (an in-band ``FILE_ERROR`` row) is
-    reported in ``errors``; its files are written but the caller never commits them.
+    its rows go to. A file whose read failed part-way (an in-band ``FILE_ERROR`` row) is reported
+    in the group's ``unreadable`` list; the caller fails the group (its files are then never
+    committed) or quarantines the file, as ``on_unreadable_file`` says.
     """
 
-    def __init__(self, outputs: dict[str, str], compression: str = "zstd", scored_schema: pa.Schema = SCORED_SCHEMA):
+    def __init__(self, outputs: dict[str, str], compression: str = "zstd", scored_schema: pa.Schema = SCORED_SCHEMA,
+                 retry: StorageRetry = DEFAULT_RETRY):
         super().__init__()
         self.outputs = dict(outputs)
         self.scored_schema = scored_schema
         self.compression = compression
+        self.retry = retry
         # Resolved here, on the driver, and pickled into the write tasks: workers need not see the
         # driver's storage settings (AWS_ENDPOINT_URL) to write where the driver meant.
         self.locations = {group: filesystem_for(output) for group, output in self.outputs.items()}
@@ -71,61 +77,61 @@ class SplitScoredSink(_Datasink):
 
     def on_write_start(self, schema=None) -> None:
         for fs, base in self.locations.values():
-            fs.create_dir(join_path(base, REJECTED_DIR), recursive=True)
+            Storage(fs, self.retry).create_dir(join_path(base, REJECTED_DIR))
 
     def write(self, blocks: Iterable, ctx) -> dict[str, dict[str, Any]]:
         from ray.data.block import BlockAccessor
 
         name = f"part-{ctx.task_idx:05d}-{uuid.uuid4().hex[:8]}.parquet"
-        writers: dict[tuple[str, str], pq.ParquetWriter] = {}
+        parts: dict[tuple[str, str], list[pa.Table]] = {}
         stats: dict[str, dict[str, Any]] = {}
-        try:
-            for block in blocks:
-                table = BlockAccessor.for_block(block).to_arrow()
-                if table.num_rows == 0:
-                    continue
-                groups = table.column(GROUP).unique().to_pylist()
-                for group in groups:
-                    part = table if len(groups) == 1 else table.filter(pc.equal(table.column(GROUP), group))
-                    self._write_group(group, part, name, writers, stats)
-        finally:
-            for writer in writers.values():
-                writer.close()
-        for group, kind in writers:  # durable before anyone commits it (commit syncs again, from the driver)
-            fs, base = self.locations[group]
-            if isinstance(fs, pafs.LocalFileSystem):
-                fsync_file(join_path(base, name if kind == "scored" else f"{REJECTED_DIR}/{name}"))
+        for block in blocks:
+            table = BlockAccessor.for_block(block).to_arrow()
+            if table.num_rows == 0:
+                continue
+            groups = table.column(GROUP).unique().to_pylist()
+            for group in groups:
+                part = table if len(groups) == 1 else table.filter(pc.equal(table.column(GROUP), group))
+                self._split_group(group, part, parts, stats)
+        for (group, kind), tables in parts.items():
+            relative = name if kind == "scored" else f"{REJECTED_DIR}/{name}"
+            schema = self.scored_schema if kind == "scored" else REJECTED_SCHEMA
+            self._write_file(group, relative, pa.concat_tables(tables).cast(schema))
+            entry = stats[group]
+            rows = sum(t.num_rows for t in tables)
+            entry["files"].append({"path": relative, "rows": rows, "kind": kind})
+            entry["rows_out" if kind == "scored" else "rows_rejected"] += rows
         return stats
 
-    def _write_group(self, group: str, table: pa.Table, name: str, writers: dict, stats: dict) -> None:
+    def _write_file(self, group: str, relative: str, table: pa.Table) -> None:
+        """One data file, whole, in one retried call; durable before anyone commits it (the commit syncs again)."""
+        fs, base = self.locations[group]
+        path = join_path(base, relative)
+        Storage(fs, self.retry).call(lambda: pq.write_table(table, path, filesystem=fs, compression=self.compression),
+                                     f"write {path}")
+        if isinstance(fs, pafs.LocalFileSystem):
+            fsync_file(path)
+
+    def _split_group(self, group: str, table: pa.Table, parts: dict, stats: dict) -> None:
+        """One group's rows of a block: scored rows and rejected rows kept for its two files; counts."""
         if group not in self.outputs:
             raise KeyError(f"rows of unknown scoring group {group!r}")
         entry = stats.setdefault(group, {"files": [], "rows_out": 0, "rows_rejected": 0, "rejected_by_reason": {},
-                                         "errors": []})
+                                         "unreadable": []})
         reason = table.column(REJECT_REASON).cast(pa.string())  # all-null batches arrive typed null
         table = table.set_column(table.schema.get_field_index(REJECT_REASON), REJECT_REASON, reason)
         is_error = pc.fill_null(pc.starts_with(reason, FILE_ERROR), False)
         if pc.any(is_error).as_py():
-            entry["errors"].extend(r[len(FILE_ERROR):] for r in reason.filter(is_error).to_pylist())
+            entry["unreadable"].extend(parse_file_error(r).as_dict() for r in reason.filter(is_error).to_pylist())
             table = table.filter(pc.invert(is_error))
         ok = table.column(SCORABLE)
         scored = table.filter(ok).select(self.scored_schema.names).cast(self.scored_schema)
         rejected = table.filter(pc.invert(ok))
         rejected = pa.table({"id": rejected.column(ID), "reason": rejected.column(REJECT_REASON),
                              "source_file": rejected.column(SOURCE_FILE)}).cast(REJECTED_SCHEMA)
-        fs, base = self.locations[group]
-        for kind, part, schema, relative in (("scored", scored, self.scored_schema, name),
-                                             ("rejected", rejected, REJECTED_SCHEMA, f"{REJECTED_DIR}/{name}")):
-            if part.num_rows == 0:
-                continue
-            key = (group, kind)
-            if key not in writers:
-                writers[key] = pq.ParquetWriter(join_path(base, relative), schema, filesystem=fs,
-                                                compression=self.compression)
-                entry["files"].append({"path": relative, "rows": 0, "kind": kind})
-            writers[key].write_table(part)
-            next(f for f in entry["files"] if f["path"] == relative)["rows"] += part.num_rows
-            entry["rows_out" if kind == "scored" else "rows_rejected"] += part.num_rows
+        for kind, part in (("scored", scored), ("rejected", rejected)):
+            if part.num_rows:
+                parts.setdefault((group, kind), []).append(part)
         if rejected.num_rows:
             reasons = entry["rejected_by_reason"]
             for item in pc.value_counts(rejected.column("reason")).to_pylist():
@@ -136,58 +142,26 @@ class SplitScoredSink(_Datasink):
         for task_stats in write_result.write_returns:
             for group, part in task_stats.items():
                 entry = merged.setdefault(group, {"files": [], "rows_out": 0, "rows_rejected": 0,
-                                                  "rejected_by_reason": Counter(), "errors": []})
+                                                  "rejected_by_reason": Counter(), "unreadable": []})
                 entry["files"].extend(part["files"])
                 entry["rows_out"] += part["rows_out"]
                 entry["rows_rejected"] += part["rows_rejected"]
                 entry["rejected_by_reason"].update(part["rejected_by_reason"])
-                entry["errors"].extend(part["errors"])
+                entry["unreadable"].extend(u for u in part["unreadable"] if u not in entry["unreadable"])
         for entry in merged.values():
             entry["files"].sort(key=lambda f: f["path"])
             entry["rejected_by_reason"] = dict(sorted(entry["rejected_by_reason"].items()))
-            entry["errors"] = sorted(set(entry["errors"]))
+            entry["unreadable"].sort(key=lambda u: (u["file"], u["row_groups"] or []))
         self.result = merged
 
     def get_name(self) -> str:
         return "SplitScored"
 
 
-def write_json(fs: pafs.FileSystem, path: str, payload: dict) -> None:
-    """Write a small JSON file in one put: readers see all of it or none (temp + rename locally)."""
-    data = json.dumps(payload, indent=1, sort_keys=True, ensure_ascii=False).encode()
-    if isinstance(fs, pafs.LocalFileSystem):
-        import os
-
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        return
-    with fs.open_output_stream(path) as out:  # an object store PUT is atomic per object
-        out.write(data)
-
-
-def read_json(fs: pafs.FileSystem, path: str) -> dict | None:
-    try:
-        with fs.open_input_stream(path) as handle:
-            return json.loads(handle.read().decode())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):  # torn or foreign file: treat as absent, never as committed
-        return None
-
-
-def write_manifest(output: str, manifest: dict) -> None:
+def read_manifest(output: str, retry: StorageRetry = DEFAULT_RETRY) -> dict | None:
+    """An output directory's manifest; None when it has none (a failed read raises)."""
     fs, base = filesystem_for(output)
-    fs.create_dir(base, recursive=True)  # an input of zero rows wrote no part file, so no directory yet
-    write_json(fs, join_path(base, MANIFEST), manifest)
-
-
-def read_manifest(output: str) -> dict | None:
-    fs, base = filesystem_for(output)
-    return read_json(fs, join_path(base, MANIFEST))
+    return Storage(fs, retry).read_json(join_path(base, MANIFEST))
 
 
 def committed_files(output: str, kind: str = "scored") -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pyarrow.fs as pafs
 
+from data_pipeline.storage import Storage
 from jobs.scoring.publish import listed_files, remove_unlisted, sync_tree
 
 
@@ -14,7 +15,7 @@ def test_remove_unlisted_deletes_only_files_the_manifest_does_not_list(tmp_path)
         path.write_bytes(b"x")
     manifest = {"files": [{"path": "part-0.parquet"}, {"path": "_rejected/part-0.parquet"}]}
 
-    removed = remove_unlisted(pafs.LocalFileSystem(), str(tmp_path), listed_files(manifest))
+    removed = remove_unlisted(Storage(pafs.LocalFileSystem()), str(tmp_path), listed_files(manifest))
 
     assert removed == ["_rejected/old.parquet", "part-1-retried.parquet"]
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
