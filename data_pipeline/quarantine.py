@@ -52,7 +52,7 @@ import pyarrow.parquet as pq
 
 from data_pipeline.paths import ParquetFiles, mtime_ns
 from data_pipeline.schema import classification_spec
-from data_pipeline.storage import DEFAULT_RETRY, StorageRetry, is_transient, retrying
+from data_pipeline.storage import DEFAULT_RETRY, StorageRetry, is_storage_fault, retrying
 from data_pipeline.validation import bad_row_masks
 
 # Reject reasons, highest priority first: a row gets the first that applies.
@@ -160,7 +160,7 @@ def inspect_file(files: ParquetFiles, path: str, columns: InputColumns | str,
     try:
         info, metadata, schema = retrying(footer, f"read the footer of {display}", retry)
     except (OSError, pa.ArrowException) as exc:
-        if is_transient(exc) or isinstance(exc, (FileNotFoundError, PermissionError)):
+        if is_storage_fault(exc):
             raise  # the store's fault (retried already), not the file's
         raise InputFileError(display, f"unreadable as Parquet ({exc})") from None
     _check_columns(display, schema, InputColumns.of(columns))
@@ -382,7 +382,7 @@ def read_tagged(filesystem: pafs.FileSystem, path: str, display: str, row_groups
     except InputFileError as exc:
         yield error_row(display, columns, group, exc.problem, _unread(remaining, row_group_rows), remaining)
     except (OSError, pa.ArrowException) as exc:
-        if is_transient(exc) or isinstance(exc, (FileNotFoundError, PermissionError)):
+        if is_storage_fault(exc):
             raise  # the store's fault, not the file's: the pipeline fails and names it
         yield error_row(display, columns, group, f"unreadable as Parquet ({type(exc).__name__}: {exc})",
                         _unread(remaining, row_group_rows), remaining)

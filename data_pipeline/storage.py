@@ -85,6 +85,11 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+def is_storage_fault(exc: BaseException) -> bool:
+    """The store's fault rather than the content's: a retried-out or transient error, a missing or forbidden path."""
+    return isinstance(exc, (StorageError, FileNotFoundError, PermissionError)) or is_transient(exc)
+
+
 def retrying(operation: Callable[[], T], what: str, retry: StorageRetry = DEFAULT_RETRY) -> T:
     """``operation()``, tried again after a transient error; the last one raised as ``StorageError``."""
     backoffs = retry.backoffs()

@@ -76,17 +76,27 @@ class MotoServer:
 
 @dataclass
 class Fault:
-    """Answer the first ``times`` requests whose method and path (with query) match with ``action``."""
-    path: str  # a regular expression searched in "/bucket/key?query"
+    """Answer ``times`` requests whose method and path (with query) match with ``action``, after letting
+    the first ``after`` of them through. ``key`` is an object key ("dir/date=1/f.json"), matched as the
+    SDK sends it (``=`` percent-encoded); ``path`` a regular expression on the raw request path."""
+    key: str | None = None
+    path: str | None = None
     action: Literal["status", "reset", "stall"] = "status"
     method: str | None = None  # GET, PUT, HEAD, POST, DELETE; None: any
     status: int = 503
     times: int = 1
+    after: int = 0
     stall_s: float = 0.0
     hits: list[str] = field(default_factory=list)  # the requests it answered
+    passed: int = 0  # matching requests let through (``after``)
+
+    def pattern(self) -> str:
+        if self.key is not None:
+            return re.escape(self.key).replace("=", "(?:=|%3D)")
+        return self.path or ""
 
     def matches(self, method: str, path: str) -> bool:
-        return (self.method is None or self.method == method) and re.search(self.path, path) is not None
+        return (self.method is None or self.method == method) and re.search(self.pattern(), path) is not None
 
 
 class FaultyS3Proxy:
@@ -176,6 +186,9 @@ class FaultyS3Proxy:
             self.requests.append((method, path))
             for fault in self.faults:
                 if len(fault.hits) < fault.times and fault.matches(method, path):
+                    if fault.passed < fault.after:
+                        fault.passed += 1
+                        continue
                     fault.hits.append(f"{method} {path}")
                     return fault
         return None
