@@ -10,6 +10,7 @@ forwarding. Clients (pyarrow's S3 filesystem, boto3) point at the proxy through
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import re
@@ -206,3 +207,26 @@ class FaultyS3Proxy:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+@contextlib.contextmanager
+def faulty_s3(log_dir: Path, buckets: tuple[str, ...]):
+    """A moto server, a proxy in front of it that ``AWS_ENDPOINT_URL`` points at, and ``buckets`` created."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    moto = MotoServer(log_dir / "moto.log")
+    proxy = FaultyS3Proxy(moto.url)
+    previous = os.environ.get("AWS_ENDPOINT_URL")
+    os.environ["AWS_ENDPOINT_URL"] = proxy.url  # pyarrow (data_pipeline.paths) and boto3 (MLflow) read it
+    try:
+        import boto3
+
+        for bucket in buckets:
+            boto3.client("s3").create_bucket(Bucket=bucket)
+        yield proxy
+    finally:
+        if previous is None:
+            os.environ.pop("AWS_ENDPOINT_URL", None)
+        else:
+            os.environ["AWS_ENDPOINT_URL"] = previous
+        proxy.stop()
+        moto.stop()

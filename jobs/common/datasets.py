@@ -22,6 +22,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from data_pipeline.paths import ParquetFiles, resolve_parquet_files
+from data_pipeline.storage import retrying
 from jobs.common.redaction import redact_text
 
 DIGEST_CHARS = 16  # MLflow keeps at most 36 characters of a dataset digest
@@ -71,10 +72,12 @@ def parquet_summary(path: str, files: ParquetFiles | None = None, name: str | No
     ``files``: ``path`` already resolved (the job did it to read it), else resolved here.
     """
     files = files if files is not None else resolve_parquet_files(path)
-    infos = files.filesystem.get_file_info(list(files.paths))
-    workers = 1 if isinstance(files.filesystem, pafs.LocalFileSystem) else 16  # object stores: a round trip each
+    fs = files.filesystem
+    infos = retrying(lambda: fs.get_file_info(list(files.paths)), f"stat the files of {path}")
+    workers = 1 if isinstance(fs, pafs.LocalFileSystem) else 16  # object stores: a round trip each
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        footers = list(pool.map(lambda path: _read_footer(files.filesystem, path), files.paths))
+        footers = list(pool.map(lambda p: retrying(lambda: _read_footer(fs, p), f"read the footer of {p}"),
+                                files.paths))
     digest = hashlib.sha256()
     for (size, footer, _), info in zip(footers, infos):
         mtime = info.mtime_ns if info.mtime_ns is not None else 0

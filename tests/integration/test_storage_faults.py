@@ -10,7 +10,6 @@ GetObject 503 on a small object not at all: the error body overflows the object-
 
 from __future__ import annotations
 
-import os
 from types import SimpleNamespace
 
 import pyarrow as pa
@@ -24,7 +23,7 @@ from jobs.scoring.ledger import Attempt, Lease, LeaseSettings, Store, committed_
 from jobs.scoring.publish import MANIFEST
 from jobs.scoring.run_staging import RunStaging
 from jobs.scoring.sink import SplitScoredSink
-from s3_faults import Fault, FaultyS3Proxy, MotoServer
+from s3_faults import Fault, faulty_s3
 
 BUCKET = "faults"
 FAST = StorageRetry(attempts=4, first_backoff_s=0.05, max_backoff_s=0.2)  # the defaults wait 15.5 s in all
@@ -32,22 +31,8 @@ FAST = StorageRetry(attempts=4, first_backoff_s=0.05, max_backoff_s=0.2)  # the 
 
 @pytest.fixture(scope="module")
 def proxy(session_dir):
-    moto = MotoServer(session_dir / "moto-faults.log")
-    proxy = FaultyS3Proxy(moto.url)
-    previous = os.environ.get("AWS_ENDPOINT_URL")
-    os.environ["AWS_ENDPOINT_URL"] = proxy.url
-    try:
-        import boto3
-
-        boto3.client("s3").create_bucket(Bucket=BUCKET)
+    with faulty_s3(session_dir / "storage-faults", (BUCKET,)) as proxy:
         yield proxy
-    finally:
-        if previous is None:
-            os.environ.pop("AWS_ENDPOINT_URL", None)
-        else:
-            os.environ["AWS_ENDPOINT_URL"] = previous
-        proxy.stop()
-        moto.stop()
 
 
 @pytest.fixture
