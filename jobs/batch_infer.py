@@ -156,7 +156,7 @@ def _run(config: BatchInferConfig, run_name: str, staging: RunStaging) -> Scorin
         # the user's file for a CSV / JSON Lines input (its staged Parquet copy is rewritten by every run)
         log_datasets([(file_summary(config.input, sum(i.num_rows for i in infos), list(config.input_columns.names))
                        if needs_staging(config.input, config.input_format)
-                       else parquet_summary(config.input, files), "scoring")])
+                       else parquet_summary(config.input, _readable(files, infos)), "scoring")])
         chunks = list(resumed)
         attempt = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
         pause = float(os.environ.get(PAUSE_AFTER_CHUNK_ENV, "0") or 0)
@@ -191,8 +191,7 @@ def _score_chunk(name: str, infos: list, sources: list[dict], files: ParquetFile
                  model: ScoringModel, config: BatchInferConfig, mlflow_run_id: str) -> Chunk:
     """Score some whole files into the staging area and commit them as one chunk."""
     if sum(info.num_rows for info in infos):
-        subset = ParquetFiles(files.filesystem, tuple(info.path for info in infos), files.uri_prefix)
-        counts = score_files(subset, infos, staging.write_uri, model, config, config.input_columns)
+        counts = score_files(_readable(files, infos), infos, staging.write_uri, model, config, config.input_columns)
     else:  # nothing to read: no pipeline
         counts = PipelineCounts(rows_in=0, rows_out=0, rows_rejected=0, rejected_by_reason={}, files=[], seconds=0.0)
     return staging.commit_chunk(name, {
@@ -200,6 +199,11 @@ def _score_chunk(name: str, infos: list, sources: list[dict], files: ParquetFile
         "rows_rejected": counts.rows_rejected, "rejected_by_reason": counts.rejected_by_reason,
         "unreadable": list(counts.unreadable),
         "seconds": round(counts.seconds, 3), "scored_by": mlflow_run_id})
+
+
+def _readable(files: ParquetFiles, infos: list) -> ParquetFiles:
+    """The input files whose footers were read (those quarantined aside)."""
+    return ParquetFiles(files.filesystem, tuple(info.path for info in infos), files.uri_prefix)
 
 
 def _total(chunks: list[Chunk], infos: list, unreadable: list[UnreadableFile]) -> PipelineCounts:

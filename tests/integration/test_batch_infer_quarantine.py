@@ -66,3 +66,39 @@ def test_batch_infer_fails_naming_a_corrupt_file(mlflow_uri, tiny_model_dir: Pat
                  "--set", f"model={tiny_model_dir}"])
     assert code == 1
     assert f"{tmp_path / 'broken.parquet'}: unreadable as Parquet" in capsys.readouterr().err
+
+
+def test_batch_infer_quarantines_unreadable_files_when_asked(ray_local, mlflow_uri, tiny_model_dir: Path,
+                                                             tiny_corpus: Path, tmp_path: Path):
+    """``read.on_unreadable_file: quarantine``: the good files are scored, the bad ones listed with their reason
+    and the rows they held; the counts still add up (out + rejected + unreadable = in)."""
+    from bad_parquet import corrupt_data_page
+    from jobs.batch_infer import BatchInferConfig, run
+    from jobs.common.config import load
+
+    folder = tmp_path / "input"
+    folder.mkdir()
+    good = pa.concat_tables(pq.read_table(tiny_corpus / f"{split}.parquet").select(["id", "text"])
+                            for split in ("val", "test"))
+    assert good.num_rows >= 16
+    pq.write_table(good.slice(0, 10), folder / "a-good.parquet")
+    pq.write_table(good.slice(10, 6), folder / "b-page.parquet")
+    corrupt_data_page(folder / "b-page.parquet")  # its footer reads: found only when its data is read
+    (folder / "c-broken.parquet").write_bytes(b"PAR1" + b"\x00" * 64)  # not even a footer
+    overrides = [f"input={folder}", f"output_dir={tmp_path / 'out'}", f"model={tiny_model_dir}", "max_length=32",
+                 "stages.min_blocks=1", "predictor.concurrency=1", "predictor.tokenize_in_actor=true",
+                 "read.on_unreadable_file=quarantine", "tracking.experiment=test-quarantine-files"]
+    outcome = run(load(BatchInferConfig, None, overrides))
+
+    manifest = json.loads((Path(outcome.output_path) / "_SUCCESS").read_text())
+    unreadable = {Path(u["file"]).name: u for u in manifest["unreadable_files"]}
+    assert set(unreadable) == {"b-page.parquet", "c-broken.parquet"}
+    assert unreadable["c-broken.parquet"]["rows"] is None and "unreadable as Parquet" in \
+        unreadable["c-broken.parquet"]["reason"]
+    assert unreadable["b-page.parquet"]["rows"] == 6
+    scored = pq.read_table(outcome.output_path)
+    assert sorted(scored.column("id").to_pylist()) == sorted(good.slice(0, 10).column("id").to_pylist())
+    assert manifest["rows_in"] == 16 and manifest["rows_unreadable"] == 6
+    assert manifest["rows_out"] + manifest["rows_rejected"] + manifest["rows_unreadable"] == manifest["rows_in"]
+    metrics = mlflow.MlflowClient(mlflow_uri).get_run(outcome.run_id).data.metrics
+    assert (metrics["files_unreadable"], metrics["rows_unreadable"]) == (2, 6)
