@@ -255,7 +255,7 @@ def _cached_model(final: Path) -> Path | None:
 
     The pointer is data on disk that anyone with write access to the cache could have edited: it must
     name a relative path inside the entry, and the entry and that path must stay inside it once
-    symlinks are followed, or a job would load (and run the code of) a model from elsewhere.
+    symlinks are followed, or a job would load a model from elsewhere as if it were the download.
     """
     try:
         relative = json.loads((final / _CACHE_POINTER).read_text(encoding="utf-8"))["model_dir"]
