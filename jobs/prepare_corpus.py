@@ -28,7 +28,7 @@ from data_pipeline.corpus import (CleanRows, CorpusStats, LabelledTexts, clean, 
                                   split_by_hash, write_split)
 from data_pipeline.pinyin import PairStats, build_pairs, write_pairs
 from data_pipeline.pinyin_sources import SourceTexts, read_parquet_texts, read_peoples_daily
-from data_pipeline.readers import FileFormat, TextFields, read_labelled
+from data_pipeline.readers import FileFormat, LabelCase, LabelRules, TextFields, read_labelled
 from data_pipeline.splits import SPLIT_ORDER, cross_split_overlaps
 from jobs.common import config as config_lib
 from jobs.common.redaction import redact_mapping
@@ -49,8 +49,14 @@ class SourceSettings:
     id_column: str | None = None  # None: ids are derived from the text
     label_names: tuple[str, ...] | None = None  # None: sorted string labels, or "0".."n-1"
     max_labels: int = 1000  # more distinct labels is an error (an id column passed as the label...)
+    label_strip: bool = True  # "positive " is "positive": surrounding whitespace never makes a class (counted)
+    # String labels equal up to case ("positive", "Positive"): error (names them), lower (one class: every
+    # label and label_names folded to lower case), or keep (distinct classes, deliberately).
+    label_case: LabelCase = "error"
 
     def __post_init__(self) -> None:
+        if self.label_names is not None and len(set(self.label_names)) != len(self.label_names):
+            raise ValueError(f"label_names has duplicates: {list(self.label_names)}")
         given = [self.train, self.val, self.test]
         if self.kind == "file" and not self.path and not all(given):
             raise ValueError("source.path (one file) or source.train, source.val and source.test (given splits) "
@@ -64,7 +70,7 @@ class SourceSettings:
 
     def read(self, path: str, label_names: tuple[str, ...] | None) -> LabelledTexts:
         return read_labelled(path, self.format, self.fields, self.label_column, self.id_column, label_names,
-                             self.max_labels)
+                             self.max_labels, LabelRules(strip=self.label_strip, case=self.label_case))
 
 
 def check_fractions(what: str, train: float, val: float, test: float) -> None:
