@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_pipeline.paths import resolve_parquet_files
-from data_pipeline.quarantine import InputFileError, inspect_files
-from data_pipeline.readers import InputFormatError
+from data_pipeline.quarantine import inspect_files
+from jobs.common import cli
 from jobs.common import config as config_lib
+from jobs.common import labels
 from jobs.common.baselines import BASELINES
 from jobs.common.naming import unique_run_name
 from jobs.common.ray_runtime import RayConfig, check_cpu_budget, init_ray
@@ -71,9 +72,7 @@ def file_digest(path: str) -> str:
 
 
 def model_label_names(model: ScoringModel) -> list[str]:
-    config = json.loads((Path(model.local_dir) / "config.json").read_text())
-    id2label = config.get("id2label") or {}
-    return [id2label[key] for key in sorted(id2label, key=int)]
+    return labels.model_label_names(model.local_dir)
 
 
 def read_rows(config: EvaluateConfig, model: ScoringModel) -> tuple[EvalRows, EvalRows | None, list[str] | None]:
@@ -257,13 +256,10 @@ def report(outcome: EvaluationOutcome, config: EvaluateConfig) -> None:
               f"{m['baseline_char_eval_exact_match']:11.4f}")
 
 
+@cli.entry_point("evaluation", known=(ScoringError,))
 def main(argv: list[str] | None = None) -> int:
     config, _ = config_lib.parse_args(EvaluateConfig, __doc__.splitlines()[0], argv)
-    try:
-        outcome = run(config)
-    except (InputFormatError, InputFileError, ScoringError, FileNotFoundError) as exc:
-        print(f"\nevaluation failed: {redact_text(str(exc))}", file=sys.stderr)
-        return 1
+    outcome = run(config)
     report(outcome, config)
     return 0
 

@@ -30,6 +30,7 @@ from data_pipeline.pinyin import PairStats, build_pairs, write_pairs
 from data_pipeline.pinyin_sources import SourceTexts, read_parquet_texts, read_peoples_daily
 from data_pipeline.readers import FileFormat, LabelCase, LabelRules, TextFields, read_labelled
 from data_pipeline.splits import SPLIT_ORDER, cross_split_overlaps
+from jobs.common import cli
 from jobs.common import config as config_lib
 from jobs.common.redaction import redact_mapping
 from jobs.common.tracking import TrackingConfig, environment_tags, prepare_tracking
@@ -256,6 +257,7 @@ def write_seq2seq_corpus(settings: Seq2SeqCorpusSettings, splits: dict[str, Clea
     return stats
 
 
+@cli.entry_point("corpus preparation")
 def main(argv: list[str] | None = None) -> int:
     config, _ = config_lib.parse_args(PrepareCorpusConfig, __doc__.splitlines()[0], argv)
     stats = run(config)

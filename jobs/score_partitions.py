@@ -40,6 +40,7 @@ import pyarrow.fs as pafs
 
 from data_pipeline.paths import filesystem_for, mtime_ns, resolve_parquet_files
 from data_pipeline.quarantine import FileInfo, ScoringGroup, inspect_files
+from jobs.common import cli
 from jobs.common import config as config_lib
 from jobs.common.naming import now_iso, unique_run_name
 from jobs.common.ray_runtime import RayConfig, check_cpu_budget, init_ray
@@ -481,6 +482,7 @@ def _print_partition(outcome: PartitionOutcome) -> None:
         print(f"  {outcome.partition}: {outcome.status} ({outcome.reason})", flush=True)
 
 
+@cli.entry_point("scheduled scoring", known=(ScoringError,))
 def main(argv: list[str] | None = None) -> int:
     config, _ = config_lib.parse_args(ScorePartitionsConfig, __doc__.splitlines()[0], argv)
     result = run(config)
