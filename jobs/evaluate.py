@@ -21,7 +21,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_pipeline.paths import resolve_parquet_files
+from data_pipeline.corpus_manifest import check_corpus_file
+from data_pipeline.paths import filesystem_for, resolve_parquet_files
 from data_pipeline.quarantine import inspect_files
 from jobs.common import cli
 from jobs.common import config as config_lib
@@ -77,6 +78,8 @@ def model_label_names(model: ScoringModel) -> list[str]:
 
 def read_rows(config: EvaluateConfig, model: ScoringModel) -> tuple[EvalRows, EvalRows | None, list[str] | None]:
     """The evaluation rows, the training rows (for baselines) and the model's label names."""
+    for path in filter(None, (config.data, config.train_data)):  # a prepare_corpus folder: as it was published
+        check_corpus_file(*filesystem_for(path), path)
     if model.kind == "seq2seq":
         rows = read_seq2seq_rows(config.data, config.input)
         train = read_seq2seq_rows(config.train_data, config.input) if config.train_data else None

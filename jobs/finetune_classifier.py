@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from data_pipeline.batching import iterate_shard
+from data_pipeline.corpus_manifest import check_corpus_files
 from data_pipeline.errors import InputDataError
 from data_pipeline.paths import ParquetFiles, resolve_parquet_files
 from data_pipeline.ray_stages import StageResources, read_parquet, tokenized
@@ -228,6 +229,7 @@ def prepare(config: FinetuneConfig, target: TrackingTarget) -> TrainingPlan:
 
     data = config.data
     files = {split: resolve_parquet_files(getattr(data, split)) for split in SPLITS}
+    check_corpus_files(files)  # a prepare_corpus folder: its manifest lists these files, all of one publish
     label_names = agreed_label_names(files)  # every file of every split: the same classes, in the same order
     pair_column = pair_column_of(files["train"])
     spec = classification_spec(data.text_column, pair_column=pair_column)

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from data_pipeline.corpus_manifest import check_corpus_files
 from data_pipeline.errors import InputDataError
 from data_pipeline.paths import ParquetFiles, resolve_parquet_files
 from data_pipeline.pinyin import Scores, baseline_scores, score
@@ -299,6 +300,7 @@ def prepare_data(config: Seq2SeqTrainConfig) -> PreparedData:
 
     data = config.data
     files = {split: resolve_parquet_files(getattr(data, split)) for split in SPLITS}
+    check_corpus_files(files)  # a prepare_corpus folder: its manifest lists these files, all of one publish
     spec = pairs_spec(data)
     rows = {split: validate_files(files[split], spec).rows for split in SPLITS}
     for split, n in rows.items():
