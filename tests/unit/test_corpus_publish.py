@@ -5,6 +5,7 @@ The crash is real: the job runs in its own process and is killed (SIGKILL) betwe
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -161,3 +162,16 @@ def test_a_folder_holding_files_prepare_corpus_does_not_write_is_refused_before_
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["exports", "in.csv"]
     with pytest.raises(ConfigError, match="must be separate folders"):
         run(_config(source, tmp_path / "corpus", enabled=True, output_dir=str(tmp_path / "corpus" / "pinyin")))
+
+
+def test_an_mlflow_outage_after_the_publish_only_warns(tmp_path: Path, capsys):
+    from jobs.common.tracking import TrackingConfig
+
+    config = _config(_source(tmp_path, "in.csv", ("neg", "pos")), tmp_path / "corpus")
+    config = dataclasses.replace(config, log_to_mlflow=True, tracking=TrackingConfig(
+        tracking_uri="http://127.0.0.1:9", check_timeout_s=2.0))  # nothing listens on the discard port
+    run(config)
+    manifest = json.loads((tmp_path / "corpus" / MANIFEST).read_text())
+    assert check_corpus_files(_files(tmp_path / "corpus"))
+    err = capsys.readouterr().err
+    assert f"WARNING: corpus published (publish {manifest['publish_id']}), but recording it in MLflow failed" in err
