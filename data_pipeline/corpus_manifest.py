@@ -94,6 +94,8 @@ class _Folders:
 
 def _check(folders: _Folders, path: str, uri: str) -> str | None:
     """The publish id of ``path``'s folder after checking the file is listed as it is; None: not a corpus."""
+    if not path.endswith(".parquet"):  # prepare_corpus writes splits as Parquet only: a CSV is a user's file
+        return None
     folder = posixpath.dirname(path)
     shown_folder = uri[:len(uri) - len(posixpath.basename(path))].rstrip("/") or folder
     manifest = folders.manifest(folder, shown_folder)

@@ -175,3 +175,12 @@ def test_an_mlflow_outage_after_the_publish_only_warns(tmp_path: Path, capsys):
     assert check_corpus_files(_files(tmp_path / "corpus"))
     err = capsys.readouterr().err
     assert f"WARNING: corpus published (publish {manifest['publish_id']}), but recording it in MLflow failed" in err
+
+
+def test_a_users_csv_beside_their_own_stats_json_is_not_taken_for_a_corpus(tmp_path: Path):
+    from data_pipeline.corpus_manifest import check_corpus_file
+    from data_pipeline.paths import filesystem_for
+
+    source = _source(tmp_path, "eval.csv", ("neg", "pos"))
+    (tmp_path / "stats.json").write_text("{}")  # the user's own, unrelated
+    assert check_corpus_file(*filesystem_for(str(source)), str(source)) is None
