@@ -135,8 +135,9 @@ def _run(config: BatchInferConfig, run_name: str, staging: RunStaging) -> Scorin
     sources = source_fingerprints(config.input, config.input_format, infos)
     target = prepare_tracking(config.tracking)
     model = ScoringModel.load(config.model, target)
-    if model.kind == "classifier":  # a labelled input's label k must be the scored label k
-        check_model_labels(model_label_names(model.local_dir), config.model, files)
+    if model.kind == "classifier":  # a labelled input's label k must be the scored label k (readable files)
+        readable = ParquetFiles(files.filesystem, tuple(info.path for info in infos), files.uri_prefix)
+        check_model_labels(model_label_names(model.local_dir), config.model, readable)
     resumed = staging.open(run_fingerprint(config, model), sources)
     covered = set().union(*(c.input_files for c in resumed))
     todo = [i for i, fp in enumerate(sources) if fp["file"] not in covered]

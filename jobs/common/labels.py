@@ -13,6 +13,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -27,13 +28,16 @@ class LabelMismatchError(InputDataError):
 
 def file_label_names(files: ParquetFiles) -> dict[str, list[str] | None]:
     """Each file's label names from its Parquet metadata (None where it has none), by URI, in path order."""
-    def read(path: str) -> list[str] | None:
-        with files.filesystem.open_input_file(path) as handle:
-            return label_names_from_schema(pq.read_schema(handle))
+    def read(path: str, uri: str) -> list[str] | None:
+        try:
+            with files.filesystem.open_input_file(path) as handle:
+                return label_names_from_schema(pq.read_schema(handle))
+        except pa.ArrowInvalid as exc:  # not Parquet: the data's fault (a storage error is not: it propagates)
+            raise InputDataError(f"{uri}: unreadable as Parquet ({exc})") from None
 
     workers = 1 if isinstance(files.filesystem, pafs.LocalFileSystem) else 16  # a footer is a round trip there
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        names = list(pool.map(read, files.paths))
+        names = list(pool.map(read, files.paths, files.uris()))
     return dict(zip(files.uris(), names))
 
 

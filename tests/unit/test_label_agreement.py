@@ -91,3 +91,12 @@ def test_the_model_must_number_the_classes_as_a_labelled_input_does(tmp_path: Pa
     check_model_labels(list(NEG_POS), "models:/m/4", data)  # the same order: fine
     pq.write_table(pa.table({"id": ["a"], "text": ["好"]}), tmp_path / "unlabelled.parquet")
     check_model_labels(list(POS_NEG), "models:/m/3", resolve_parquet_files(str(tmp_path / "unlabelled.parquet")))
+
+
+def test_a_file_that_is_not_parquet_is_an_input_error_naming_it(tmp_path: Path):
+    from data_pipeline.errors import InputDataError
+
+    paths = _splits(tmp_path)
+    paths["val"].write_bytes(b"PAR1" + b"\0" * 64)  # a truncated or corrupt file
+    with pytest.raises(InputDataError, match=r"val\.parquet: unreadable as Parquet"):
+        agreed_label_names(_resolved(paths))
