@@ -60,14 +60,21 @@ class CorpusStats:
     # given splits: rows of a later split whose text is in an earlier one, {later, earlier, rows}
     cross_split: list[dict] = field(default_factory=list)
     cross_split_removed: int = 0
+    labels_stripped: int = 0  # rows whose label lost surrounding whitespace ("positive " -> "positive")
+    labels_lowered: int = 0  # rows whose label was folded to lower case (source.label_case: lower)
 
     def add_cleaning(self, other: CorpusStats) -> None:
         """Sum the cleaning counts of another file's ``clean`` (given splits are cleaned file by file)."""
-        for name in ("read", "empty_removed", "duplicates_removed", "contradictions_removed", "contradictory_texts"):
+        for name in ("read", "empty_removed", "duplicates_removed", "contradictions_removed", "contradictory_texts",
+                     "labels_stripped", "labels_lowered"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def lines(self) -> list[str]:
         out = [f"read {self.read} rows",
+               *([f"stripped surrounding whitespace from the labels of {self.labels_stripped} rows "
+                  "(source.label_strip)"] if self.labels_stripped else []),
+               *([f"folded the labels of {self.labels_lowered} rows to lower case (source.label_case: lower)"]
+                 if self.labels_lowered else []),
                f"removed {self.empty_removed} empty texts",
                f"removed {self.duplicates_removed} exact duplicates",
                f"removed {self.contradictions_removed} rows of {self.contradictory_texts} texts "
@@ -82,6 +89,7 @@ class CorpusStats:
 
     def as_metrics(self) -> dict[str, float]:
         metrics = {"rows_read": self.read, "empty_removed": self.empty_removed,
+                   "labels_stripped": self.labels_stripped, "labels_lowered": self.labels_lowered,
                    "duplicates_removed": self.duplicates_removed,
                    "contradictions_removed": self.contradictions_removed,
                    "cross_split_removed": self.cross_split_removed}
@@ -129,6 +137,7 @@ def clean(data: LabelledTexts, stats: CorpusStats) -> CleanRows:
     pair is allowed (an empty second segment); an empty text is not.
     """
     stats.read = len(data.texts)
+    stats.labels_stripped, stats.labels_lowered = data.labels_stripped, data.labels_lowered
     raw_pairs = data.text_pairs if data.text_pairs is not None else itertools.repeat(None)
     labels_of: dict[tuple[str, str | None], set[int]] = {}
     first: dict[tuple[str, str | None], tuple[str, int]] = {}

@@ -2,9 +2,10 @@
 
 Exported files are rarely what a default reader expects: RFC 4180 CSV puts newlines inside
 quoted cells, Chinese exports are often GB18030 / GBK / Big5, Excel writes a UTF-8 BOM,
-ids such as "007" must not become 7, and a label column may hold floats or booleans. Every
-refusal is an ``InputFormatError`` that names the file and, where it applies, the column,
-the line and the number of offending rows.
+ids such as "007" must not become 7, a label column may hold floats or booleans, and hand-typed
+labels differ by a trailing space or a capital (``positive``, ``Positive ``). Every refusal is an
+``InputFormatError`` that names the file and, where it applies, the column, the line and the
+number of offending rows.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
+
+from data_pipeline.errors import InputDataError
 
 _FORMAT_OF_SUFFIX = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",
                      ".parquet": "parquet"}
@@ -67,6 +70,22 @@ class TextFields:
             raise ValueError(f"pair_column '{self.pair_column}' is also one of text_columns")
 
 
+LabelCase = Literal["error", "lower", "keep"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class LabelRules:
+    """How string labels become class names: never a silent extra class for a stray space or capital."""
+    strip: bool = True  # surrounding whitespace is removed ("positive " is "positive"); the rows are counted
+    # Labels equal up to case ("positive", "Positive"): error names them; lower folds every label (and the
+    # given label names) to lower case, so they are one class; keep leaves them distinct classes.
+    case: LabelCase = "error"
+
+    def __post_init__(self) -> None:
+        if self.case not in ("error", "lower", "keep"):
+            raise ValueError(f"label case must be error, lower or keep, got {self.case!r}")
+
+
 @dataclass(frozen=True)
 class LabelledTexts:
     texts: list[str]
@@ -74,9 +93,11 @@ class LabelledTexts:
     label_names: tuple[str, ...]
     ids: list[str] | None = None  # user-supplied ids, else derived from the content
     text_pairs: list[str] | None = None  # the second text of sentence pairs, None for single texts
+    labels_stripped: int = 0  # rows whose label lost surrounding whitespace (LabelRules.strip)
+    labels_lowered: int = 0  # rows whose label was folded to lower case (LabelRules.case = lower)
 
 
-class InputFormatError(ValueError):
+class InputFormatError(InputDataError):
     """A user's file that cannot be read as asked; the message always starts with the file."""
 
     def __init__(self, path: str, message: str):
@@ -248,7 +269,8 @@ def _as_strings(path: str, table: pa.Table, columns: Sequence[str]) -> pa.Table:
 # ---- labelled texts ---------------------------------------------------------------------------
 
 def read_labelled(path: str, fmt: FileFormat, fields: TextFields, label_column: str, id_column: str | None,
-                  label_names: tuple[str, ...] | None, max_labels: int = 1000) -> LabelledTexts:
+                  label_names: tuple[str, ...] | None, max_labels: int = 1000,
+                  rules: LabelRules = LabelRules()) -> LabelledTexts:
     """Texts (the text columns joined), optional pairs, class-index labels and optional ids of one file."""
     if label_names is not None and len(set(label_names)) != len(label_names):
         raise ValueError(f"label_names has duplicates: {list(label_names)}")
@@ -257,11 +279,12 @@ def read_labelled(path: str, fmt: FileFormat, fields: TextFields, label_column: 
     _require_columns(path, table, [label_column])
     if table.num_rows == 0:
         raise InputFormatError(path, "no data rows")
-    labels, names = _labels(path, table.column(label_column), label_column, label_names, max_labels)
+    labels, names, stripped, lowered = _labels(path, table.column(label_column), label_column, label_names,
+                                               max_labels, rules)
     pairs = None if fields.pair_column is None else _filled(table.column(fields.pair_column)).to_pylist()
     ids = None if id_column is None else _ids(path, table.column(id_column), id_column)
     return LabelledTexts(texts=_joined_texts(table, fields), labels=labels, label_names=names, ids=ids,
-                         text_pairs=pairs)
+                         text_pairs=pairs, labels_stripped=stripped, labels_lowered=lowered)
 
 
 def _filled(column: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -288,10 +311,15 @@ def _ids(path: str, column: pa.ChunkedArray, name: str) -> list[str]:
 
 
 def _labels(path: str, column: pa.ChunkedArray, name: str, label_names: tuple[str, ...] | None,
-            max_labels: int) -> tuple[list[int], tuple[str, ...]]:
+            max_labels: int, rules: LabelRules) -> tuple[list[int], tuple[str, ...], int, int]:
+    """Class indices and names, and the rows whose label was stripped and lowered on the way."""
     _check_label_type(path, column, name)
-    if _is_text(column.type):  # an empty CSV cell is a missing label, not a class named ""
-        column = _empty_as_null(column.cast(pa.string()))
+    stripped = lowered = 0
+    if _is_text(column.type):
+        column = column.cast(pa.string())
+        if rules.strip:
+            column, stripped = _changed(column, pc.utf8_trim_whitespace)
+        column = _empty_as_null(column)  # an empty (or all-space) cell is a missing label, not a class named ""
     if column.null_count:
         raise InputFormatError(path, f"column '{name}': {column.null_count} row(s) have no label")
     # Counted in Arrow before any Python list: an id column given as the label has a million values.
@@ -300,8 +328,44 @@ def _labels(path: str, column: pa.ChunkedArray, name: str, label_names: tuple[st
         raise InputFormatError(path, f"column '{name}' has {distinct} distinct labels, more than "
                                      f"max_labels={max_labels} (is it really the label column?)")
     if pa.types.is_integer(column.type):
-        return _integer_labels(path, column, name, label_names, max_labels)
-    return _string_labels(path, column, name, label_names)
+        return (*_integer_labels(path, column, name, label_names, max_labels), 0, 0)
+    if rules.case == "lower":
+        column, lowered = _changed(column, pc.utf8_lower)
+        label_names = _lowered_names(label_names)
+    elif rules.case == "error":
+        _refuse_case_variants(path, column, name)
+    return (*_string_labels(path, column, name, label_names), stripped, lowered)
+
+
+def _changed(column: pa.ChunkedArray, transform) -> tuple[pa.ChunkedArray, int]:
+    """``transform(column)`` and how many rows it changed."""
+    out = transform(column)
+    return out, pc.sum(pc.not_equal(out, column).fill_null(False)).as_py() or 0
+
+
+def _lowered_names(label_names: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    if label_names is None:
+        return None
+    lowered = tuple(n.lower() for n in label_names)
+    if len(set(lowered)) != len(lowered):
+        raise ValueError(f"label_names {list(label_names)} are equal up to case: with label_case lower they are "
+                         "one class; name each class once")
+    return lowered
+
+
+def _refuse_case_variants(path: str, column: pa.ChunkedArray, name: str) -> None:
+    """Labels that differ only by case would be separate classes: name them, with their rows."""
+    counts = pc.value_counts(column).to_pylist()
+    spellings: dict[str, list[tuple[str, int]]] = {}
+    for entry in counts:
+        spellings.setdefault(entry["values"].lower(), []).append((entry["values"], entry["counts"]))
+    clashes = [sorted(group) for group in spellings.values() if len(group) > 1]
+    if clashes:
+        shown = "; ".join(" and ".join(f"'{label}' ({n} row(s))" for label, n in group)
+                          for group in sorted(clashes)[:_EXAMPLES])
+        raise InputFormatError(path, f"column '{name}' has labels equal up to case: {shown}; they would be "
+                                     "separate classes: fix the file, or set label_case: lower to merge them "
+                                     "(keep: to keep them apart)")
 
 
 def _check_label_type(path: str, column: pa.ChunkedArray, name: str) -> None:
@@ -338,6 +402,10 @@ def _string_labels(path: str, column: pa.ChunkedArray, name: str,
     index = pc.index_in(column, value_set=pa.array(names, pa.string()))
     if index.null_count:
         unknown = sorted(pc.unique(pc.filter(column, pc.is_null(index))).to_pylist())
+        by_case = {n.lower(): n for n in names}
+        near = [f"'{u}' differs from '{by_case[u.lower()]}' only by case" for u in unknown[:_EXAMPLES]
+                if u.lower() in by_case]
+        hint = f" ({'; '.join(near)}: set label_case: lower to merge them)" if near else ""
         raise InputFormatError(path, f"column '{name}': {index.null_count} row(s) have labels outside "
-                                     f"{list(names)}: {unknown[:_EXAMPLES]}")
+                                     f"{list(names)}: {unknown[:_EXAMPLES]}{hint}")
     return index.to_pylist(), tuple(names)

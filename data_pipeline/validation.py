@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from data_pipeline.errors import InputDataError
 from data_pipeline.paths import ParquetFiles
 from data_pipeline.schema import ColumnSpec, TableSpec
 
@@ -42,7 +43,7 @@ class ValidationReport:
         return sum(self.rows_per_file.values())
 
 
-class DataValidationError(ValueError):
+class DataValidationError(InputDataError):
     def __init__(self, problems: list[Problem]):
         self.problems = problems
         lines = "\n  ".join(str(p) for p in problems)

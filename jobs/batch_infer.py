@@ -28,9 +28,11 @@ import uuid
 from dataclasses import dataclass, field
 
 from data_pipeline.paths import ParquetFiles
-from data_pipeline.quarantine import InputFileError, UnreadableFile, inspect_inputs
-from data_pipeline.readers import FileFormat, InputFormatError
+from data_pipeline.quarantine import UnreadableFile, inspect_inputs
+from data_pipeline.readers import FileFormat
+from jobs.common import cli
 from jobs.common import config as config_lib
+from jobs.common.labels import check_model_labels, model_label_names
 from jobs.common.naming import unique_run_name
 from jobs.common.ray_runtime import RayConfig, check_cpu_budget, init_ray
 from jobs.common.redaction import redact_mapping, redact_text
@@ -134,6 +136,8 @@ def _run(config: BatchInferConfig, run_name: str, staging: RunStaging) -> Scorin
     sources = source_fingerprints(config.input, config.input_format, infos)
     target = prepare_tracking(config.tracking)
     model = ScoringModel.load(config.model, target)
+    if model.kind == "classifier":  # a labelled input's label k must be the scored label k (readable files)
+        check_model_labels(model_label_names(model.local_dir), config.model, _readable(files, infos))
     resumed = staging.open(run_fingerprint(config, model), sources)
     covered = set().union(*(c.input_files for c in resumed))
     todo = [i for i, fp in enumerate(sources) if fp["file"] not in covered]
@@ -232,13 +236,10 @@ def _chunk_summary(chunk: Chunk) -> dict:
             "scored_by": chunk.record["scored_by"], "committed_at": chunk.record["committed_at"]}
 
 
+@cli.entry_point("batch scoring", known=(ScoringError, TargetOccupied))
 def main(argv: list[str] | None = None) -> int:
     config, _ = config_lib.parse_args(BatchInferConfig, __doc__.splitlines()[0], argv)
-    try:
-        outcome = run(config)
-    except (InputFileError, InputFormatError, ScoringError, FileNotFoundError, TargetOccupied) as exc:
-        print(f"\nbatch scoring failed: {redact_text(str(exc))}", file=sys.stderr)
-        return 1
+    outcome = run(config)
     print("\n=== batch scoring finished ===")
     print(summary_line(outcome.counts))
     if outcome.chunks_resumed:

@@ -21,10 +21,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data_pipeline.corpus_manifest import check_corpus_file
 from data_pipeline.paths import filesystem_for, resolve_parquet_files, to_uri
-from data_pipeline.quarantine import InputFileError, inspect_files
-from data_pipeline.readers import InputFormatError
+from data_pipeline.quarantine import inspect_files
+from jobs.common import cli
 from jobs.common import config as config_lib
+from jobs.common import labels
 from jobs.common.baselines import BASELINES
 from jobs.common.naming import unique_run_name
 from jobs.common.ray_runtime import RayConfig, check_cpu_budget, init_ray
@@ -74,13 +76,13 @@ def file_digest(path: str) -> str:
 
 
 def model_label_names(model: ScoringModel) -> list[str]:
-    config = json.loads((Path(model.local_dir) / "config.json").read_text())
-    id2label = config.get("id2label") or {}
-    return [id2label[key] for key in sorted(id2label, key=int)]
+    return labels.model_label_names(model.local_dir)
 
 
 def read_rows(config: EvaluateConfig, model: ScoringModel) -> tuple[EvalRows, EvalRows | None, list[str] | None]:
     """The evaluation rows, the training rows (for baselines) and the model's label names."""
+    for path in filter(None, (config.data, config.train_data)):  # a prepare_corpus folder: as it was published
+        check_corpus_file(*filesystem_for(path), path)
     if model.kind == "seq2seq":
         rows = read_seq2seq_rows(config.data, config.input)
         train = read_seq2seq_rows(config.train_data, config.input) if config.train_data else None
@@ -263,13 +265,10 @@ def report(outcome: EvaluationOutcome, config: EvaluateConfig) -> None:
               f"{m['baseline_char_eval_exact_match']:11.4f}")
 
 
+@cli.entry_point("evaluation", known=(ScoringError,))
 def main(argv: list[str] | None = None) -> int:
     config, _ = config_lib.parse_args(EvaluateConfig, __doc__.splitlines()[0], argv)
-    try:
-        outcome = run(config)
-    except (InputFormatError, InputFileError, ScoringError, FileNotFoundError) as exc:
-        print(f"\nevaluation failed: {redact_text(str(exc))}", file=sys.stderr)
-        return 1
+    outcome = run(config)
     report(outcome, config)
     return 0
 

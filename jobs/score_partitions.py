@@ -39,8 +39,9 @@ from typing import Literal
 import pyarrow.fs as pafs
 
 from data_pipeline.paths import filesystem_for, mtime_ns, resolve_parquet_files
-from data_pipeline.storage import DEFAULT_RETRY, Storage, StorageRetry
 from data_pipeline.quarantine import FileInfo, ScoringGroup, UnreadableFile, inspect_inputs
+from data_pipeline.storage import DEFAULT_RETRY, Storage, StorageRetry
+from jobs.common import cli
 from jobs.common import config as config_lib
 from jobs.common.naming import now_iso, unique_run_name
 from jobs.common.ray_runtime import RayConfig, check_cpu_budget, init_ray
@@ -501,6 +502,7 @@ def _print_partition(outcome: PartitionOutcome) -> None:
         print(f"  {outcome.partition}: {outcome.status} ({outcome.reason})", flush=True)
 
 
+@cli.entry_point("scheduled scoring", known=(ScoringError,))
 def main(argv: list[str] | None = None) -> int:
     config, _ = config_lib.parse_args(ScorePartitionsConfig, __doc__.splitlines()[0], argv)
     result = run(config)

@@ -18,12 +18,15 @@ from typing import Any
 
 import torch
 
+from data_pipeline.corpus_manifest import check_corpus_files
+from data_pipeline.errors import InputDataError
 from data_pipeline.paths import ParquetFiles, resolve_parquet_files
 from data_pipeline.pinyin import Scores, baseline_scores, score
 from data_pipeline.ray_stages import StageResources, read_parquet
 from data_pipeline.schema import ColumnSpec, TableSpec
 from data_pipeline.text_limits import max_chars
 from data_pipeline.validation import DataValidationError, Problem, validate_files
+from jobs.common import cli
 from jobs.common import config as config_lib
 from jobs.common.tracking import TrackingConfig, TrackingTarget
 from jobs.train.distributed import is_distributed, unwrap
@@ -297,11 +300,12 @@ def prepare_data(config: Seq2SeqTrainConfig) -> PreparedData:
 
     data = config.data
     files = {split: resolve_parquet_files(getattr(data, split)) for split in SPLITS}
+    check_corpus_files(files)  # a prepare_corpus folder: its manifest lists these files, all of one publish
     spec = pairs_spec(data)
     rows = {split: validate_files(files[split], spec).rows for split in SPLITS}
     for split, n in rows.items():
         if n < max(config.scaling.num_workers, 1):
-            raise ValueError(f"data.{split}: {n} rows, fewer than the {config.scaling.num_workers} workers")
+            raise InputDataError(f"data.{split}: {n} rows, fewer than the {config.scaling.num_workers} workers")
     pairs = {split: read_pairs(files[split], data) for split in SPLITS}
     check_chars(files, pairs, config.model.max_len, (data.source_column, data.target_column))
     source_tok = train_source_tokenizer((s for s, _ in pairs["train"]), data.source_vocab_size, data.min_frequency)
@@ -396,6 +400,7 @@ def report(outcome: TrainingOutcome, config: Seq2SeqTrainConfig) -> None:
         print(f"training throughput : {m['train_tokens_per_s']:.0f} target tokens/s (last epoch, all workers)")
 
 
+@cli.entry_point("seq2seq training")
 def main(argv: list[str] | None = None) -> int:
     config, _ = config_lib.parse_args(Seq2SeqTrainConfig, __doc__.splitlines()[0], argv)
     outcome = run(config)

@@ -2,13 +2,16 @@
 
 Unknown keys and wrong types are errors that name the dotted key, so a typo in a
 config never silently falls back to a default. One generic override flag,
-``--set section.key=value``, parses its value as YAML (``--set train.lr=1e-4``).
+``--set section.key=value``, parses its value as YAML (``--set optim.lr=1e-4``); a value YAML
+reads otherwise than meant (``*``, ``[a``, an id ``007`` read as the number 7) is an error that
+names the key, the value and the rule, with the quoting that passes it as text.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import os
 import re
 import types
@@ -24,7 +27,16 @@ T = TypeVar("T")
 
 
 class ConfigError(ValueError):
-    """A config file or override that does not match its schema."""
+    """A config file or override that does not match its schema.
+
+    ``read_as``: for a string field, the non-string value YAML made of an unquoted scalar (007 -> 7),
+    so an override's message can show the text typed and how to quote it.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None, read_as: Any = None):
+        super().__init__(message)
+        self.key = key
+        self.read_as = read_as
 
 
 class _Loader(yaml.SafeLoader):
@@ -100,7 +112,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except ConfigError as exc:
                 error = exc  # try the next option of the union
         if len(options) == 1:  # X | None: X's own message (a Literal's allowed values, say)
-            raise ConfigError(f"{error} (or null)") from None
+            raise ConfigError(f"{error} (or null)", key=error.key, read_as=error.read_as) from None
         raise ConfigError(f"{key}: {value!r} matches none of {tp}")
     if origin is Literal:
         if value not in get_args(tp):
@@ -135,6 +147,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
     if tp is str:
+        if isinstance(value, (bool, int, float, datetime.date)):  # YAML typed an unquoted scalar
+            raise ConfigError(f"{key}: expected a string, got {value!r} (YAML reads an unquoted 007, 1e3, yes or "
+                              f"2024-01-01 as a {type(value).__name__}: quote the value)", key=key, read_as=value)
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key}: expected a string, got {value!r} (YAML reads an unquoted `a: b` as a "
+                              "mapping and `- a` or `[a]` as a list: quote the value)")
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value
@@ -164,28 +182,87 @@ def build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         raise ConfigError(f"{prefix or cls.__name__}: {exc}") from None
 
 
+# What a leading YAML indicator character does to an unquoted value (YAML 1.1, section 5.3).
+_INDICATORS = {
+    "*": "starts an alias in YAML (a reference to an &anchor)",
+    "&": "starts an anchor in YAML",
+    "!": "starts a tag in YAML",
+    "#": "starts a comment in YAML, so the value would be empty",
+    "%": "starts a directive in YAML",
+    "@": "is reserved in YAML and cannot start a plain value",
+    "`": "is reserved in YAML and cannot start a plain value",
+    "|": "starts a block scalar in YAML",
+    ">": "starts a block scalar in YAML",
+    "[": "starts a YAML list, which must close with ] (e.g. [a, b])",
+    "{": "starts a YAML mapping, which must close with } (e.g. {a: 1})",
+    '"': "starts a double-quoted YAML string, which must close with \"",
+    "'": "starts a single-quoted YAML string, which must close with '",
+}
+_NULLS = ("", "~", "null", "Null", "NULL")
+
+
+def _quoted(dotted: str, raw: str) -> str:
+    """How to pass ``raw`` as text from a shell: YAML double quotes inside shell single quotes."""
+    if "'" in raw or '"' in raw:
+        return "quote it as a YAML string ('...' or \"...\") protected from the shell"
+    return f"""quote it: --set '{dotted}="{raw}"'"""
+
+
+def _override_value(dotted: str, raw: str) -> Any:
+    """``raw`` parsed as YAML, or a ConfigError naming the key, the value and the YAML rule it broke."""
+    text = raw.strip()
+    where = f"--set {dotted}={raw}"
+    try:
+        value = _parse_yaml(raw)
+    except ConfigError as exc:  # a duplicate key inside a mapping value
+        raise ConfigError(f"--set {dotted}: {exc}") from None
+    except yaml.YAMLError as exc:
+        rule = _INDICATORS.get(text[:1]) or f"is not valid YAML ({getattr(exc, 'problem', None) or exc})"
+        raise ConfigError(f"{where}: `{text[:1]}` {rule}: {_quoted(dotted, raw)}" if text[:1] in _INDICATORS
+                          else f"{where}: the value {rule}: {_quoted(dotted, raw)}") from None
+    if (value is None and text not in _NULLS) or (value == "" and text):  # &x, #x, | and > read as nothing
+        rule = _INDICATORS.get(text[:1], "reads as nothing in YAML")
+        raise ConfigError(f"{where}: `{text[:1]}` {rule}: {_quoted(dotted, raw)}")
+    if isinstance(value, str) and not text.startswith(("'", '"')) and re.search(r"\s#", text):
+        raise ConfigError(f"{where}: ` #` starts a comment in YAML, so the value would end before it: "
+                          f"{_quoted(dotted, raw)}")
+    return value
+
+
 def apply_override(data: dict[str, Any], assignment: str) -> None:
     """Apply one ``a.b.c=value`` override in place; the value is parsed as YAML."""
     if "=" not in assignment:
         raise ConfigError(f"--set expects key=value, got {assignment!r}")
     dotted, raw = assignment.split("=", 1)
-    parts = dotted.strip().split(".")
+    dotted = dotted.strip()
+    parts = dotted.split(".")
     node = data
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"--set {dotted}: {part} is not a section")
-    try:
-        node[parts[-1]] = _parse_yaml(raw)
-    except ConfigError as exc:
-        raise ConfigError(f"--set {dotted}: {exc}") from None
+    node[parts[-1]] = _override_value(dotted, raw)
+
+
+def _typed_override(exc: ConfigError, overrides: typing.Sequence[str]) -> ConfigError | None:
+    """A string field set with ``--set key=007``: the message shows the text typed and how to quote it."""
+    if exc.key is None or exc.read_as is None:
+        return None
+    raw = {a.split("=", 1)[0].strip(): a.split("=", 1)[1] for a in overrides if "=" in a}.get(exc.key)
+    if raw is None:
+        return None
+    return ConfigError(f"--set {exc.key}={raw}: expected a string, but YAML reads {raw.strip()} as the "
+                       f"{type(exc.read_as).__name__} {exc.read_as!r}: {_quoted(exc.key, raw)}")
 
 
 def load(cls: type[T], path: str | Path | None, overrides: typing.Sequence[str] = ()) -> T:
     """Load ``cls`` from a YAML file (or only defaults when ``path`` is None) plus overrides."""
     data: dict[str, Any] = {}
     if path is not None:
-        text = Path(path).read_text(encoding="utf-8")
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:  # a missing or unreadable --config is a command-line error, not a crash
+            raise ConfigError(f"--config {path}: {exc.strerror or exc}") from None
         try:
             loaded = _parse_yaml(text) or {}
         except ConfigError as exc:
@@ -198,6 +275,9 @@ def load(cls: type[T], path: str | Path | None, overrides: typing.Sequence[str] 
     try:
         return build(cls, data)
     except ConfigError as exc:
+        typed = _typed_override(exc, overrides)
+        if typed is not None:
+            raise typed from None
         source = f"{path}: " if path else ""
         raise ConfigError(f"{source}{exc}") from None
 
@@ -225,7 +305,7 @@ def parse_args(cls: type[T], description: str, argv: typing.Sequence[str] | None
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", help="YAML config file; omitted: embedded defaults")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config value, e.g. --set train.lr=1e-4 (repeatable)")
+                        help="override one config value, parsed as YAML, e.g. --set optim.lr=1e-4 (repeatable)")
     parser.add_argument("--verbose", action="store_true",
                         help="print the libraries' known noise too (same as TEXT_JOBS_VERBOSE=1)")
     if extra is not None:

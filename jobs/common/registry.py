@@ -216,7 +216,7 @@ def materialize_model(resolved: ResolvedModel, tracking_uri: str | None, cache_d
     cached = _cached_model(final)
     if cached is not None:
         return cached
-    if final.exists():  # damaged by hand (files deleted): set it aside and download again
+    if final.exists() or final.is_symlink():  # damaged, or its pointer leads out: set it aside, download again
         _discard(final, cache)
     cache.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(cache)
@@ -251,12 +251,31 @@ def publish_cached(staging: Path, final: Path) -> Path:
 
 
 def _cached_model(final: Path) -> Path | None:
+    """The model directory a cache entry's pointer names, or None (not cached: download again).
+
+    The pointer is data on disk that anyone with write access to the cache could have edited: it must
+    name a relative path inside the entry, and the entry and that path must stay inside it once
+    symlinks are followed, or a job would load a model from elsewhere as if it were the download.
+    """
     try:
         relative = json.loads((final / _CACHE_POINTER).read_text(encoding="utf-8"))["model_dir"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    if not isinstance(relative, str) or final.is_symlink() or not _inside(final, relative):
+        return None
     model_dir = final / relative
     return model_dir if model_kind(model_dir) is not None else None
+
+
+def _inside(entry: Path, relative: str) -> bool:
+    """``relative`` names ``entry`` or a path below it: no absolute path, no ``..``, no symlink out."""
+    path = Path(relative)
+    if path.is_absolute() or ".." in path.parts:
+        return False
+    try:
+        return (entry / path).resolve(strict=True).is_relative_to(entry.resolve(strict=True))
+    except (OSError, RuntimeError):  # missing, or a symlink loop
+        return False
 
 
 def _discard(path: Path, cache: Path) -> None:

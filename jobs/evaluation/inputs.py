@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 
 from data_pipeline.paths import filesystem_for, join_path
 from data_pipeline.quarantine import InputColumns
-from data_pipeline.readers import FileFormat, InputFormatError, TextFields, file_format, read_labelled, read_table
+from data_pipeline.readers import (FileFormat, InputFormatError, LabelCase, LabelRules, TextFields, file_format,
+                                   read_labelled, read_table)
 from data_pipeline.schema import label_names_from_schema
 
 ID, TEXT, PAIR = "id", "text", "text_pair"
@@ -32,6 +33,8 @@ class LabelledInput:
     target_column: str = "target"  # seq2seq: the reference output (space-separated tokens)
     id_column: str | None = None  # None: rows are numbered (row-1, row-2, ...)
     max_labels: int = 1000
+    label_strip: bool = True  # classifiers: "positive " is "positive" (prepare_corpus's source.label_strip)
+    label_case: LabelCase = "error"  # labels equal up to case: error, lower (one class) or keep
 
 
 @dataclass(frozen=True)
@@ -85,11 +88,16 @@ def read_classification_rows(path: str, settings: LabelledInput, model_labels: l
         data = read_labelled(path, settings.format, TextFields(text_columns=(TEXT,), pair_column=pair), "label",
                              ID, tuple(corpus_names))
     else:
+        rules = LabelRules(strip=settings.label_strip, case=settings.label_case)
         data = read_labelled(path, settings.format, settings.fields, settings.label_column, settings.id_column,
-                             None, settings.max_labels)
+                             None, settings.max_labels, rules)
+    # Labels are matched by name, so another order is fine; a class the model does not have is not.
     unknown = sorted(set(data.label_names) - set(model_labels))
     if unknown:
-        raise InputFormatError(path, f"labels {unknown[:5]} are not among the model's labels {model_labels}")
+        source = "in its metadata" if corpus_names is not None else "in its label column"
+        raise InputFormatError(path, f"the data names the classes {list(data.label_names)} ({source}), the "
+                                     f"model {model_labels} (id2label in its config.json): {unknown[:5]} are not "
+                                     "among the model's labels")
     index = {name: i for i, name in enumerate(model_labels)}
     labels = [index[data.label_names[label]] for label in data.labels]
     return EvalRows(path=path, ids=_row_ids(path, data.ids, len(labels)), texts=data.texts,

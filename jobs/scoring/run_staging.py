@@ -33,7 +33,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import pyarrow.fs as pafs
 
 from data_pipeline.paths import filesystem_for, join_path
 from data_pipeline.storage import DEFAULT_RETRY, Storage, StorageRetry

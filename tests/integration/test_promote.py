@@ -221,7 +221,7 @@ def test_an_evaluation_that_fails_is_a_failure_that_changes_nothing(server, mode
     data = tmp_path / "other-labels.jsonl"
     data.write_text('{"text": "好", "label": "sports"}\n{"text": "差", "label": "negative"}\n', encoding="utf-8")
     code, captured, run = _promote(server, name, data, tiny_corpus, tmp_path, capsys)
-    assert code == 1 and run is None
+    assert code == 65 and run is None  # the data is at fault (jobs/common/cli.py)
     assert "promotion failed" in captured.err and "other-labels.jsonl" in captured.err
     client = mlflow.MlflowClient(server)
     assert _production(client, name) is None

@@ -317,3 +317,60 @@ def test_parse_args_exits_with_a_message_naming_a_bad_type(capsys, tmp_path):
     err = capsys.readouterr().err
     assert "optim.batch_size" in err and str(path) in err
 
+
+
+# ---------------------------------------------------------------- --set values YAML reads otherwise than meant
+
+@pytest.mark.parametrize("assignment, rule, quoted", [
+    ("name=*", "`*` starts an alias in YAML", """--set 'name="*"'"""),
+    ("name=[a", "`[` starts a YAML list, which must close with ]", """--set 'name="[a"'"""),
+    ("name={a", "`{` starts a YAML mapping", """--set 'name="{a"'"""),
+    ("name=&a", "`&` starts an anchor in YAML", """--set 'name="&a"'"""),
+    ("name=#1", "`#` starts a comment in YAML, so the value would be empty", """--set 'name="#1"'"""),
+    ("name=run #2", "` #` starts a comment in YAML, so the value would end before it", """--set 'name="run #2"'"""),
+    ("name=@x", "`@` is reserved in YAML", """--set 'name="@x"'"""),
+    ("name=|", "`|` starts a block scalar in YAML", """--set 'name="|"'"""),
+])
+def test_a_value_that_breaks_a_yaml_rule_names_the_key_the_value_the_rule_and_the_quoting(assignment, rule, quoted):
+    with pytest.raises(ConfigError) as info:
+        load(Job, None, [assignment])
+    message = str(info.value)
+    assert message.startswith(f"--set {assignment}: ") and rule in message and quoted in message
+    assert "Traceback" not in message and "line 1, column" not in message  # not PyYAML's own report
+
+
+@pytest.mark.parametrize("value, read_as", [("007", "the int 7"), ("yes", "the bool True"),
+                                            ("1e3", "the float 1000.0"), ("2024-01-01", "the date")])
+def test_a_string_set_to_what_yaml_reads_as_a_number_says_to_quote_it(value, read_as):
+    with pytest.raises(ConfigError) as info:
+        load(Job, None, [f"name={value}"])
+    message = str(info.value)
+    assert f"--set name={value}: expected a string, but YAML reads {value} as {read_as}" in message
+    assert f"""quote it: --set 'name="{value}"'""" in message
+    assert load(Job, None, [f'name="{value}"']).name == value  # the quoting the message gives works
+
+
+def test_a_string_in_a_file_read_as_a_number_hints_to_quote_it(tmp_path):
+    with pytest.raises(ConfigError, match=r"name: expected a string, got 7 \(YAML reads an unquoted 007.*quote"):
+        load_text(tmp_path, "name: 007\n")
+
+
+def test_quoted_and_valid_values_still_parse():
+    cfg = load(Job, None, ["name='*'", "optim.lr=1e-4", "data.columns=[id, text]", "name=null"])
+    assert cfg.name is None and cfg.optim.lr == 1e-4 and cfg.data.columns == ("id", "text")
+    assert load(Job, None, ["name=a=b#c"]).name == "a=b#c"  # `#` inside a plain value is no comment
+
+
+def test_a_missing_config_file_is_a_config_error_naming_it(tmp_path):
+    with pytest.raises(ConfigError, match=r"--config .*nope\.yaml: No such file"):
+        load(Job, tmp_path / "nope.yaml")
+
+
+def test_the_set_help_shows_a_key_that_exists(capsys):
+    from jobs.finetune_classifier import FinetuneConfig
+
+    with pytest.raises(SystemExit):
+        parse_args(FinetuneConfig, "test", ["--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps the help
+    assert "--set optim.lr=1e-4" in out and "train.lr" not in out
+    assert load(FinetuneConfig, None, ["optim.lr=1e-4"]).optim.lr == 1e-4

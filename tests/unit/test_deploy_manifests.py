@@ -1,8 +1,11 @@
 """deploy/rayjob-score-partitions.yaml: the Ray cluster it starts requires a token, submits from
-inside the head pod, and admits network traffic only from its own pods and the KubeRay operator."""
+inside the head pod, and admits network traffic only from its own pods and the KubeRay operator;
+the CronJob's poller outlasts a few failed polls."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -52,3 +55,55 @@ def test_the_job_server_is_reached_on_localhost_or_by_the_operator_only(rayjob, 
     assert [p["port"] for p in operator["ports"]] == [8265]
     assert all("namespaceSelector" in peer and "podSelector" in peer for peer in operator["from"])
     assert all(rule.get("from") for rule in policy["ingress"])  # a rule without `from` would admit everyone
+
+
+# ---------------------------------------------------------------- the CronJob's poller, run by a real shell
+
+def _poller(manifests) -> str:
+    pod = manifests["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["/bin/sh", "-c"]
+    return container["args"][0]
+
+
+def _run_poller(script: str, tmp_path: Path, replies: list[str]) -> tuple[subprocess.CompletedProcess, int]:
+    """Run the script with a fake ``kubectl`` (``get`` answers ``replies`` in turn: a state, or ``!`` to fail
+    as an unreachable API server does) and a ``sleep`` that returns at once; return the run and the gets."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (tmp_path / "replies").write_text("".join(f"{r}\n" for r in replies))
+    (bin_dir / "kubectl").write_text(f"""#!/bin/sh
+if [ "$1" = create ]; then echo rayjob.ray.io/score-partitions-x1; exit 0; fi
+echo get >> {tmp_path}/gets
+reply=$(sed -n "$(wc -l < {tmp_path}/gets)p" {tmp_path}/replies)
+if [ "$reply" = "!" ] || [ -z "$reply" ]; then
+  echo "The connection to the server 10.0.0.1:6443 was refused" >&2; exit 1
+fi
+printf %s "$reply"
+""")
+    (bin_dir / "sleep").write_text("#!/bin/sh\nexit 0\n")
+    for tool in ("kubectl", "sleep"):
+        (bin_dir / tool).chmod(0o755)
+    done = subprocess.run(["/bin/sh", "-c", script], env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
+                          capture_output=True, text=True, timeout=60)
+    gets = len((tmp_path / "gets").read_text().splitlines()) if (tmp_path / "gets").exists() else 0
+    return done, gets
+
+
+def test_one_failed_poll_does_not_fail_the_job_while_the_rayjob_runs_on(manifests, tmp_path):
+    done, gets = _run_poller(_poller(manifests), tmp_path, ["Running/RUNNING", "!", "Running/RUNNING", "!", "!",
+                                                            "Complete/SUCCEEDED"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert gets == 6 and "rayjob.ray.io/score-partitions-x1: SUCCEEDED" in done.stdout
+    assert "polling failed (1 of 10 in a row)" in done.stderr and "(2 of 10 in a row)" in done.stderr
+
+
+def test_a_failed_rayjob_still_fails_the_job(manifests, tmp_path):
+    done, _ = _run_poller(_poller(manifests), tmp_path, ["!", "Complete/FAILED"])
+    assert done.returncode == 1 and "score-partitions-x1: FAILED" in done.stdout
+
+
+def test_the_poller_gives_up_after_a_bounded_run_of_failed_polls(manifests, tmp_path):
+    done, gets = _run_poller(_poller(manifests), tmp_path, ["Running/RUNNING"])  # then the API never answers
+    assert done.returncode == 1 and gets == 1 + 10
+    assert "giving up; the RayJob may still run: kubectl get rayjob.ray.io/score-partitions-x1" in done.stderr

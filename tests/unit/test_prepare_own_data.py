@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -105,3 +106,30 @@ def test_one_jsonl_file_with_an_id_column_is_split_by_hash_and_pairs_only_when_a
     from jobs.prepare_corpus import Seq2SeqCorpusSettings
     run(replace(config, seq2seq=Seq2SeqCorpusSettings(enabled=True)))
     assert pq.read_table(tmp_path / "pinyin" / "train.parquet").num_rows > 0
+
+
+def test_labels_with_stray_spaces_are_one_class_and_the_summary_says_so(tmp_path: Path):
+    path = tmp_path / "reviews.csv"
+    rows = [f"好评{i},positive" for i in range(10)] + [f"好评x{i},Positive " for i in range(3)]
+    rows += [f"差评{i}, negative" for i in range(10)]
+    path.write_text("text,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    source = SourceSettings(kind="file", path=str(path))
+    with pytest.raises(InputFormatError, match=r"equal up to case: 'Positive' \(3 row\(s\)\) and 'positive'"):
+        run(PrepareCorpusConfig(source=source, output_dir=str(tmp_path / "refused"), log_to_mlflow=False))
+    assert not (tmp_path / "refused").exists()  # refused before anything is written
+    out = tmp_path / "corpus"
+    stats = run(PrepareCorpusConfig(source=dataclasses.replace(source, label_case="lower"), output_dir=str(out),
+                                    log_to_mlflow=False))
+    assert json.loads((out / "labels.json").read_text()) == ["negative", "positive"]  # two classes, not three
+    assert stats.labels_stripped == 13 and stats.labels_lowered == 3
+    assert "stripped surrounding whitespace from the labels of 13 rows (source.label_strip)" in stats.lines()
+    assert json.loads((out / "stats.json").read_text())["labels_stripped"] == 13
+
+
+def test_given_splits_whose_labels_differ_by_case_are_refused_naming_both(tmp_path: Path):
+    (tmp_path / "train.csv").write_text("text,label\n好,positive\n差,negative\n", encoding="utf-8")
+    (tmp_path / "val.csv").write_text("text,label\n很好,Positive\n很差,negative \n", encoding="utf-8")
+    source = SourceSettings(kind="file", train=str(tmp_path / "train.csv"), val=str(tmp_path / "val.csv"),
+                            test=str(tmp_path / "train.csv"))
+    with pytest.raises(InputFormatError, match=r"val\.csv.*'Positive' differs from 'positive' only by case"):
+        run(PrepareCorpusConfig(source=source, output_dir=str(tmp_path / "out"), log_to_mlflow=False))

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_pipeline.readers import FileFormat, InputFormatError, TextFields, read_labelled, read_table
+from data_pipeline.readers import FileFormat, InputFormatError, LabelRules, TextFields, read_labelled, read_table
 
 AUTO = FileFormat()
 TEXT = TextFields()
@@ -29,8 +29,9 @@ def write_parquet(tmp_path: Path, name: str, columns: dict[str, pa.Array]) -> st
 
 
 def labelled(path: str, fmt: FileFormat = AUTO, fields: TextFields = TEXT, label_column: str = "label",
-             id_column: str | None = None, label_names: tuple[str, ...] | None = None, max_labels: int = 1000):
-    return read_labelled(path, fmt, fields, label_column, id_column, label_names, max_labels)
+             id_column: str | None = None, label_names: tuple[str, ...] | None = None, max_labels: int = 1000,
+             rules: LabelRules = LabelRules()):
+    return read_labelled(path, fmt, fields, label_column, id_column, label_names, max_labels, rules)
 
 
 def refused(call, *needles: str) -> str:
@@ -240,6 +241,42 @@ def test_too_many_distinct_labels(tmp_path):
     # An id-like integer column given as the label: few rows, but a huge highest value.
     ids = write(tmp_path, "ids.csv", "text,label\na,12\nb,1000000\n")
     refused(lambda: labelled(ids), "labels up to 1000000", "max_labels=1000")
+
+
+# ---- labels that differ by a space or a capital ---------------------------------------------------
+
+def test_surrounding_whitespace_never_makes_a_class_and_the_rows_are_counted(tmp_path):
+    path = write(tmp_path, "ws.csv", 'text,label\na,positive\nb,"positive "\nc," negative"\nd,negative\n'
+                                     "e,\u3000positive\ne,\" \"\n")
+    refused(lambda: labelled(path), "1 row(s) have no label")  # a label of spaces is a missing label
+    path = write(tmp_path, "ws.csv", 'text,label\na,positive\nb,"positive "\nc," negative"\nd,negative\n'
+                                     "e,\u3000positive\n")  # a full-width space too
+    data = labelled(path)
+    assert data.label_names == ("negative", "positive") and data.labels == [1, 1, 0, 0, 1]
+    assert data.labels_stripped == 3
+    kept = labelled(path, rules=LabelRules(strip=False, case="keep"))
+    assert len(kept.label_names) == 5 and kept.labels_stripped == 0
+
+
+def test_labels_equal_up_to_case_are_an_error_naming_them(tmp_path):
+    path = write(tmp_path, "case.csv", "text,label\na,positive\nb,Positive \nc,negative\nd,positive\n"
+                                       "e,NEGATIVE\nf,neutral\n")
+    refused(lambda: labelled(path), path, "column 'label' has labels equal up to case",
+            "'NEGATIVE' (1 row(s)) and 'negative' (1 row(s))", "'Positive' (1 row(s)) and 'positive' (2 row(s))",
+            "label_case: lower")
+    lowered = labelled(path, rules=LabelRules(case="lower"))
+    assert lowered.label_names == ("negative", "neutral", "positive") and lowered.labels == [2, 2, 0, 2, 0, 1]
+    assert lowered.labels_lowered == 2 and lowered.labels_stripped == 1
+    assert len(labelled(path, rules=LabelRules(case="keep")).label_names) == 5  # asked for: distinct classes
+    given = labelled(path, label_names=("Negative", "Neutral", "Positive"), rules=LabelRules(case="lower"))
+    assert given.label_names == ("negative", "neutral", "positive") and given.labels == lowered.labels
+
+
+def test_a_label_known_only_in_another_case_says_so(tmp_path):
+    path = write(tmp_path, "val.csv", "text,label\na,Positive\nb,negative\n")
+    refused(lambda: labelled(path, label_names=("negative", "positive")), "labels outside ['negative', 'positive']",
+            "'Positive' differs from 'positive' only by case", "label_case: lower")
+    assert labelled(path, label_names=("negative", "positive"), rules=LabelRules(case="lower")).labels == [1, 0]
 
 
 # ---- files and columns -------------------------------------------------------------------------
