@@ -3,6 +3,7 @@
 #
 #   tools/gpu_check.sh                        # on a machine with NVIDIA GPUs
 #   GPU_CHECK_DRY_RUN=1 tools/gpu_check.sh    # the same stages on CPU at tiny sizes (tools/gpu_kit.sh dry-run)
+#   GPU_CHECK_STAGES="pytest scoring" tools/gpu_check.sh   # only these stages (flops pytest train scoring)
 #
 # Everything lands in $OUT (default runs/gpu-check), 8 files, flat, each written as its stage ends (and
 # summary.json after every stage), so a run cut short still returns what it measured:
@@ -117,6 +118,9 @@ run_stage() {
     local needs=()
     while [ "$1" != "--" ]; do needs+=("$1"); shift; done
     shift
+    if [ -n "${GPU_CHECK_STAGES:-}" ] && ! grep -qw "$name" <<<"$GPU_CHECK_STAGES"; then
+        record "$name" skipped 0 "not in GPU_CHECK_STAGES"; return
+    fi
     if ! has "${needs[@]}"; then record "$name" skipped 0 "missing modules: $(missing "${needs[@]}")"; return; fi
     local limit remaining
     remaining=$(($(left) - 10))

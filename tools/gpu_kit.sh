@@ -33,15 +33,17 @@ RESOLVED=(
                                 # scipy/matplotlib/flask pins (its pyarrow<26 refuses the image's pyarrow)
     "sqlalchemy>=1.4.0,<3"      # the sqlite tracking store and registry, at full mlflow's ranges
     "alembic!=1.10.0,<2"
+    "cryptography>=43.0.0,<51"  # the registry's sqlite models import cryptography.fernet
     "pypinyin==0.55.0"
     "pytest>=8"
     "nvidia-ml-py>=12"          # GPU utilisation in MLflow's system metrics (pyproject's gpu extra)
 )
 NO_DEPS=("cn-clip==1.6.0")      # bert-base-chinese's vocab.txt; its own deps are never imported (Makefile)
 FROM_SDIST=("snownlp==0.12.3")  # no wheel on PyPI; pure Python, no deps: built here
-# Pulled in only for Databricks authentication (databricks-sdk -> google-auth -> cryptography), which the
-# jobs never reach; the dry run runs without them.
-LEAVE_OUT=(databricks-sdk google-auth cryptography cffi pycparser pyasn1 pyasn1-modules)
+# Pulled in only for Databricks authentication (databricks-sdk -> google-auth), which the jobs never reach;
+# the dry run runs without them. databricks-sdk itself stays: `import mlflow` asks
+# find_spec("databricks.agents"), which raises without a `databricks` package.
+LEAVE_OUT=(google-auth pyasn1 pyasn1-modules)
 # Removed from the installed folder, each for a reason the dry run confirms:
 STRIP=(
     bin                         # console scripts naming this machine's interpreter; the checks use python -m
@@ -177,7 +179,7 @@ dry_run() {
     cp "$KIT" "$tree/.kit/"
     sizes
     local run=(env -i PATH=/usr/local/bin:/usr/bin:/bin HOME="$SCRATCH/home" LANG=C.UTF-8 PYTHONNOUSERSITE=1
-               GPU_CHECK_DRY_RUN=1 GPU_CHECK_PYTHON="$SCRATCH/image/bin/python" GPU_CHECK_WORK="$SCRATCH/work"
+               GPU_CHECK_STAGES="${GPU_CHECK_STAGES:-}" GPU_CHECK_DRY_RUN=1 GPU_CHECK_PYTHON="$SCRATCH/image/bin/python" GPU_CHECK_WORK="$SCRATCH/work"
                OUT="$out" bash "$tree/tools/gpu_check.sh")
     mkdir -p "$SCRATCH/home"
     # Offline as the machine is: a network namespace with loopback only (root and unshare needed; else online).

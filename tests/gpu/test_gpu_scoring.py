@@ -24,12 +24,14 @@ def registered(finetuned_gpu):
     return f"models:/{REGISTERED}@candidate", outcome
 
 
-def predictor_overrides(target) -> list[str]:
-    """One ``num_gpus`` actor per GPU in the target's precision; the dry run's one CPU actor beside 2 cores' stages."""
+def stage_overrides(target) -> list[str]:
+    """One ``num_gpus`` actor per GPU in the target's precision; on the dry run's 2 cores every stage fits in 1.5 CPUs
+    (the job refuses stages that cannot all run at once)."""
     if target.device == "cpu":
-        return ["predictor.concurrency=1", "predictor.num_gpus=0", "predictor.num_cpus=0.5",
-                "predictor.precision=fp32"]
-    return [f"predictor.concurrency={target.gpus}", "predictor.num_gpus=1", "predictor.num_cpus=1",
+        return ["stages.read_cpus=0.25", "stages.tokenize_cpus=0.5", "stages.tokenize_concurrency=1",
+                "predictor.concurrency=1", "predictor.num_gpus=0", "predictor.num_cpus=0.5", "predictor.precision=fp32"]
+    return ["stages.read_cpus=0.5", "stages.tokenize_cpus=0.5", "stages.tokenize_concurrency=2",
+            f"predictor.concurrency={target.gpus}", "predictor.num_gpus=1", "predictor.num_cpus=1",
             f"predictor.precision={target.precision}"]
 
 
@@ -45,8 +47,7 @@ def test_bf16_scoring_with_a_gpu_actor_per_gpu_keeps_every_row_and_agrees_with_f
     model_uri, trained = registered
     config = load(BatchInferConfig, REPO / "configs/batch_infer.cluster-gpu.yaml", [
         f"input={tiny_corpus / '*.parquet'}", f"output_dir={tmp_path / 'scores'}", f"model={model_uri}",
-        "max_length=64", "stages.read_cpus=0.5", "stages.tokenize_cpus=0.5", "stages.tokenize_concurrency=2",
-        "stages.tokenize_batch_rows=32", "stages.min_blocks=4", *predictor_overrides(target),
+        "max_length=64", "stages.tokenize_batch_rows=32", "stages.min_blocks=4", *stage_overrides(target),
         "predictor.rows_per_call=64", "predictor.forward_batch_size=16", "chunk_rows=1000000",
         "tracking.experiment=gpu-batch-infer"])
     assert config.predictor.num_gpus == (1 if target.gpus else 0) and config.predictor.precision == target.precision
