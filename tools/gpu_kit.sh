@@ -75,6 +75,7 @@ tool_pip() {  # a recent pip of its own: the resolver of older ones backtracks f
 
 build() {
     local wheels=$SCRATCH/wheels site=$SCRATCH/site
+    command -v xz >/dev/null || { say "xz is needed to pack the kit (apt-get install xz-utils)"; return 1; }
     rm -rf "$wheels" "$site"
     mkdir -p "$wheels" "$site" "$KIT_DIR"
     say "resolving ${RESOLVED[*]} against $(basename "$IMAGE") for cp312 manylinux x86-64"
@@ -168,6 +169,7 @@ image_venv() {
 }
 
 dry_run() {
+    local t0=$SECONDS
     [ -f "$KIT" ] || build
     image_venv
     # The tree exactly as the device tool sends it, plus the kit: nothing ignored here (.venv, data, runs)
@@ -191,7 +193,8 @@ dry_run() {
         say "running with the network on (not root, or no unshare/ip)"
         "${run[@]}" || rc=$?
     fi
-    say "gpu_check.sh exited $rc; its files ($(find "$out" -type f | wc -l)): $(cd "$out" && ls | tr '\n' ' ')"
+    say "gpu_check.sh exited $rc after $((SECONDS - t0)) s in all; its files ($(find "$out" -type f | wc -l)):" \
+        "$(cd "$out" && ls | tr '\n' ' ')"
     cat "$out/summary.json"
     return $rc
 }
