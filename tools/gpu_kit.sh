@@ -147,8 +147,10 @@ print('  ' + ', '.join(f'{k} {v / 2**20:.1f}' for k, v in m['largest'].items()))
 
 python312() {
     local candidate
+    # run, not only found: a pyenv shim is on the PATH whether or not its version is selected
     for candidate in "${GPU_KIT_PYTHON312:-}" python3.12 /root/.pyenv/versions/3.12*/bin/python3.12; do
-        if [ -n "$candidate" ] && command -v "$candidate" >/dev/null; then command -v "$candidate"; return; fi
+        if [ -n "$candidate" ] && "$candidate" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null
+        then command -v "$candidate"; return; fi
     done
     say "no Python 3.12 here: set GPU_KIT_PYTHON312" >&2
     return 1
