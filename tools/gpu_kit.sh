@@ -177,15 +177,18 @@ dry_run() {
     # The tree exactly as the device tool sends it, plus the kit: nothing ignored here (.venv, data, runs)
     # can stand in for something the machine lacks.
     local tree=$SCRATCH/tree out=$SCRATCH/out rc=0
-    rm -rf "$tree" "$out" "$SCRATCH/work"
+    rm -rf "$tree" "$out" "$SCRATCH/work" "$SCRATCH/tmp"
     mkdir -p "$tree/.kit" "$out"
     git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - | tar -C "$tree" -xf -
     cp "$KIT" "$tree/.kit/"
     sizes
-    local run=(env -i PATH=/usr/local/bin:/usr/bin:/bin HOME="$SCRATCH/home" LANG=C.UTF-8 PYTHONNOUSERSITE=1
-               GPU_CHECK_STAGES="${GPU_CHECK_STAGES:-}" GPU_CHECK_DRY_RUN=1 GPU_CHECK_PYTHON="$SCRATCH/image/bin/python" GPU_CHECK_WORK="$SCRATCH/work"
-               OUT="$out" bash "$tree/tools/gpu_check.sh")
-    mkdir -p "$SCRATCH/home"
+    # Its own temporary folder too: Ray's ray.init() joins the cluster named in $TMPDIR/ray/ray_current_cluster,
+    # which another Ray on this machine may have left there (the GPU machine starts bare).
+    local run=(env -i PATH=/usr/local/bin:/usr/bin:/bin HOME="$SCRATCH/home" TMPDIR="$SCRATCH/tmp" LANG=C.UTF-8
+               PYTHONNOUSERSITE=1 GPU_CHECK_STAGES="${GPU_CHECK_STAGES:-}" GPU_CHECK_DRY_RUN=1
+               GPU_CHECK_PYTHON="$SCRATCH/image/bin/python" GPU_CHECK_WORK="$SCRATCH/work" OUT="$out"
+               bash "$tree/tools/gpu_check.sh")
+    mkdir -p "$SCRATCH/home" "$SCRATCH/tmp"
     # Offline as the machine is: a network namespace with loopback only (root and unshare needed; else online).
     if [ "${GPU_KIT_OFFLINE:-1}" = 1 ] && [ "$(id -u)" = 0 ] && command -v unshare >/dev/null \
             && command -v ip >/dev/null; then
