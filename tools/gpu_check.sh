@@ -147,11 +147,12 @@ if [ "$DRY" = 1 ]; then
     CAPS=(150 600 300 200)
     export GPU_TESTS_ON_CPU=1  # tests/gpu on 2 CPU workers over gloo: the job stack, not the device
 else
-    # estimated for one H200 and 16 cores (none measured yet): flops 20 s; pytest 3-4 min (six Ray Train runs,
-    # one compiled); train 1.5 min (compiling MiniRBT ~40 s); scoring 1 min; each killed at its cap
+    # estimated for one H200 and 16 cores (none measured yet): ~20 s before the first stage (the kit unpacked,
+    # the stack imported once); flops 20 s; pytest 3-4 min (seven Ray jobs, one compiled); train 1.5 min
+    # (compiling MiniRBT ~40 s); scoring 1 min; each killed at its cap, 460 s together
     FLOPS_ARGS=(--repeats 3 --steps 10); SCORE_ARGS=(--rows 40000 --repeats 2)
     TRAIN_ARGS=(--rows 8192 --repeats 3 --batch-size 64 --paths plain1 plain1c ray1)
-    CAPS=(45 240 110 75)
+    CAPS=(45 230 110 75)
 fi
 
 # 1. MFU: needs only torch and transformers (the seq2seq model is skipped, with a note, without pypinyin).
