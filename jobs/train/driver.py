@@ -47,16 +47,18 @@ def run_name_and_storage(run: RunSettings, prefix: str) -> tuple[str, str]:
     return name, storage
 
 
-def ray_storage(storage_path: str):
+def ray_storage(storage_path: str, request_attempts: int | None = None):
     """``(path, filesystem)`` for Ray Train's RunConfig: URIs get the filesystem from ``data_pipeline.paths``.
 
     Ray would otherwise build its own from the URI in each process, and those that do not see
     ``AWS_ENDPOINT_URL`` (workers of a Ray started earlier) would write to AWS instead.
-    With a filesystem, Ray wants the path without its scheme.
+    With a filesystem, Ray wants the path without its scheme. Ray uploads each checkpoint itself,
+    outside the project's retried storage path: the filesystem's own requests are tried
+    ``request_attempts`` times (``run.storage_request_attempts``), with the SDK's backoff.
     """
     if "://" not in storage_path:
         return storage_path, None
-    filesystem, path = filesystem_for(storage_path)
+    filesystem, path = filesystem_for(storage_path, request_attempts=request_attempts)
     return path, filesystem
 
 
@@ -161,7 +163,7 @@ def make_trainer(spec: WorkerSpec, scaling: ScalingSettings, run: RunSettings, t
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    path, filesystem = ray_storage(training_run.storage_path)
+    path, filesystem = ray_storage(training_run.storage_path, run.storage_request_attempts)
     resources = {"CPU": scaling.cpus_per_worker}
     if scaling.use_gpu:
         resources["GPU"] = scaling.gpus_per_worker
