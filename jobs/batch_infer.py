@@ -217,7 +217,8 @@ def _total(chunks: list[Chunk], infos: list, unreadable: list[UnreadableFile]) -
         for reason, n in chunk.record["rejected_by_reason"].items():
             reasons[reason] = reasons.get(reason, 0) + n
     files = sorted((f for c in chunks for f in c.record["files"]), key=lambda f: f["path"])
-    quarantined = tuple(u.as_dict() for u in unreadable) + tuple(u for c in chunks for u in c.record.get("unreadable", []))
+    quarantined = (tuple(u.as_dict() for u in unreadable)
+                   + tuple(u for c in chunks for u in c.record.get("unreadable", [])))
     counts = PipelineCounts(rows_in=sum(c.record["rows_in"] for c in chunks),
                             rows_out=sum(c.record["rows_out"] for c in chunks),
                             rows_rejected=sum(c.record["rows_rejected"] for c in chunks),

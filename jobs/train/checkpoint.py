@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from data_pipeline.storage import DEFAULT_RETRY, Storage, StorageRetry
 from jobs.common.redaction import redact_mapping
 from jobs.train.distributed import unwrap
 
@@ -159,6 +160,40 @@ def load_latest_valid_state(checkpoint, device) -> dict[str, Any] | None:
                 return state
     log.warning("no complete checkpoint found: starting from scratch")
     return None
+
+
+def complete_persisted(local: Path, filesystem, persisted: str, retry: StorageRetry = DEFAULT_RETRY) -> list[str]:
+    """Make the persisted copy of checkpoint ``local`` hold every file in full; return the files it re-uploaded.
+
+    Ray Train copies a checkpoint with ``pyarrow.fs.copy_files``, which logs and drops an error of a
+    file's final upload ("Error ignored when destroying file"): after a 503 storm a checkpoint can be
+    recorded with its state file missing (seen here, with ``COMPLETE`` present). Each missing or short
+    file is uploaded again through the retried storage path, ``COMPLETE`` last; one that still cannot be
+    written raises, and the worker fails rather than train on behind a checkpoint it does not have.
+    """
+    storage = Storage(filesystem, retry)
+    present = storage.files(persisted)
+    wanted = {path.relative_to(local).as_posix(): path for path in sorted(local.rglob("*")) if path.is_file()}
+    redo = [name for name, path in wanted.items() if present.get(name) != path.stat().st_size]
+    if not redo:
+        return []
+    log.warning("checkpoint %s was persisted without %s in full; uploading again", persisted, ", ".join(redo))
+    for name in sorted(redo, key=lambda n: n == COMPLETE_MARKER):  # the marker last
+        target = posixpath.join(persisted, name)
+        storage.create_dir(posixpath.dirname(target))
+        storage.call(lambda source=wanted[name], target=target: _upload(source, filesystem, target), f"upload {target}")
+    missing = [n for n, path in wanted.items() if storage.files(persisted).get(n) != path.stat().st_size]
+    if missing:
+        raise OSError(f"checkpoint {persisted}: {', '.join(missing)} could not be persisted in full")
+    return redo
+
+
+def _upload(source: Path, filesystem, target: str) -> None:
+    """One file, streamed; closing the stream (which finishes the upload) raises on failure, unlike copy_files."""
+    import shutil
+
+    with open(source, "rb") as handle, filesystem.open_output_stream(target) as out:
+        shutil.copyfileobj(handle, out, 16 << 20)
 
 
 def checkpoint_dir_name(epoch: int, step: int) -> str:

@@ -22,8 +22,8 @@ import torch
 
 from jobs.common.tracking import MetricLog, TrackingTarget
 from jobs.train.callbacks import callbacks_for
-from jobs.train.checkpoint import (Progress, checkpoint_dir_name, load_latest_valid_state, restore,
-                                   save_checkpoint)
+from jobs.train.checkpoint import (Progress, checkpoint_dir_name, complete_persisted, load_latest_valid_state,
+                                   restore, save_checkpoint)
 from jobs.train.distributed import (all_reduce_sum, autocast_for, compile_in_place, epoch_seed, seed_everything,
                                    unwrap)
 from jobs.train.optimizer import build_optimizer, total_optimizer_steps
@@ -283,8 +283,11 @@ class TrainingWorker:
                 save_checkpoint(Path(tmp), self.model, self.optimizer, self.scheduler, self.scaler, self.progress,
                                 epoch, self.spec.config_dict, self.task.export)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint,
-                             checkpoint_dir_name=checkpoint_dir_name(epoch, self.progress.step))
+            name = checkpoint_dir_name(epoch, self.progress.step)
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+            if self.rank == 0:  # Ray's upload ignores a failed close: what it left is checked, and completed
+                storage = ray.train.get_context().get_storage()
+                complete_persisted(Path(tmp), storage.storage_filesystem, storage.build_checkpoint_path_from_name(name))
 
 
 def train_worker(spec: WorkerSpec) -> None:
