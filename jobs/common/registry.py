@@ -110,7 +110,8 @@ def log_pyfunc(target: TrackingTarget, run_id: str, python_model: mlflow.pyfunc.
     from mlflow.models import Model
 
     with _tracking_uri(target):
-        return Model.log(name="model", flavor=mlflow.pyfunc, run_id=run_id, python_model=python_model,
+        return Model.log(artifact_path=None, name="model", flavor=mlflow.pyfunc, run_id=run_id,
+                         python_model=python_model,
                          artifacts={MODEL_ARTIFACT: str(model_dir)}, pip_requirements=project_requirements(),
                          input_example=input_example, signature=signature, step=step, tags=tags,
                          flavor_name=_pyfunc_flavor_name(python_model))

@@ -21,6 +21,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from jobs.common.redaction import redact_text
 
@@ -226,6 +227,15 @@ def stop_system_metrics(monitor: SystemMetrics | None) -> None:
     """Stop the sampling thread (it wakes at once) and send what it buffered, without hanging on the server."""
     if monitor is not None:
         monitor.stop()
+
+
+def log_params(client, run_id: str, params: dict[str, Any]) -> None:
+    """``params`` as the run's params through ``client`` (MLflow takes 100 a request)."""
+    from mlflow.entities import Param
+
+    items = [Param(key, str(value)) for key, value in params.items()]
+    for start in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[start:start + 100])
 
 
 def set_description(target: TrackingTarget, run_id: str, markdown: str) -> None:

@@ -27,6 +27,7 @@ import json
 import logging
 import shlex
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,10 +39,10 @@ from jobs.common.metric_buffer import MetricBuffer
 from jobs.common.redaction import redact_mapping, redact_text
 from jobs.common.registry import (SOURCE_CHECKPOINT_TAG, RegisteredModel, find_logged_model,
                                   find_registered_version, log_pyfunc, register_version)
-from jobs.common.tracking import DESCRIPTION_TAG, TrackingTarget, client_for
+from jobs.common.tracking import DESCRIPTION_TAG, TrackingTarget, client_for, log_params
 from jobs.common.tracking_retry import OutageRetry, TrackingUnavailable
 from jobs.train.checkpoint import EXPORT_DIR
-from jobs.train.run_claim import RunClaim
+from jobs.train.run_claim import RunClaim, release_tags
 from jobs.train.run_record import registration_line
 
 log = logging.getLogger(__name__)
@@ -181,23 +182,18 @@ class RunTracker:
         ``params`` as params, ``dicts`` as JSON artifacts, the baselines as metrics and its input
         datasets; a resumed run already has them (MLflow params are immutable).
         """
-        import mlflow
+        from mlflow.entities import Metric
 
         self.claim = RunClaim(self.client, self.target.experiment_id, name)
         self.run_id, resumed = self.claim.acquire(tags)
         try:
             if not resumed:
-                mlflow.set_tracking_uri(self.target.tracking_uri)
-                with mlflow.start_run(run_id=self.run_id):
-                    mlflow.log_params(redact_mapping(config_lib.flatten(config_dict)))
-                    mlflow.log_params(redact_mapping(params))
-                    for artifact, payload in dicts.items():
-                        mlflow.log_dict(payload, artifact)
-                    if baselines:
-                        mlflow.log_metrics(baselines)
-                    log_datasets(datasets or [])
-                # leaving the block ended the run (FINISHED): it runs until trained; system metrics stop at an end
-                self.client.update_run(self.run_id, status="RUNNING")
+                log_params(self.client, self.run_id, redact_mapping({**config_lib.flatten(config_dict), **params}))
+                for artifact, payload in dicts.items():
+                    self.client.log_dict(self.run_id, payload, artifact)
+                now = int(time.time() * 1000)
+                self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in baselines.items()])
+                log_datasets(datasets or [], client=self.client, run_id=self.run_id)
         except BaseException:
             self.end_failed(quick=True)
             raise
@@ -222,8 +218,7 @@ class RunTracker:
                   "same run.name resumes the run and ends it", file=sys.stderr, flush=True)
 
     def _terminate(self, status: str) -> None:
-        if self.claim is not None:
-            self.client.log_batch(self.run_id, tags=self.claim.release_tags())
+        self.client.log_batch(self.run_id, tags=release_tags())
         self.client.set_terminated(self.run_id, status=status)
 
     # ------------------------------------------------------------ the end of a successful fit
