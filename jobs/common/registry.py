@@ -106,21 +106,22 @@ def seq2seq_signature():
 def log_pyfunc(target: TrackingTarget, run_id: str, python_model: mlflow.pyfunc.PythonModel, model_dir: Path,
                input_example: pd.DataFrame | None = None, signature=None, step: int = 0,
                tags: dict[str, str] | None = None):
-    """Log ``model_dir`` as the run's pyfunc ``model`` without the fluent API's active run (nothing to end)."""
+    """Log ``model_dir`` as the run's pyfunc ``model`` without the fluent API's active run (nothing to end).
+
+    The logged model is created here, in the run's experiment: without an active run MLflow would put
+    it in the default experiment. It carries the run's params, as ``mlflow.pyfunc.log_model`` does.
+    """
     from mlflow.models import Model
 
+    client = client_for(target)
+    run = client.get_run(run_id)
+    model = client.create_logged_model(run.info.experiment_id, name="model", source_run_id=run_id, tags=tags,
+                                       params={k: str(v) for k, v in run.data.params.items()})
     with _tracking_uri(target):
         return Model.log(artifact_path=None, name="model", flavor=mlflow.pyfunc, run_id=run_id,
-                         python_model=python_model,
+                         model_id=model.model_id, python_model=python_model,
                          artifacts={MODEL_ARTIFACT: str(model_dir)}, pip_requirements=project_requirements(),
-                         input_example=input_example, signature=signature, step=step, tags=tags,
-                         flavor_name=_pyfunc_flavor_name(python_model))
-
-
-def _pyfunc_flavor_name(python_model) -> str | None:
-    """The flavor name ``mlflow.pyfunc.log_model`` records for this model (None: MLflow's default)."""
-    name_of = getattr(mlflow.pyfunc, "_get_pyfunc_model_flavor_name", None)
-    return name_of(python_model) if name_of else None
+                         input_example=input_example, signature=signature, step=step)
 
 
 class _tracking_uri:

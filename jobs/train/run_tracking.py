@@ -207,8 +207,6 @@ class RunTracker:
 
         Never raises: the training error that brought us here is the one to report.
         """
-        if self.claim is not None:
-            self.claim.stop_heartbeat()
         retry = OutageRetry(0.0) if quick else self.retry
         try:
             retry.call("marking the run FAILED", lambda: self._terminate("FAILED"))
@@ -216,6 +214,12 @@ class RunTracker:
             print(f"WARNING: MLflow run {self.run_id} could not be marked FAILED and is left RUNNING "
                   f"({redact_text(str(exc))}); its launcher claim lapses on its own, and a rerun with the "
                   "same run.name resumes the run and ends it", file=sys.stderr, flush=True)
+        finally:
+            self._stop_claim()
+
+    def _stop_claim(self) -> None:
+        if self.claim is not None:
+            self.claim.stop_heartbeat()
 
     def _terminate(self, status: str) -> None:
         self.client.log_batch(self.run_id, tags=release_tags())
@@ -226,10 +230,9 @@ class RunTracker:
     def finish(self, request: Registration, checkpoint_dir: Path) -> Finished:
         """The end-of-run steps, each retried within the outage tolerance.
 
-        Raises ``TrackingIncomplete`` (with the command that finishes later) when MLflow stays away.
+        Raises ``TrackingIncomplete`` (with the command that finishes later) when MLflow stays away. The
+        claim stays live while it waits: a second launcher must not resume a run that is being finished.
         """
-        if self.claim is not None:
-            self.claim.stop_heartbeat()
         try:
             return self._finish(request, checkpoint_dir)
         except TrackingUnavailable as exc:
@@ -243,6 +246,8 @@ class RunTracker:
                 f"{exc}. MLflow run {request.run_id} stays RUNNING. Once MLflow answers, this finishes it "
                 f"(replays the buffered metrics, registers the model, ends the run; steps saved in "
                 f"{redact_text(where)}):\n  {redact_text(command)}") from exc
+        finally:
+            self._stop_claim()
 
     def _finish(self, request: Registration, checkpoint_dir: Path) -> Finished:
         run_id, retry = request.run_id, self.retry

@@ -27,7 +27,7 @@ def store(tmp_path_factory):
 
 def claim(store, name: str) -> RunClaim:
     client, experiment = store
-    return RunClaim(client, experiment, name, settle_s=0.5)
+    return RunClaim(client, experiment, name, settle_s=0.2)
 
 
 def runs_named(store, name: str) -> list:
