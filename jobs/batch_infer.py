@@ -17,6 +17,11 @@ scored in chunks of whole files (``chunk_rows``), each committed to the run's st
 (``jobs.scoring.run_staging`` has the layout and the protocol). A run that crashed resumes when
 started again with the same ``run_name``: it scores only the files no committed chunk covers.
 A target that already holds output is refused unless ``replace`` is set.
+
+The MLflow run's summary (counts, manifest, description) is written after the publish and is
+bookkeeping: when MLflow does not answer within ``tracking.outage_tolerance_s`` the job still
+exits 0 (the output is complete) and warns with the command that records the summary later
+(``python -m jobs.record_scoring --output <output>``).
 """
 
 from __future__ import annotations

@@ -79,7 +79,13 @@ class StepDelay(LoopCallback):
 
 
 class DieAfterSend(LoopCallback):
-    """Exit rank 0's process (as a crash would) once ``epoch``'s metrics are in MLflow, before its checkpoint."""
+    """Exit rank 0's process (as a crash would) once ``epoch``'s metrics are in MLflow, before its checkpoint.
+
+    After epoch 0 it first waits ``RECORDED_S``: Ray Train records a reported checkpoint a moment after
+    the report, and a death before that would restart from the one before, not the one just written.
+    """
+
+    RECORDED_S = 5.0
 
     def __init__(self, marker_dir: str, epochs: set[int]):
         self.marker_dir, self.epochs = Path(marker_dir), epochs
@@ -95,6 +101,8 @@ class DieAfterSend(LoopCallback):
             return  # each listed epoch kills one attempt only: the restarted one goes on
         if not metrics_log.wait_sent(120):
             raise RuntimeError(f"epoch {epoch}'s metrics did not reach MLflow: the fault needs them sent")
+        if epoch > 0:
+            time.sleep(self.RECORDED_S)
         self.marker_dir.mkdir(parents=True, exist_ok=True)
         marker.write_text(str(os.getpid()))
         os._exit(1)

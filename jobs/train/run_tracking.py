@@ -40,7 +40,7 @@ from jobs.common.redaction import redact_mapping, redact_text
 from jobs.common.registry import (SOURCE_CHECKPOINT_TAG, RegisteredModel, find_logged_model,
                                   find_registered_version, log_pyfunc, register_version)
 from jobs.common.tracking import DESCRIPTION_TAG, TrackingTarget, client_for, log_params
-from jobs.common.tracking_retry import OutageRetry, TrackingUnavailable
+from jobs.common.tracking_retry import OutageRetry, TrackingUnavailable, first_line
 from jobs.train.checkpoint import EXPORT_DIR
 from jobs.train.run_claim import RunClaim, release_tags
 from jobs.train.run_record import registration_line
@@ -233,18 +233,21 @@ class RunTracker:
         Raises ``TrackingIncomplete`` (with the command that finishes later) when MLflow stays away. The
         claim stays live while it waits: a second launcher must not resume a run that is being finished.
         """
+        from mlflow.exceptions import MlflowException
+
         try:
             return self._finish(request, checkpoint_dir)
-        except TrackingUnavailable as exc:
+        except (TrackingUnavailable, MlflowException) as exc:  # refused outright: the same steps, later
             try:
                 where, saved = request.save(), True
             except OSError as save_error:
                 where, saved = f"not saved ({save_error})", False
             command = finish_command(request, self.target.tracking_uri, saved)
+            reason = str(exc) if isinstance(exc, TrackingUnavailable) else f"MLflow refused a step: {first_line(exc)}"
             raise TrackingIncomplete(
                 f"training finished and its checkpoint is complete ({redact_text(request.checkpoint)}), but "
-                f"{exc}. MLflow run {request.run_id} stays RUNNING. Once MLflow answers, this finishes it "
-                f"(replays the buffered metrics, registers the model, ends the run; steps saved in "
+                f"{redact_text(reason)}. MLflow run {request.run_id} stays RUNNING. Once MLflow answers, this "
+                f"finishes it (replays the buffered metrics, registers the model, ends the run; steps saved in "
                 f"{redact_text(where)}):\n  {redact_text(command)}") from exc
         finally:
             self._stop_claim()

@@ -196,12 +196,11 @@ def test_early_stopping_keeps_the_best_checkpoint_and_the_latest(tiny_corpus, ti
     assert len(history) == 2
 
 
-def test_worker_dying_between_a_send_and_its_checkpoint_logs_nothing_twice(reference, slow_steps, tiny_corpus,
-                                                                            tiny_model_dir, session_dir, tmp_path,
-                                                                            monkeypatch):
+def test_worker_dying_between_a_send_and_its_checkpoint_logs_nothing_twice(reference, tiny_corpus, tiny_model_dir,
+                                                                            session_dir, tmp_path, monkeypatch):
     """Rank 0 exits once epoch 0's metrics are in MLflow (no checkpoint yet: its restart starts from scratch),
-    then once epoch 1's are (that restart resumes from epoch 0's checkpoint, recorded by Ray while the slowed
-    epoch 1 ran). Logging every 5 steps of epochs of 12, the end-of-epoch metrics fall off the logging grid."""
+    then once epoch 1's are (that restart resumes from epoch 0's checkpoint). Logging every 5 steps of epochs
+    of 12, the end-of-epoch metrics fall off the logging grid."""
     from jobs.train.callbacks import DIE_AFTER_SEND_ENV
     from tiny_training import history_of
 
