@@ -105,7 +105,7 @@ def seq2seq_signature():
 
 def log_pyfunc(target: TrackingTarget, run_id: str, python_model: mlflow.pyfunc.PythonModel, model_dir: Path,
                input_example: pd.DataFrame | None = None, signature=None, step: int = 0,
-               tags: dict[str, str] | None = None):
+               tags: dict[str, str] | None = None, client=None):
     """Log ``model_dir`` as the run's pyfunc ``model`` without the fluent API's active run (nothing to end).
 
     The logged model is created here, in the run's experiment: without an active run MLflow would put
@@ -113,7 +113,7 @@ def log_pyfunc(target: TrackingTarget, run_id: str, python_model: mlflow.pyfunc.
     """
     from mlflow.models import Model
 
-    client = client_for(target)
+    client = client or client_for(target)
     run = client.get_run(run_id)
     model = client.create_logged_model(run.info.experiment_id, name="model", source_run_id=run_id, tags=tags,
                                        params={k: str(v) for k, v in run.data.params.items()})
@@ -165,12 +165,12 @@ def find_registered_version(client, registered_name: str, run_id: str, checkpoin
 
 
 def register_version(target: TrackingTarget, model_uri: str, registered_name: str, alias: str | None,
-                     version_tags: dict[str, str] | None = None) -> RegisteredModel:
+                     version_tags: dict[str, str] | None = None, client=None) -> RegisteredModel:
     """Register ``model_uri`` as a new version of ``registered_name`` and point ``alias`` at it."""
     with _tracking_uri(target):  # creates the registered model when it does not exist
         version = mlflow.register_model(model_uri, registered_name, tags=version_tags or None)
     if alias:
-        client_for(target).set_registered_model_alias(registered_name, alias, version.version)
+        (client or client_for(target)).set_registered_model_alias(registered_name, alias, version.version)
     return RegisteredModel(registered_name, str(version.version), alias,
                            f"models:/{registered_name}/{version.version}")
 

@@ -286,11 +286,11 @@ class RunTracker:
         model_uri = f"models:/{logged.model_id}" if logged is not None else log_pyfunc(
             self.target, request.run_id, request.python_model(), checkpoint_dir / EXPORT_DIR,
             input_example=request.example(), signature=request.model_signature(), step=request.step,
-            tags={SOURCE_CHECKPOINT_TAG: checkpoint}).model_uri
+            tags={SOURCE_CHECKPOINT_TAG: checkpoint}, client=self.client).model_uri
         if not name:
             return Finished(RegisteredModel(None, None, None, model_uri), logged is not None)
         tags = {**request.version_tags, SOURCE_CHECKPOINT_TAG: checkpoint}
-        return Finished(register_version(self.target, model_uri, name, request.alias, tags), False)
+        return Finished(register_version(self.target, model_uri, name, request.alias, tags, self.client), False)
 
     def _log_checkpoint_models(self, request: Registration) -> None:
         """Each kept epoch checkpoint as an MLflow logged model (the run's "Logged models") with its metrics.
