@@ -114,11 +114,13 @@ def stop_after_first_step(server: StoppableServer, url: str, name: str, storage:
         events["stopped"] = time.monotonic()
         before = set(complete_checkpoints(storage, name))
         if restart:
-            wait_for(lambda: set(complete_checkpoints(storage, name)) - before, 300, "a checkpoint in the outage")
-            events["during"] = sorted(set(complete_checkpoints(storage, name)) - before)[0]
-            time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - events["stopped"])))
-            server.start()
-            events["started"] = time.monotonic()
+            try:
+                wait_for(lambda: set(complete_checkpoints(storage, name)) - before, 120, "a checkpoint in the outage")
+                events["during"] = sorted(set(complete_checkpoints(storage, name)) - before)[0]
+            finally:  # the server comes back whatever happened (the test's assertions say what)
+                time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - events["stopped"])))
+                server.start()
+                events["started"] = time.monotonic()
 
     thread = threading.Thread(target=outage, daemon=True)
     thread.start()
