@@ -30,7 +30,6 @@ from jobs.train.callbacks import FAULT_ENVS
 from jobs.train.checkpoint import EXPORT_DIR
 from jobs.train.data_config import EvalShardingDataConfig
 from jobs.train.loop import LoopContext, WorkerSpec, train_worker
-from jobs.train.run_claim import RUN_NAME_TAG  # noqa: F401 -- the tag a rerun finds its MLflow run by
 from jobs.train.run_record import headline_metrics, training_description, version_tags
 from jobs.train.run_tracking import Registration, RunTracker
 from jobs.train.settings import RunSettings, ScalingSettings, TrainingJobConfig
