@@ -84,6 +84,20 @@ def wait_for(predicate, timeout_s: float, what: str) -> None:
     raise TimeoutError(f"timed out waiting for {what}")
 
 
+def stop_once(server: StoppableServer, ready, what: str) -> tuple[threading.Thread, threading.Event]:
+    """Stop the server once ``ready()``; a job that ended first (``done`` set) leaves it running."""
+    done = threading.Event()
+
+    def stopper() -> None:
+        wait_for(lambda: done.is_set() or ready(), 300, what)
+        if not done.is_set():
+            server.stop()
+
+    thread = threading.Thread(target=stopper, daemon=True)
+    thread.start()
+    return thread, done
+
+
 def complete_checkpoints(storage: Path, name: str) -> list[Path]:
     return sorted(p.parent for p in (storage / name).glob("epoch-*/COMPLETE"))
 
@@ -218,13 +232,12 @@ def test_batch_infer_publishes_and_exits_0_when_the_server_stops_while_it_scores
         "tracking": {"tracking_uri": up.url, "experiment": "outage-batch-infer", "outage_tolerance_s": 2}}))
     monkeypatch.setenv(PAUSE_AFTER_CHUNK_ENV, "2")
     chunks = scores / "_staging" / "outage" / "chunks"
-    stopper = threading.Thread(target=lambda: (wait_for(lambda: list(chunks.glob("*.json")), 300, "a chunk"),
-                                               up.stop()), daemon=True)
-    stopper.start()
+    stopper, done = stop_once(up, lambda: list(chunks.glob("*.json")), "a committed chunk")
     try:
         assert main(["--config", str(config)]) == 0
     finally:
-        stopper.join(timeout=300)
+        done.set()
+        stopper.join(timeout=30)
     err = capsys.readouterr().err
     assert "the output is complete and published" in err and " -m jobs.record_scoring --output " in err
     output = scores / "outage"
@@ -260,13 +273,12 @@ def test_score_partitions_commits_and_reports_when_the_server_stops_while_it_sco
         "predictor": {"concurrency": 1, "num_cpus": 0.5, "rows_per_call": 32, "tokenize_in_actor": True},
         "tracking": {"tracking_uri": up.url, "experiment": "outage-score-partitions", "outage_tolerance_s": 2}}))
     monkeypatch.setenv(PAUSE_BEFORE_COMMIT_ENV, "3")  # the stop lands between scoring and committing
-    written = lambda: any(scored.rglob("*.parquet")) if scored.exists() else False  # noqa: E731
-    stopper = threading.Thread(target=lambda: (wait_for(written, 300, "scored rows"), up.stop()), daemon=True)
-    stopper.start()
+    stopper, done = stop_once(up, lambda: scored.exists() and any(scored.rglob("*.parquet")), "scored rows")
     try:
         assert main(["--config", str(config)]) == 0
     finally:
-        stopper.join(timeout=300)
+        done.set()
+        stopper.join(timeout=30)
     captured = capsys.readouterr()
     assert "lacks its summary and stays RUNNING" in captured.err
     assert "1 scored" in captured.out  # the outcome is printed all the same
