@@ -174,3 +174,33 @@ def test_a_second_point_of_a_key_at_the_same_step_is_dropped():
     buffer.add({"epoch": 0}, 11)
     assert sorted((p[0], p[3]) for p in buffer.to_json()["points"]) == [
         ("epoch", 12), ("train_loss", 12), ("val_loss", 12)]
+
+
+def test_rank_zeros_sender_keeps_training_unblocked_and_sends_at_a_later_flush(run, monkeypatch, tmp_path):
+    """The worker's side: flushes return at once while the store is down, each checkpoint carries what is
+    unsent, and the first flush after the store answers again sends all of it, once."""
+    import time
+
+    from jobs.common.tracking import TrackingTarget
+    from jobs.train import metric_log
+
+    client, run_id = run
+    monkeypatch.setattr(metric_log, "client_for", lambda target: client)
+    monkeypatch.setattr(metric_log, "RETRY_MIN_S", 0.05)
+    log = metric_log.MetricLog(TrackingTarget("unused", "0", "unused"), run_id, enabled=True)
+    client.down = True
+    log.set_tags({"train_device": "cpu"})
+    log.log({"train_loss": 0.9, "val_loss": 0.8}, 12)
+    started = time.monotonic()
+    log.flush()
+    assert time.monotonic() - started < 0.5  # the loop does not wait for MLflow
+    assert not log.wait_sent(2.0)
+    log.save(tmp_path)  # epoch 0's checkpoint, during the outage
+    assert len(json.loads((tmp_path / TRACKING_FILE).read_text())["points"]) == 2
+    client.down = False
+    log.log({"train_loss": 0.7, "val_loss": 0.6}, 24)
+    log.flush()  # epoch 1's end, with the store back
+    assert log.wait_sent(10.0)
+    log.close()
+    assert history(client, run_id, "train_loss") == [12, 24] and history(client, run_id, "val_loss") == [12, 24]
+    assert client.client.get_run(run_id).data.tags["train_device"] == "cpu"
