@@ -340,7 +340,7 @@ def test_registration_and_the_runs_end_are_retried_through_a_flaky_server(proxy,
     experiment = client.get_experiment_by_name(EXPERIMENT) or client.get_experiment(
         client.create_experiment(EXPERIMENT))
     run_id = client.create_run(experiment.experiment_id).info.run_id
-    checkpoint = tiny_reference.checkpoint_path
+    checkpoint = tiny_reference.checkpoint_path  # its last epoch's unconfirmed points replay into this run too
     request = Registration.of(python_model=TextClassifierModel(), signature=classifier_signature(False),
                               input_example=None, run_id=run_id, run_name="flaky", checkpoint=checkpoint,
                               step=int(tiny_reference.metrics["step"]), registered_model="flaky-sentiment",
