@@ -162,8 +162,10 @@ def filter_literal(value: str, what: str) -> str:
         return f"'{value}'"
     if '"' not in value:
         return f'"{value}"'
-    raise ValueError(f"{what} {value!r} holds both ' and \": MLflow's search filters cannot express it; "
-                     "choose one without one of them")
+    from jobs.common.config import ConfigError  # a setting's value: the jobs report it as one (exit 2)
+
+    raise ConfigError(f"{what} {value!r} holds both ' and \": MLflow's search filters cannot express it; "
+                      "choose one without one of them")
 
 
 def tracking_env() -> dict[str, str]:
