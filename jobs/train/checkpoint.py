@@ -1,8 +1,10 @@
 """Training checkpoints: what one holds, how it is written, and how a resume finds a complete one.
 
 A checkpoint directory holds ``train_state.pt`` (model, optimiser, schedule, scaler, counters,
-RNG states), ``job_config.json``, the task's exported model under ``model/`` and, written last,
-the ``COMPLETE`` marker: a directory without it was cut short and is never resumed from.
+RNG states), ``job_config.json``, the task's exported model under ``model/``, the run's metrics
+MLflow had not confirmed when it was written (``tracking_pending.json``, see
+``jobs.common.metric_buffer``) and, written last, the ``COMPLETE`` marker: a directory without it
+was cut short and is never resumed from.
 
 The state file is read with ``torch.load(weights_only=True)``: it holds only tensors and plain
 values (RNG states included), so a file planted in shared run storage cannot run code on the
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 
 from data_pipeline.storage import DEFAULT_RETRY, Storage, StorageRetry
+from jobs.common.metric_buffer import TRACKING_FILE
 from jobs.common.redaction import redact_mapping
 from jobs.train.distributed import unwrap
 
@@ -89,6 +92,8 @@ def save_checkpoint(directory: Path, model, optimizer, scheduler, scaler, progre
 def load_state(directory: Path, device: torch.device | str) -> dict[str, Any] | None:
     """The training state of a checkpoint directory, or None when it is incomplete or unreadable.
 
+    ``state["tracking"]`` is what the checkpoint carries for MLflow (None in one written before that).
+
     Raises ``UnsafeCheckpointError`` when the state file holds anything but tensors and plain
     values: a weights-only load refuses it without running it, and it is never skipped quietly.
     """
@@ -96,7 +101,10 @@ def load_state(directory: Path, device: torch.device | str) -> dict[str, Any] | 
         return None
     path = directory / STATE_FILE
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        state = torch.load(path, map_location=device, weights_only=True)
+        tracking = directory / TRACKING_FILE
+        state["tracking"] = json.loads(tracking.read_text()) if tracking.is_file() else None
+        return state
     except pickle.UnpicklingError:  # weights-only refusal: a foreign object, not a torn file
         try:
             found = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path))
