@@ -35,30 +35,42 @@ def s3_endpoint() -> str | None:
     return next((os.environ[k] for k in S3_ENDPOINT_ENV if os.environ.get(k)), None)
 
 
-def s3_filesystem(endpoint: str) -> pafs.S3FileSystem:
+def _s3_region() -> str | None:
+    return next((os.environ[k] for k in S3_REGION_ENV if os.environ.get(k)), None)
+
+
+def s3_filesystem(endpoint: str, request_attempts: int | None = None) -> pafs.S3FileSystem:
     """An S3 filesystem on ``endpoint``; credentials stay with the default AWS chain (env, profile, role).
 
     The endpoint is part of the object, so a filesystem resolved on the driver and pickled into
     Ray tasks reaches the same store whatever the workers' environment; credentials are not.
+    ``request_attempts``: tries of each request by the AWS SDK itself (pyarrow's default: 3).
     """
     scheme, _, host = endpoint.partition("://")
-    region = next((os.environ[k] for k in S3_REGION_ENV if os.environ.get(k)), "us-east-1")
+    retry = {} if request_attempts is None else {"retry_strategy": pafs.AwsStandardS3RetryStrategy(request_attempts)}
     return pafs.S3FileSystem(endpoint_override=(host or scheme).rstrip("/"), scheme=scheme if host else "https",
-                             region=region)
+                             region=_s3_region() or "us-east-1", **retry)
 
 
-def filesystem_for(uri: str, s3_endpoint_url: str | None = None) -> tuple[pafs.FileSystem, str]:
+def filesystem_for(uri: str, s3_endpoint_url: str | None = None,
+                   request_attempts: int | None = None) -> tuple[pafs.FileSystem, str]:
     """Filesystem and in-filesystem path for a local path or URI.
 
     ``s3_endpoint_url`` (else ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``) points s3:// at an
-    S3-compatible store (MinIO, Ceph, moto...); without one, s3:// is AWS.
+    S3-compatible store (MinIO, Ceph, moto...); without one, s3:// is AWS. ``request_attempts``
+    (s3:// only): tries of each request by the AWS SDK, for callers whose writes nothing else retries.
     """
     if not _is_uri(uri):
         return pafs.LocalFileSystem(), os.path.abspath(uri)
     if uri.startswith("s3://"):
         endpoint = s3_endpoint_url or s3_endpoint()
         if endpoint:
-            return s3_filesystem(endpoint), uri[len("s3://"):]
+            return s3_filesystem(endpoint, request_attempts), uri[len("s3://"):]
+        if request_attempts is not None:  # AWS itself: the bucket's region, as from_uri finds it
+            bucket = uri[len("s3://"):].split("/", 1)[0]
+            region = _s3_region() or pafs.resolve_s3_region(bucket)
+            return (pafs.S3FileSystem(region=region, retry_strategy=pafs.AwsStandardS3RetryStrategy(request_attempts)),
+                    uri[len("s3://"):])
     return pafs.FileSystem.from_uri(uri)
 
 

@@ -328,7 +328,8 @@ def parse_file_error(reason: str) -> UnreadableFile:
     """The file, problem and unread rows of an error row's reason (``FILE_ERROR`` stripped or not)."""
     payload = json.loads(reason[len(FILE_ERROR):] if reason.startswith(FILE_ERROR) else reason)
     groups = payload.get("row_groups")
-    return UnreadableFile(payload["file"], payload["reason"], payload["rows"], None if groups is None else tuple(groups))
+    return UnreadableFile(payload["file"], payload["reason"], payload["rows"],
+                          None if groups is None else tuple(groups))
 
 
 class _RowGroupReader:

@@ -17,6 +17,11 @@ scored in chunks of whole files (``chunk_rows``), each committed to the run's st
 (``jobs.scoring.run_staging`` has the layout and the protocol). A run that crashed resumes when
 started again with the same ``run_name``: it scores only the files no committed chunk covers.
 A target that already holds output is refused unless ``replace`` is set.
+
+The MLflow run's summary (counts, manifest, description) is written after the publish and is
+bookkeeping: when MLflow does not answer within ``tracking.outage_tolerance_s`` the job still
+exits 0 (the output is complete) and warns with the command that records the summary later
+(``python -m jobs.record_scoring --output <output>``).
 """
 
 from __future__ import annotations
@@ -37,9 +42,11 @@ from jobs.common.naming import unique_run_name
 from jobs.common.ray_runtime import RayConfig, check_cpu_budget, init_ray
 from jobs.common.redaction import redact_mapping, redact_text
 from jobs.common.datasets import file_summary, log_datasets, parquet_summary
-from jobs.common.tracking import TrackingConfig, environment_tags, prepare_tracking, set_description
-from jobs.scoring.pipeline import (PipelineCounts, ScoringError, ScoringModel, counts_metrics, manifest_for,
-                                   score_files, summary_line)
+from jobs.common.tracking import (TrackingConfig, client_for, environment_tags, log_params, prepare_tracking,
+                                  start_system_metrics, stop_system_metrics)
+from jobs.record_scoring import record_published
+from jobs.scoring.pipeline import (PipelineCounts, ScoringError, ScoringModel, manifest_for, score_files,
+                                   summary_line)
 from jobs.scoring.inputs import needs_staging, scoring_input, source_fingerprints
 from jobs.scoring.run_staging import Chunk, RunStaging, TargetOccupied, plan_chunks
 from jobs.scoring.settings import ScoringSettings
@@ -128,8 +135,6 @@ def run_fingerprint(config: BatchInferConfig, model: ScoringModel) -> dict:
 
 
 def _run(config: BatchInferConfig, run_name: str, staging: RunStaging) -> ScoringOutcome:
-    import mlflow
-
     files = scoring_input(config.input, config.input_format, config.input_columns, staging.input_uri)
     # footers only: a corrupt file fails here, by name, or is quarantined (read.on_unreadable_file)
     infos, unreadable = inspect_inputs(files, config.input_columns, config.read.on_unreadable_file, config.storage)
@@ -152,43 +157,56 @@ def _run(config: BatchInferConfig, run_name: str, staging: RunStaging) -> Scorin
     output = staging.target
     resolved = model.resolved
     tags = {**environment_tags(), "job": "batch_infer", "resumed_chunks": str(len(resumed))}
-    with mlflow.start_run(experiment_id=target.experiment_id, run_name=run_name, tags=tags,
-                          log_system_metrics=True) as run:
-        mlflow.log_params(redact_mapping({"input": config.input, "output": output, "model_ref": config.model,
-                           "model_name": resolved.name, "model_version": resolved.version,
-                           "model_run_id": resolved.run_id, **config_lib.flatten(config_lib.to_dict(config))}))
+    # The run's client, not the fluent API: an active run left open by an unreachable server would
+    # block the process's exit (MLflow ends active runs at exit) and any later run in the process.
+    client = client_for(target)
+    run_id = client.create_run(target.experiment_id, run_name=run_name, tags=tags).info.run_id
+    monitor = start_system_metrics(target, run_id, node_id=None, resume=False)
+    try:
+        log_params(client, run_id, redact_mapping({
+            "input": config.input, "output": output, "model_ref": config.model, "model_name": resolved.name,
+            "model_version": resolved.version, "model_run_id": resolved.run_id,
+            **config_lib.flatten(config_lib.to_dict(config))}))
         # the user's file for a CSV / JSON Lines input (its staged Parquet copy is rewritten by every run)
         log_datasets([(file_summary(config.input, sum(i.num_rows for i in infos), list(config.input_columns.names))
                        if needs_staging(config.input, config.input_format)
-                       else parquet_summary(config.input, _readable(files, infos)), "scoring")])
+                       else parquet_summary(config.input, _readable(files, infos)), "scoring")], client=client, run_id=run_id)
         chunks = list(resumed)
         attempt = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
         pause = float(os.environ.get(PAUSE_AFTER_CHUNK_ENV, "0") or 0)
         for number, chunk in enumerate(plan):
             chunks.append(_score_chunk(f"{attempt}-{number:05d}", [infos[i] for i in chunk],
-                                       [sources[i] for i in chunk], files, staging, model, config, run.info.run_id))
+                                       [sources[i] for i in chunk], files, staging, model, config, run_id))
             print(f"chunk {number + 1}/{len(plan)} committed: {len(chunk)} file(s), "
                   f"{chunks[-1].record['rows_in']} rows", flush=True)
             if pause > 0:
                 time.sleep(pause)
         counts = _total(chunks, infos, unreadable)
-        manifest = manifest_for(counts, infos, model, config.predictor, mlflow_run_id=run.info.run_id,
+        manifest = manifest_for(counts, infos, model, config.predictor, mlflow_run_id=run_id,
                                 source=config.input, inputs=sources, chunks=[_chunk_summary(c) for c in chunks])
         staging.publish(manifest)  # atomic: nothing at the target before, all of it after
-        for item in counts.unreadable:
-            print(f"quarantined {redact_text(item['file'])}: {item['reason']} ({item['rows']} rows not read)",
-                  file=sys.stderr, flush=True)
-        mlflow.log_metrics({**counts_metrics(counts), "chunks_resumed": len(resumed),
-                            "rows_resumed": sum(c.record["rows_in"] for c in resumed)})
-        mlflow.log_dict(manifest, "scoring_manifest.json")
-        set_description(target, run.info.run_id,
-                        f"**batch_infer**: `{resolved.name}` version {resolved.version} scored "
-                        f"`{redact_text(config.input)}`: {counts.rows_in:,} rows in, {counts.rows_out:,} written, "
-                        f"{counts.rows_rejected:,} rejected ({len(resumed)} chunk(s) resumed).\n\n"
-                        f"Output: `{redact_text(output)}`")
-    return ScoringOutcome(run_id=run.info.run_id, output_path=output, counts=counts, model_version=resolved.version,
+    except BaseException:
+        stop_system_metrics(monitor)
+        _end_failed(client, run_id)
+        raise
+    stop_system_metrics(monitor)
+    for item in counts.unreadable:
+        print(f"quarantined {redact_text(item['file'])}: {item['reason']} ({item['rows']} rows not read)",
+              file=sys.stderr, flush=True)
+    # The output is complete: the summary below is bookkeeping; when MLflow does not answer it is a warning.
+    record_published(target, manifest, output, config.tracking.outage_tolerance_s)
+    return ScoringOutcome(run_id=run_id, output_path=output, counts=counts, model_version=resolved.version,
                           rejected_path=f"{output}/{REJECTED_DIR}", chunks_scored=len(plan),
                           chunks_resumed=len(resumed), rows_resumed=sum(c.record["rows_in"] for c in resumed))
+
+
+def _end_failed(client, run_id: str) -> None:
+    """Mark the run FAILED, one try: the scoring error is the one to report, not MLflow's."""
+    try:
+        client.set_terminated(run_id, "FAILED")
+    except Exception as exc:  # noqa: BLE001
+        print(f"WARNING: MLflow run {run_id} could not be marked FAILED ({redact_text(str(exc))})",
+              file=sys.stderr, flush=True)
 
 
 def _score_chunk(name: str, infos: list, sources: list[dict], files: ParquetFiles, staging: RunStaging,
@@ -217,7 +235,8 @@ def _total(chunks: list[Chunk], infos: list, unreadable: list[UnreadableFile]) -
         for reason, n in chunk.record["rejected_by_reason"].items():
             reasons[reason] = reasons.get(reason, 0) + n
     files = sorted((f for c in chunks for f in c.record["files"]), key=lambda f: f["path"])
-    quarantined = tuple(u.as_dict() for u in unreadable) + tuple(u for c in chunks for u in c.record.get("unreadable", []))
+    quarantined = (tuple(u.as_dict() for u in unreadable)
+                   + tuple(u for c in chunks for u in c.record.get("unreadable", [])))
     counts = PipelineCounts(rows_in=sum(c.record["rows_in"] for c in chunks),
                             rows_out=sum(c.record["rows_out"] for c in chunks),
                             rows_rejected=sum(c.record["rows_rejected"] for c in chunks),

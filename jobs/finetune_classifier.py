@@ -35,6 +35,8 @@ from jobs.common.tracking import TrackingConfig, TrackingTarget
 from jobs.evaluation.metrics import ClassReport, ClassScores, class_report_from_counts, metric_key
 from jobs.train.checkpoint import EXPORT_DIR
 from jobs.train.driver import TrainingOutcome, report_header, run_training_job
+from jobs.train.run_claim import RunNameTaken
+from jobs.train.run_tracking import TrackingIncomplete
 from jobs.train.settings import OptimSettings, RunSettings, TrainingJobConfig
 from jobs.train.task import TrainingPlan, require_rows
 
@@ -321,7 +323,7 @@ def _resume_flag(parser) -> None:
                         "run id, runs:/ or models:/ URI (same as --set model.warm_start=REF)")
 
 
-@cli.entry_point("fine-tuning")
+@cli.entry_point("fine-tuning", known=(RunNameTaken,), later=(TrackingIncomplete,))
 def main(argv: list[str] | None = None) -> int:
     config, args = config_lib.parse_args(FinetuneConfig, __doc__.splitlines()[0], argv, extra=_resume_flag)
     if args.resume_from:

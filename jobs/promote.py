@@ -9,9 +9,11 @@ beats production's by more than ``margin`` and (``require_beat_baseline``) beats
 with no @production yet, the baseline alone is the bar. Only then does @production move.
 Either way one MLflow run (experiment ``promote``) records the decision, the reason, both
 versions' metrics, the baseline and the data digest, and the candidate version carries
-``promotion.*`` tags. Exit 0 when promoted, kept or already in production; 1 when something
-failed (no @candidate, an evaluation failed, the evaluations disagree on the data); 65 when the
-data is at fault (``jobs.common.cli`` lists every job's exit statuses).
+``promotion.*`` tags. @production moves last, once all of that is written: a failure before it
+moves nothing (the run ends FAILED and its tags say so). Exit 0 when promoted, kept or already in
+production; 1 when something failed (no @candidate, an evaluation failed, the evaluations
+disagree on the data, MLflow refused a write) and nothing moved; 65 when the data is at fault
+(``jobs.common.cli`` lists every job's exit statuses).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import dataclasses
 import json
 import math
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -30,7 +33,10 @@ from jobs.common import cli
 from jobs.common import config as config_lib
 from jobs.common.naming import unique_run_name
 from jobs.common.ray_runtime import RayConfig
-from jobs.common.tracking import TrackingConfig, TrackingTarget, client_for, environment_tags, prepare_tracking
+from jobs.common.redaction import redact_text
+from jobs.common.tracking import (TrackingConfig, TrackingTarget, client_for, environment_tags, log_params,
+                                  prepare_tracking)
+from jobs.common.tracking_retry import OutageRetry
 from jobs.evaluate import EvaluateConfig, EvaluationOutcome, file_digest
 from jobs.evaluate import run as evaluate
 from jobs.evaluation.inputs import LabelledInput
@@ -215,8 +221,13 @@ def move_production(config: PromoteConfig, target: TrackingTarget, candidate: Ve
 
 def record(config: PromoteConfig, target: TrackingTarget, decision: Decision, candidate: Version,
            production: Version | None, digest: str, baseline: dict[str, float]) -> PromotionOutcome:
-    """One MLflow run with the decision and what it rests on; @production moves inside it, when promoting."""
-    import mlflow
+    """One MLflow run with the decision and what it rests on; when promoting, @production moves last.
+
+    Everything the promotion records (the run's params, metrics and tags, the candidate's
+    ``promotion.*`` tags) is written before the alias moves, so a failure on the way moves nothing;
+    once it has moved, only the run's end is left, and a failure there is a warning.
+    """
+    from mlflow.entities import Metric as Point  # Metric here is the promotion metric's name
 
     name = config.registered_model
     params = {"registered_model": name, "candidate_alias": config.candidate_alias,
@@ -230,22 +241,52 @@ def record(config: PromoteConfig, target: TrackingTarget, decision: Decision, ca
             metrics.update({f"{version.role}_{m}": version.value(m) for m in ("accuracy", "macro_f1")})
     evaluations = {f"{v.role}_evaluation_run_id": v.evaluation.run_id
                    for v in filter(None, (candidate, production)) if v.evaluation is not None}
-    with mlflow.start_run(experiment_id=target.experiment_id, run_name=config.run_name or unique_run_name("promote"),
-                          tags={**environment_tags(), "job": "promote", "model_name": name, "data_digest": digest,
-                                **evaluations}) as active:
-        mlflow.log_params(params)
-        mlflow.log_metrics({k: v for k, v in metrics.items() if not math.isnan(v)})
-        if decision.outcome == "promoted":
-            move_production(config, target, candidate, production)
-        after = candidate.version if decision.outcome == "promoted" else (production.version if production else None)
-        outcome = PromotionOutcome(run_id=active.info.run_id, decision=decision, candidate=candidate,
-                                   production=production, production_after=after, data_digest=digest,
-                                   baseline=baseline)
-        mlflow.set_tags({"decision": decision.outcome, "reason": decision.reason,
-                         "production_version_after": after or "none",
-                         "mlflow.note.content": "\n".join(summary_lines(outcome, config))})
+    client = client_for(target)
+    run_id = client.create_run(target.experiment_id, run_name=config.run_name or unique_run_name("promote"),
+                               tags={**environment_tags(), "job": "promote", "model_name": name,
+                                     "data_digest": digest, **evaluations}).info.run_id
+    promoting = decision.outcome == "promoted"
+    try:
+        log_params(client, run_id, params)
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Point(k, v, now, 0) for k, v in metrics.items() if not math.isnan(v)])
+        after = candidate.version if promoting else (production.version if production else None)
+        outcome = PromotionOutcome(run_id=run_id, decision=decision, candidate=candidate, production=production,
+                                   production_after=after, data_digest=digest, baseline=baseline)
+        for key, value in {"decision": decision.outcome, "reason": decision.reason,
+                           "production_version_after": after or "none",
+                           "mlflow.note.content": "\n".join(summary_lines(outcome, config))}.items():
+            client.set_tag(run_id, key, value)
         tag_candidate(outcome, config, target)
+        if promoting:
+            move_production(config, target, candidate, production)  # last: nothing else is left to fail
+    except BaseException as exc:
+        _record_failure(client, run_id, config, candidate, exc, promoting)
+        raise
+    try:
+        OutageRetry(config.tracking.outage_tolerance_s).call("ending the promote run",
+                                                            lambda: client.set_terminated(run_id, "FINISHED"))
+    except Exception as exc:  # noqa: BLE001 -- the decision is made and recorded; only the run's end is missing
+        print(f"WARNING: {decision.outcome}; MLflow run {run_id} records it but stays RUNNING "
+              f"({redact_text(str(exc))})", file=sys.stderr, flush=True)
     return outcome
+
+
+def _record_failure(client, run_id: str, config: PromoteConfig, candidate: Version, exc: BaseException,
+                    promoting: bool) -> None:
+    """Best effort, one try each: the run FAILED and, when promoting, tags that no longer claim a promotion."""
+    reason = f"promotion failed before @{config.production_alias} moved: {type(exc).__name__}: {exc}"[:4000]
+    writes = [lambda: client.set_tag(run_id, "decision", "failed"), lambda: client.set_tag(run_id, "reason", reason)]
+    if promoting:
+        writes += [lambda: client.set_model_version_tag(config.registered_model, candidate.version,
+                                                        "promotion.decision", "failed"),
+                   lambda: client.set_model_version_tag(config.registered_model, candidate.version,
+                                                        "promotion.reason", reason)]
+    for write in [*writes, lambda: client.set_terminated(run_id, "FAILED")]:
+        try:
+            write()
+        except Exception:  # noqa: BLE001 -- the failure being reported is the one that matters
+            pass
 
 
 def tag_candidate(outcome: PromotionOutcome, config: PromoteConfig, target: TrackingTarget) -> None:

@@ -23,7 +23,10 @@ creates KubeRay RayJobs). Each run:
    ledger (``jobs.scoring.ledger`` documents the layout, the commit protocol and the reader
    contract). A corrupt file, or a commit that fails, fails only its own partition;
 4. logs one MLflow run (partitions scored / skipped / failed, rows, model version) and exits
-   non-zero naming the failed partitions; a failed partition does not stop the others.
+   non-zero naming the failed partitions; a failed partition does not stop the others. The summary
+   comes after the commits: when MLflow does not answer within ``tracking.outage_tolerance_s`` it is
+   a warning (the ledger has the outcome, which is printed too), and the exit status stays the
+   partitions' own.
 """
 
 from __future__ import annotations
@@ -48,7 +51,9 @@ from jobs.common.ray_runtime import RayConfig, check_cpu_budget, init_ray
 from jobs.common.redaction import redact_mapping, redact_text
 from jobs.common.registry import ResolvedModel, resolve_model_ref
 from jobs.common.datasets import log_datasets, parquet_summary
-from jobs.common.tracking import TrackingConfig, TrackingTarget, environment_tags, prepare_tracking, set_description
+from jobs.common.tracking import (DESCRIPTION_TAG, TrackingConfig, TrackingTarget, client_for, environment_tags,
+                                  log_params, prepare_tracking, start_system_metrics, stop_system_metrics)
+from jobs.common.tracking_retry import OutageRetry
 from jobs.scoring.ledger import (Attempt, CommitFailed, Lease, LeaseLost, LeaseSettings, Ledger, OutputVersion,
                                 Store, committed_versions, entry_from_manifest)
 from jobs.scoring.pipeline import (PipelineCounts, ScoringError, ScoringModel, counts_metrics, manifest_for,
@@ -361,8 +366,6 @@ class RunOutcome:
 
 
 def run(config: ScorePartitionsConfig) -> RunOutcome:
-    import mlflow
-
     start = time.perf_counter()
     target = prepare_tracking(config.tracking)
     resolved = resolve_model_ref(config.model, target)  # the alias's current version, fixed for this run
@@ -370,32 +373,55 @@ def run(config: ScorePartitionsConfig) -> RunOutcome:
     partitions = discover_partitions(config.input_root, config.partitions, config.storage)
     ledger = Ledger(store)
     run_name = config.run_name or unique_run_name("score-partitions")
-    mlrun = mlflow.start_run(experiment_id=target.experiment_id, run_name=run_name, log_system_metrics=True,
-                             tags={**environment_tags(), "job": "score_partitions"})
-    status = "FAILED"
+    client = client_for(target)  # the run's client, not the fluent API's active run (see jobs.batch_infer)
+    run_id = client.create_run(target.experiment_id, run_name=run_name,
+                               tags={**environment_tags(), "job": "score_partitions"}).info.run_id
+    monitor = start_system_metrics(target, run_id, node_id=None, resume=False)
     try:
-        result = _run_partitions(config, target, resolved, store, ledger, partitions, mlrun.info.run_id,
-                                 run_name, start)
-        _log_run(result)
-        _log_scored_inputs(result, partitions)
-        set_description(target, mlrun.info.run_id, _description(result))
+        result = _run_partitions(config, target, client, resolved, store, ledger, partitions, run_id, run_name,
+                                 start)
+    except BaseException:
+        stop_system_metrics(monitor)
+        try:
+            client.set_terminated(run_id, "FAILED")
+        except Exception as exc:  # noqa: BLE001 -- the run's own error is the one to report
+            print(f"WARNING: MLflow run {run_id} could not be marked FAILED ({redact_text(str(exc))})", flush=True)
+        raise
+    stop_system_metrics(monitor)
+    _record_run(target, client, result, partitions, config.tracking.outage_tolerance_s)
+    return result
+
+
+def _record_run(target: TrackingTarget, client, result: RunOutcome, partitions: list[Partition],
+                tolerance_s: float) -> bool:
+    """The run's summary in MLflow, after the partitions are committed: waits at most ``tolerance_s`` for the
+    server, and a failure is a warning: the outcome is in the ledger and printed, the exit status unchanged."""
+    def summary() -> None:
+        _log_run(client, result)
+        _log_scored_inputs(client, result, partitions)
+        client.set_tag(result.run_id, DESCRIPTION_TAG, _description(result)[:8000])
         if result.failed:
-            mlflow.set_tag("failed_partitions", ", ".join(p.partition for p in result.failed)[:4000])
-        else:
-            status = "FINISHED"
-        return result
-    finally:
-        mlflow.end_run(status=status)
+            client.set_tag(result.run_id, "failed_partitions", ", ".join(p.partition for p in result.failed)[:4000])
+        client.set_terminated(result.run_id, "FAILED" if result.failed else "FINISHED")
+
+    try:
+        OutageRetry(tolerance_s).call("recording the run's summary", summary)
+        return True
+    except Exception as exc:  # noqa: BLE001 -- the partitions are committed: nothing here may change the outcome
+        scored = len(result.with_status("scored"))
+        print(f"WARNING: {scored} partition(s) scored and committed (listed above; the ledger under the output "
+              f"root records them), but MLflow run {result.run_id} lacks its summary and stays RUNNING "
+              f"({redact_text(str(exc))}). Nothing needs scoring again: the next run skips the committed "
+              "partitions and records its own summary.", file=sys.stderr, flush=True)
+        return False
 
 
-def _run_partitions(config: ScorePartitionsConfig, target: TrackingTarget,
+def _run_partitions(config: ScorePartitionsConfig, target: TrackingTarget, client,
                     resolved: ResolvedModel, store: Store, ledger: Ledger, partitions: list[Partition],
                     mlflow_run_id: str, run_name: str, start: float) -> RunOutcome:
-    import mlflow
-
-    mlflow.log_params(redact_mapping({"model_ref": config.model, "model_name": resolved.name,
-                                      "model_version": resolved.version, "model_run_id": resolved.run_id,
-                                      **config_lib.flatten(config_lib.to_dict(config))}))
+    log_params(client, mlflow_run_id, redact_mapping({
+        "model_ref": config.model, "model_name": resolved.name, "model_version": resolved.version,
+        "model_run_id": resolved.run_id, **config_lib.flatten(config_lib.to_dict(config))}))
     owner = {"scheduled_run_id": mlflow_run_id, "run_name": run_name}
     outcomes: list[PartitionOutcome] = []
     repaired = 0
@@ -453,8 +479,8 @@ def _has_marker(partition: Partition, marker: str, retry: StorageRetry = DEFAULT
     return Storage(fs, retry).info(path).type == pafs.FileType.File
 
 
-def _log_run(result: RunOutcome) -> None:
-    import mlflow
+def _log_run(client, result: RunOutcome) -> None:
+    from mlflow.entities import Metric
 
     counts = result.totals()
     skipped = result.with_status("skipped")
@@ -464,11 +490,12 @@ def _log_run(result: RunOutcome) -> None:
                "partitions_stale": sum(p.reason in ("stale_model", "changed_inputs") for p in skipped),
                "ledger_repaired": result.ledger_repaired, "run_seconds": result.seconds,
                **counts_metrics(counts)}
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
-    mlflow.log_dict({"partitions": [asdict(p) for p in result.partitions]}, "partitions.json")
+    now = int(time.time() * 1000)
+    client.log_batch(result.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    client.log_dict(result.run_id, {"partitions": [asdict(p) for p in result.partitions]}, "partitions.json")
 
 
-def _log_scored_inputs(result: RunOutcome, partitions: list[Partition]) -> None:
+def _log_scored_inputs(client, result: RunOutcome, partitions: list[Partition]) -> None:
     """Each partition this run scored, as a "scoring" dataset of the run (named by the partition)."""
     scored = {o.partition for o in result.with_status("scored")}
     entries = []
@@ -478,7 +505,7 @@ def _log_scored_inputs(result: RunOutcome, partitions: list[Partition]) -> None:
                 entries.append((parquet_summary(partition.uri, name=partition.name), "scoring"))
             except (OSError, ValueError):  # gone or rewritten since: the manifest has what was read
                 continue
-    log_datasets(entries)
+    log_datasets(entries, client=client, run_id=result.run_id)
 
 
 def _description(result: RunOutcome) -> str:

@@ -31,6 +31,8 @@ from jobs.common import config as config_lib
 from jobs.common.tracking import TrackingConfig, TrackingTarget
 from jobs.train.distributed import is_distributed, unwrap
 from jobs.train.driver import TrainingOutcome, report_header, run_training_job
+from jobs.train.run_claim import RunNameTaken
+from jobs.train.run_tracking import TrackingIncomplete
 from jobs.train.settings import OptimSettings, TrainingJobConfig
 from jobs.train.task import TrainingPlan
 from model.transformer import Seq2SeqArchitecture, Seq2SeqConfig
@@ -400,7 +402,7 @@ def report(outcome: TrainingOutcome, config: Seq2SeqTrainConfig) -> None:
         print(f"training throughput : {m['train_tokens_per_s']:.0f} target tokens/s (last epoch, all workers)")
 
 
-@cli.entry_point("seq2seq training")
+@cli.entry_point("seq2seq training", known=(RunNameTaken,), later=(TrackingIncomplete,))
 def main(argv: list[str] | None = None) -> int:
     config, _ = config_lib.parse_args(Seq2SeqTrainConfig, __doc__.splitlines()[0], argv)
     outcome = run(config)

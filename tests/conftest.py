@@ -68,3 +68,14 @@ def tiny_model_dir(session_dir: Path, tiny_corpus: Path) -> Path:
 
     labels = json.loads((tiny_corpus / "labels.json").read_text())
     return build_random_classifier(REPO / "configs/model/bert-debug.json", labels, session_dir / "bert-debug")
+
+
+@pytest.fixture(scope="session")
+def tiny_reference(ray_local, mlflow_uri, tiny_corpus: Path, tiny_model_dir: Path, session_dir: Path):
+    """An uninterrupted tiny fine-tune (sqlite store): the numbers every faulted run must reproduce."""
+    from jobs.common.config import load
+    from jobs.finetune_classifier import FinetuneConfig, run
+    from tiny_training import TINY, tiny_config
+
+    config = load(FinetuneConfig, TINY, tiny_config(tiny_corpus, tiny_model_dir, session_dir / "ft-ray", "reference"))
+    return run(config)

@@ -153,7 +153,8 @@ class FaultyS3Proxy:
                 return self.rfile.read(length) if length else b""
 
             def _forward(self, body: bytes) -> None:
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("transfer-encoding", "connection")}
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in ("transfer-encoding", "connection")}
                 if body or self.command in ("PUT", "POST"):
                     headers["Content-Length"] = str(len(body))
                 upstream = http.client.HTTPConnection(proxy.upstream, timeout=60)

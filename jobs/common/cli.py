@@ -12,6 +12,9 @@ Exit status of every job (``python -m jobs.<job>``):
       encoding, with bad labels, ids or rows, splits or a model whose labels disagree, a corpus folder
       without its manifest; fix the file (or the settings that read it) and run again; a retry alone
       gives the same answer
+75    the work is done and safe, but a service did not answer for what follows it (``EX_TEMPFAIL``): a
+      training run whose checkpoint is complete while MLflow stayed down past ``tracking.outage_tolerance_s``;
+      the message names the one command that finishes the run once MLflow answers
 ====  ===================================================================================================
 
 The known errors are told apart by type, never by message: ``ConfigError`` (2);
@@ -37,6 +40,7 @@ from jobs.common.redaction import redact_text
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_DATAERR = 65
+EXIT_TEMPFAIL = 75
 
 INPUT_ERRORS = (InputDataError, InputFileError, FileNotFoundError)
 
@@ -51,10 +55,12 @@ def _fail(job: str, exc: BaseException, what_to_do: str | None) -> None:
     sys.stderr.flush()
 
 
-def entry_point(job: str, known: tuple[type[BaseException], ...] = ()) -> Callable:
+def entry_point(job: str, known: tuple[type[BaseException], ...] = (),
+                later: tuple[type[BaseException], ...] = ()) -> Callable:
     """Wrap a job's ``main`` so its errors end as the table above says.
 
     ``known``: the job's own failures reported in one line with exit 1 (its message says what happened).
+    ``later``: the work is safe and what is left waits on a service, exit 75 (its message names the command).
     """
     def wrap(main: Callable[..., int]) -> Callable[..., int]:
         @functools.wraps(main)
@@ -68,6 +74,9 @@ def entry_point(job: str, known: tuple[type[BaseException], ...] = ()) -> Callab
                 _fail(job, exc, "the input is at fault: fix the file named above (or the settings that read it) "
                                 "and run again; --verbose shows the traceback")
                 return EXIT_DATAERR
+            except later as exc:
+                _fail(job, exc, None)
+                return EXIT_TEMPFAIL
             except known as exc:
                 _fail(job, exc, None)
                 return EXIT_FAILED

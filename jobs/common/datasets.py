@@ -170,11 +170,20 @@ def to_mlflow_dataset(summary: DatasetSummary):
     return SummaryDataset(source=source, name=summary.name, digest=summary.digest, schema=schema)
 
 
-def log_datasets(entries: list[tuple[DatasetSummary, str]]) -> None:
-    """``mlflow.log_inputs`` of ``(summary, context)`` pairs into the active run."""
+def log_datasets(entries: list[tuple[DatasetSummary, str]], client=None, run_id: str | None = None) -> None:
+    """``(summary, context)`` pairs as the run's inputs: the active run's, or ``run_id``'s through ``client``."""
     import mlflow
 
-    if entries:
+    if not entries:
+        return
+    if client is None:
         mlflow.log_inputs([to_mlflow_dataset(s) for s, _ in entries], contexts=[c for _, c in entries],
                           tags_list=[None] * len(entries))
+        return
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    client.log_inputs(run_id, datasets=[DatasetInput(to_mlflow_dataset(s)._to_mlflow_entity(),
+                                                     tags=[InputTag(MLFLOW_DATASET_CONTEXT, c)])
+                                        for s, c in entries])
 

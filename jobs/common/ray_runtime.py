@@ -11,7 +11,9 @@ this module starts are told where their State API is (``RAY_API_SERVER_ADDRESS``
 dashboard when it runs, else an address this process holds and never serves, which refuses at
 once (the cleaner then logs that it cannot ask and keeps waiting, as it does without a dashboard
 anywhere). Workers of a cluster the job connects to are pinned to its address (``RAY_ADDRESS``), so
-a second Ray on a node never becomes "the latest cluster" they find by themselves.
+a second Ray on a node never becomes "the latest cluster" they find by themselves. A job that starts
+its own Ray starts a new one even where ``ray start`` recorded another cluster's address for the
+machine (a bare ``ray.init()`` joins that cluster, or waits on it when it is gone).
 """
 
 from __future__ import annotations
@@ -81,8 +83,10 @@ def start_local_ray(num_cpus: int | None, num_gpus: int | None = None, runtime_e
 
     state_api = os.environ.get(STATE_API_ENV) or unserved_local_address()
     with _environment(**{STATE_API_ENV: state_api}):
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=log_to_driver,
-                 runtime_env=runtime_env, **init_kwargs)
+        # "local": a new instance even where `ray start` (or a test's simulated cluster) left its address
+        # in /tmp/ray/ray_current_cluster, which a bare ray.init() would join (or wait on, when it is gone)
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+                 log_to_driver=log_to_driver, runtime_env=runtime_env, **init_kwargs)
 
 
 def _pinned_cluster_env(address: str) -> dict[str, str]:

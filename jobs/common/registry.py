@@ -22,7 +22,7 @@ import pandas as pd
 
 from data_pipeline.text_limits import cut_texts, max_chars
 from jobs.common.config import ConfigError
-from jobs.common.tracking import TrackingTarget, client_for
+from jobs.common.tracking import TrackingTarget, client_for, filter_literal
 from jobs.scoring.publish import fsync_dir, sync_tree
 
 MODEL_ARTIFACT = "hf_model"
@@ -31,6 +31,7 @@ _CACHE_TMP_PREFIX = ".tmp-"  # a download in progress (or abandoned): never read
 _CACHE_POINTER = "cached.json"  # written last into a staged copy: where its model directory lies
 CLASSIFY_MAX_LENGTH = 128  # tokens the pyfunc keeps of each text (the jobs' default max_length)
 _STALE_TMP_S = 24 * 3600  # a temporary this old belongs to a download that died
+SOURCE_CHECKPOINT_TAG = "source_checkpoint"  # on a logged model and its version: the checkpoint exported
 
 
 class TextClassifierModel(mlflow.pyfunc.PythonModel):
@@ -102,6 +103,78 @@ def seq2seq_signature():
                                               ParamSpec("max_len", DataType.long, 0)]))
 
 
+def log_pyfunc(target: TrackingTarget, run_id: str, python_model: mlflow.pyfunc.PythonModel, model_dir: Path,
+               input_example: pd.DataFrame | None = None, signature=None, step: int = 0,
+               tags: dict[str, str] | None = None, client=None):
+    """Log ``model_dir`` as the run's pyfunc ``model`` without the fluent API's active run (nothing to end).
+
+    The logged model is created here, in the run's experiment: without an active run MLflow would put
+    it in the default experiment. It carries the run's params, as ``mlflow.pyfunc.log_model`` does.
+    """
+    from mlflow.models import Model
+
+    client = client or client_for(target)
+    run = client.get_run(run_id)
+    model = client.create_logged_model(run.info.experiment_id, name="model", source_run_id=run_id, tags=tags,
+                                       params={k: str(v) for k, v in run.data.params.items()})
+    with _tracking_uri(target):
+        return Model.log(artifact_path=None, name="model", flavor=mlflow.pyfunc, run_id=run_id,
+                         model_id=model.model_id, python_model=python_model,
+                         artifacts={MODEL_ARTIFACT: str(model_dir)}, pip_requirements=project_requirements(),
+                         input_example=input_example, signature=signature, step=step)
+
+
+class _tracking_uri:
+    """``Model.log`` and ``register_model`` use the global tracking and registry URIs: ``target``'s for the call."""
+
+    def __init__(self, target: TrackingTarget):
+        self.tracking, self.registry = target.tracking_uri, target.registry_uri
+
+    def __enter__(self):
+        self.previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+        mlflow.set_tracking_uri(self.tracking)
+        mlflow.set_registry_uri(self.registry)
+
+    def __exit__(self, *exc):
+        mlflow.set_tracking_uri(self.previous[0])
+        mlflow.set_registry_uri(self.previous[1])
+
+
+def find_logged_model(client, experiment_id: str, run_id: str, checkpoint: str):
+    """The run's READY pyfunc ``model`` logged from ``checkpoint`` by an earlier attempt, or None."""
+    for model in client.search_logged_models([experiment_id], filter_string=f"source_run_id='{run_id}'"):
+        if model.name == "model" and model.tags.get(SOURCE_CHECKPOINT_TAG) == checkpoint \
+                and str(model.status).endswith("READY"):
+            return model
+    return None
+
+
+def find_registered_version(client, registered_name: str, run_id: str, checkpoint: str):
+    """The version of ``registered_name`` that this run registered from ``checkpoint``, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name = {filter_literal(registered_name, 'registered model name')}"
+                                                f" and run_id = '{run_id}'")
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    found = [v for v in versions if (v.tags or {}).get(SOURCE_CHECKPOINT_TAG) == checkpoint]
+    return min(found, key=lambda v: int(v.version)) if found else None
+
+
+def register_version(target: TrackingTarget, model_uri: str, registered_name: str, alias: str | None,
+                     version_tags: dict[str, str] | None = None, client=None) -> RegisteredModel:
+    """Register ``model_uri`` as a new version of ``registered_name`` and point ``alias`` at it."""
+    with _tracking_uri(target):  # creates the registered model when it does not exist
+        version = mlflow.register_model(model_uri, registered_name, tags=version_tags or None)
+    if alias:
+        (client or client_for(target)).set_registered_model_alias(registered_name, alias, version.version)
+    return RegisteredModel(registered_name, str(version.version), alias,
+                           f"models:/{registered_name}/{version.version}")
+
+
 def log_and_register(target: TrackingTarget, run_id: str, python_model: mlflow.pyfunc.PythonModel,
                      model_dir: Path, registered_name: str | None, alias: str | None,
                      input_example: pd.DataFrame | None = None, signature=None,
@@ -110,21 +183,13 @@ def log_and_register(target: TrackingTarget, run_id: str, python_model: mlflow.p
 
     With ``signature`` given, MLflow does not run the model to infer one (it still loads it once to
     check the example serves). ``step``: the run's metrics at that step are attached to the logged model.
-    ``version_tags`` go on the new version (data digests, headline metrics, baselines).
+    ``version_tags`` go on the new version (data digests, headline metrics, baselines). Training runs
+    go through ``jobs.train.run_tracking`` instead, which retries each step and registers a checkpoint once.
     """
-    mlflow.set_tracking_uri(target.tracking_uri)
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pyfunc.log_model(name="model", python_model=python_model,
-                                       artifacts={MODEL_ARTIFACT: str(model_dir)},
-                                       pip_requirements=project_requirements(), input_example=input_example,
-                                       signature=signature, step=step)
+    info = log_pyfunc(target, run_id, python_model, model_dir, input_example, signature, step)
     if not registered_name:
         return RegisteredModel(None, None, None, info.model_uri)
-    version = mlflow.register_model(info.model_uri, registered_name, tags=version_tags or None)
-    if alias:
-        client_for(target).set_registered_model_alias(registered_name, alias, version.version)
-    return RegisteredModel(registered_name, str(version.version), alias,
-                           f"models:/{registered_name}/{version.version}")
+    return register_version(target, info.model_uri, registered_name, alias, version_tags)
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,21 @@
-"""MLflow plumbing shared by the jobs: where to track, run tags, and rank-0 metric logging.
+"""MLflow plumbing shared by the jobs: where to track, run tags, system metrics, search filters.
 
 Default store: ``sqlite:///<cwd>/mlflow.db`` with artifacts in ``<cwd>/mlartifacts``, both
 resolved to absolute paths on the driver (a Ray worker's current directory is a Ray session
 folder). ``MLFLOW_TRACKING_URI`` or the job config's ``tracking_uri`` override it.
+
+An unreachable server fails a job only before it has done any work (``check_reachable``).
+After that MLflow is best-effort where work is still running and bounded where the work is
+done: training buffers its metrics in its checkpoints (``jobs.train.metric_log``), and every
+job waits at most ``outage_tolerance_s`` for the server at the steps that follow finished work
+(``jobs.common.tracking_retry``), then says what to run once it answers.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
-import time
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -29,6 +35,10 @@ DESCRIPTION_TAG = "mlflow.note.content"  # a run's description (markdown) on its
 # overrides it). A run shorter than one interval records none.
 SYSTEM_METRICS_INTERVAL_S = 10
 SYSTEM_METRICS_ENV = ("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING")
+# The MLflow client's own retry window; workers of an already running Ray do not see the driver's env.
+CLIENT_RETRY_ENV = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+                    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+STOP_SYSTEM_METRICS_WAIT_S = 5.0  # the sampler's last send is not worth holding a job's end for
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
@@ -43,6 +53,12 @@ class TrackingConfig:
     # An existing experiment keeps the location it was created with.
     artifact_location: str | None = None
     check_timeout_s: float = 10.0  # an unreachable server fails the job before any compute
+    # How long a job waits for an MLflow server that stopped answering once its work is done (a trained
+    # checkpoint, published scores): counted from the first failed call, plus at most one client retry
+    # window (MLFLOW_HTTP_REQUEST_*; ~4 min by default). Training itself never waits: it trains through
+    # any outage, its metrics buffered in its checkpoints. 15 min rides out a server restart or redeploy
+    # (minutes) with margin and still lets a nightly job end in its slot; past it the job says what to run.
+    outage_tolerance_s: float = 900.0
 
 
 @dataclass(frozen=True)
@@ -136,35 +152,92 @@ def client_for(target: TrackingTarget):
     return mlflow.MlflowClient(target.tracking_uri, target.registry_uri)
 
 
-def start_system_metrics(target: TrackingTarget, run_id: str, node_id: str | None, resume: bool = True):
+def filter_literal(value: str, what: str) -> str:
+    """``value`` as a string literal in an MLflow search filter.
+
+    MLflow's filter grammar has no escape character: a value holding ``'`` is double-quoted, one
+    holding ``"`` single-quoted; one holding both cannot be searched for, so it is refused by name.
+    """
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    from jobs.common.config import ConfigError  # a setting's value: the jobs report it as one (exit 2)
+
+    raise ConfigError(f"{what} {value!r} holds both ' and \": MLflow's search filters cannot express it; "
+                      "choose one without one of them")
+
+
+def tracking_env() -> dict[str, str]:
+    """The driver's MLflow client settings (retry window, system metrics sampling) for workers."""
+    return {key: os.environ[key] for key in (*CLIENT_RETRY_ENV, *SYSTEM_METRICS_ENV) if os.environ.get(key)}
+
+
+class SystemMetrics:
+    """MLflow's system-metrics sampler for one run, started and stopped without waiting for the server.
+
+    The sampler reads the run when it is built (``resume``: its last step) and on each sample, and
+    stops for good at its first failed read: during an outage a run loses system metrics, never time.
+    """
+
+    def __init__(self, target: TrackingTarget, run_id: str, node_id: str | None, resume: bool):
+        self._args = (target, run_id, node_id, resume)
+        self._monitor = None
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._start, name="system-metrics-start", daemon=True)
+        self._thread.start()
+
+    def _start(self) -> None:
+        target, run_id, node_id, resume = self._args
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, resume_logging=resume,
+                                           node_id=node_id, tracking_uri=target.tracking_uri)
+        except Exception as exc:  # ImportError of psutil, or the store not answering
+            import logging
+
+            logging.getLogger(__name__).warning("no system metrics for run %s: %s", run_id, redact_text(str(exc)))
+            return
+        if not self._stopped.is_set():
+            monitor.start()
+            self._monitor = monitor
+
+    def stop(self, wait_s: float = STOP_SYSTEM_METRICS_WAIT_S) -> None:
+        """Stop sampling and send what it holds, waiting at most ``wait_s`` (the thread is a daemon)."""
+        self._stopped.set()
+        self._thread.join(timeout=wait_s)
+        monitor = self._monitor
+        if monitor is not None:
+            finisher = threading.Thread(target=monitor.finish, name="system-metrics-stop", daemon=True)
+            finisher.start()
+            finisher.join(timeout=wait_s)
+
+
+def start_system_metrics(target: TrackingTarget, run_id: str, node_id: str | None,
+                         resume: bool = True) -> SystemMetrics:
     """Sample CPU, memory, disk, network (and GPU where nvidia-ml-py finds one) into the run's ``system/``
     metrics (``system/<node_id>/...`` with a node id) on a daemon thread; stop it with ``stop_system_metrics``.
 
-    None where it cannot run (psutil missing): system metrics are worth having, not worth failing a job.
+    System metrics are worth having, not worth failing or delaying a job: psutil missing or the
+    store not answering leaves a run without them.
     """
-    try:
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-        monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, resume_logging=resume,
-                                       node_id=node_id, tracking_uri=target.tracking_uri)
-    except Exception as exc:  # ImportError of psutil, or the store not answering
-        import logging
-
-        logging.getLogger(__name__).warning("no system metrics for run %s: %s", run_id, redact_text(str(exc)))
-        return None
-    monitor.start()
-    return monitor
+    return SystemMetrics(target, run_id, node_id, resume)
 
 
-def stop_system_metrics(monitor) -> None:
-    """Stop the sampling thread (it wakes at once) and send what it buffered."""
+def stop_system_metrics(monitor: SystemMetrics | None) -> None:
+    """Stop the sampling thread (it wakes at once) and send what it buffered, without hanging on the server."""
     if monitor is not None:
-        monitor.finish()
+        monitor.stop()
 
 
-def system_metrics_env() -> dict[str, str]:
-    """MLflow's sampling settings from the driver's environment, for workers that do not inherit it."""
-    return {key: os.environ[key] for key in SYSTEM_METRICS_ENV if os.environ.get(key)}
+def log_params(client, run_id: str, params: dict[str, Any]) -> None:
+    """``params`` as the run's params through ``client`` (MLflow takes 100 a request)."""
+    from mlflow.entities import Param
+
+    items = [Param(key, str(value)) for key, value in params.items()]
+    for start in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[start:start + 100])
 
 
 def set_description(target: TrackingTarget, run_id: str, markdown: str) -> None:
@@ -179,53 +252,3 @@ def metrics_table(rows: dict[str, dict[str, float]], columns: list[str]) -> str:
         cells = [f"{values[c]:.4f}" if c in values else "" for c in columns]
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-class MetricLog:
-    """Rank-0 metric logger that sends buffered metrics in one batch at each checkpoint.
-
-    Buffering until a checkpoint keeps the MLflow history aligned with what a restart resumes
-    from; ``skip_through_step`` drops points a previous attempt already logged, so a step is
-    never logged twice whatever restarts happened.
-    """
-
-    def __init__(self, target: TrackingTarget, run_id: str, enabled: bool):
-        self.run_id = run_id
-        self.enabled = enabled
-        self._client = client_for(target) if enabled else None
-        self._pending: list[Any] = []
-        self.skip_through_step = -1
-
-    def resume_after(self, metric_key: str) -> int:
-        """Highest step of ``metric_key`` already in the run (-1 when none)."""
-        if not self.enabled:
-            return -1
-        history = self._client.get_metric_history(self.run_id, metric_key)
-        self.skip_through_step = max((m.step for m in history), default=-1)
-        return self.skip_through_step
-
-    def record_restart(self, resumed_step: int) -> None:
-        """After a restart: skip points already logged and count the restart on the run."""
-        if not self.enabled:
-            return
-        self.resume_after("train_loss")
-        tags = self._client.get_run(self.run_id).data.tags
-        restarts = int(tags.get("restarts", "0")) + 1
-        steps = [s for s in tags.get("resumed_from_steps", "").split(",") if s] + [str(resumed_step)]
-        self._client.set_tag(self.run_id, "restarts", str(restarts))
-        self._client.set_tag(self.run_id, "resumed_from_steps", ",".join(steps))
-
-    def log(self, metrics: dict[str, float], step: int) -> None:
-        if not self.enabled or step <= self.skip_through_step:
-            return
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self._pending.extend(Metric(key, float(value), now, step) for key, value in metrics.items())
-
-    def flush(self) -> None:
-        if not self.enabled or not self._pending:
-            return
-        for start in range(0, len(self._pending), 1000):  # MLflow's per-request metric limit
-            self._client.log_batch(self.run_id, metrics=self._pending[start:start + 1000])
-        self._pending = []

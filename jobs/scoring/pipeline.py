@@ -184,6 +184,7 @@ def summary_line(counts: PipelineCounts) -> str:
 def counts_metrics(counts: PipelineCounts) -> dict[str, float]:
     metrics = {"rows_in": counts.rows_in, "rows_out": counts.rows_out, "rows_rejected": counts.rows_rejected,
                "rows_per_s": counts.rows_per_s, "seconds": counts.seconds,
-               "files_unreadable": len({u["file"] for u in counts.unreadable}), "rows_unreadable": counts.rows_unreadable}
+               "files_unreadable": len({u["file"] for u in counts.unreadable}),
+               "rows_unreadable": counts.rows_unreadable}
     metrics.update({f"rows_rejected_{reason}": n for reason, n in counts.rejected_by_reason.items()})
     return metrics

@@ -1,8 +1,10 @@
 """Hooks around the training loop that tests and audits use; none of them runs unless asked for.
 
 ``StepDelay`` slows each optimiser step so that a fault-injection test's SIGKILL lands mid-epoch
-on a seconds-long tiny run. ``ShardAudit`` writes the row ids each rank trained on per epoch and
-the final parameter digest (determinism and sharding tests).
+on a seconds-long tiny run. ``DieAfterSend`` ends rank 0's process once an epoch's metrics have
+reached MLflow and before that epoch's checkpoint exists (the window where a restart used to log
+an epoch twice), once per listed epoch. ``ShardAudit`` writes the row ids each rank trained on per
+epoch and the final parameter digest (determinism and sharding tests).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import torch
 from jobs.train.distributed import unwrap
 
 STEP_DELAY_ENV = "TEXT_JOBS_TEST_STEP_DELAY_S"
+DIE_AFTER_SEND_ENV = "TEXT_JOBS_TEST_DIE_AFTER_SEND"  # "<marker dir>:<epoch>,<epoch>..."
+FAULT_ENVS = (STEP_DELAY_ENV, DIE_AFTER_SEND_ENV)  # shipped to workers (jobs.train.driver.worker_env)
 
 
 class LoopCallback:
@@ -29,6 +33,8 @@ class LoopCallback:
     def after_step(self, step: int) -> None: ...
 
     def after_epoch(self, epoch: int) -> None: ...
+
+    def after_flush(self, epoch: int, metrics_log) -> None: ...
 
     def after_training(self, model: torch.nn.Module, step: int) -> None: ...
 
@@ -55,6 +61,10 @@ class Callbacks(LoopCallback):
         for callback in self.callbacks:
             callback.after_epoch(epoch)
 
+    def after_flush(self, epoch, metrics_log):
+        for callback in self.callbacks:
+            callback.after_flush(epoch, metrics_log)
+
     def after_training(self, model, step):
         for callback in self.callbacks:
             callback.after_training(model, step)
@@ -66,6 +76,36 @@ class StepDelay(LoopCallback):
 
     def after_step(self, step: int) -> None:
         time.sleep(self.seconds)
+
+
+class DieAfterSend(LoopCallback):
+    """Exit rank 0's process (as a crash would) once ``epoch``'s metrics are in MLflow, before its checkpoint.
+
+    After epoch 0 it first waits ``RECORDED_S``: Ray Train records a reported checkpoint a moment after
+    the report, and a death before that would restart from the one before, not the one just written.
+    """
+
+    RECORDED_S = 5.0
+
+    def __init__(self, marker_dir: str, epochs: set[int]):
+        self.marker_dir, self.epochs = Path(marker_dir), epochs
+
+    @classmethod
+    def from_env(cls, value: str) -> "DieAfterSend":
+        marker_dir, _, epochs = value.rpartition(":")
+        return cls(marker_dir, {int(e) for e in epochs.split(",") if e})
+
+    def after_flush(self, epoch: int, metrics_log) -> None:
+        marker = self.marker_dir / f"died-after-send-epoch{epoch}"
+        if epoch not in self.epochs or marker.exists():
+            return  # each listed epoch kills one attempt only: the restarted one goes on
+        if not metrics_log.wait_sent(120):
+            raise RuntimeError(f"epoch {epoch}'s metrics did not reach MLflow: the fault needs them sent")
+        if epoch > 0:
+            time.sleep(self.RECORDED_S)
+        self.marker_dir.mkdir(parents=True, exist_ok=True)
+        marker.write_text(str(os.getpid()))
+        os._exit(1)
 
 
 def parameter_digest(model: torch.nn.Module) -> str:
@@ -105,6 +145,8 @@ def callbacks_for(rank: int, audit_dir: str | None) -> Callbacks:
     delay = float(os.environ.get(STEP_DELAY_ENV) or 0)
     if delay:
         callbacks.append(StepDelay(delay))
+    if os.environ.get(DIE_AFTER_SEND_ENV) and rank == 0:
+        callbacks.append(DieAfterSend.from_env(os.environ[DIE_AFTER_SEND_ENV]))
     if audit_dir is not None:
         callbacks.append(ShardAudit(audit_dir, rank))
     return Callbacks(callbacks)

@@ -1,8 +1,10 @@
 """Training checkpoints: what one holds, how it is written, and how a resume finds a complete one.
 
 A checkpoint directory holds ``train_state.pt`` (model, optimiser, schedule, scaler, counters,
-RNG states), ``job_config.json``, the task's exported model under ``model/`` and, written last,
-the ``COMPLETE`` marker: a directory without it was cut short and is never resumed from.
+RNG states), ``job_config.json``, the task's exported model under ``model/``, the run's metrics
+MLflow had not confirmed when it was written (``tracking_pending.json``, see
+``jobs.common.metric_buffer``) and, written last, the ``COMPLETE`` marker: a directory without it
+was cut short and is never resumed from.
 
 The state file is read with ``torch.load(weights_only=True)``: it holds only tensors and plain
 values (RNG states included), so a file planted in shared run storage cannot run code on the
@@ -23,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from data_pipeline.storage import DEFAULT_RETRY, Storage, StorageRetry
+from jobs.common.metric_buffer import TRACKING_FILE
 from jobs.common.redaction import redact_mapping
 from jobs.train.distributed import unwrap
 
@@ -88,6 +92,8 @@ def save_checkpoint(directory: Path, model, optimizer, scheduler, scaler, progre
 def load_state(directory: Path, device: torch.device | str) -> dict[str, Any] | None:
     """The training state of a checkpoint directory, or None when it is incomplete or unreadable.
 
+    ``state["tracking"]`` is what the checkpoint carries for MLflow (None in one written before that).
+
     Raises ``UnsafeCheckpointError`` when the state file holds anything but tensors and plain
     values: a weights-only load refuses it without running it, and it is never skipped quietly.
     """
@@ -95,7 +101,10 @@ def load_state(directory: Path, device: torch.device | str) -> dict[str, Any] | 
         return None
     path = directory / STATE_FILE
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        state = torch.load(path, map_location=device, weights_only=True)
+        tracking = directory / TRACKING_FILE
+        state["tracking"] = json.loads(tracking.read_text()) if tracking.is_file() else None
+        return state
     except pickle.UnpicklingError:  # weights-only refusal: a foreign object, not a torn file
         try:
             found = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path))
@@ -159,6 +168,40 @@ def load_latest_valid_state(checkpoint, device) -> dict[str, Any] | None:
                 return state
     log.warning("no complete checkpoint found: starting from scratch")
     return None
+
+
+def complete_persisted(local: Path, filesystem, persisted: str, retry: StorageRetry = DEFAULT_RETRY) -> list[str]:
+    """Make the persisted copy of checkpoint ``local`` hold every file in full; return the files it re-uploaded.
+
+    Ray Train copies a checkpoint with ``pyarrow.fs.copy_files``, which logs and drops an error of a
+    file's final upload ("Error ignored when destroying file"): after a 503 storm a checkpoint can be
+    recorded with its state file missing (seen here, with ``COMPLETE`` present). Each missing or short
+    file is uploaded again through the retried storage path, ``COMPLETE`` last; one that still cannot be
+    written raises, and the worker fails rather than train on behind a checkpoint it does not have.
+    """
+    storage = Storage(filesystem, retry)
+    present = storage.files(persisted)
+    wanted = {path.relative_to(local).as_posix(): path for path in sorted(local.rglob("*")) if path.is_file()}
+    redo = [name for name, path in wanted.items() if present.get(name) != path.stat().st_size]
+    if not redo:
+        return []
+    log.warning("checkpoint %s was persisted without %s in full; uploading again", persisted, ", ".join(redo))
+    for name in sorted(redo, key=lambda n: n == COMPLETE_MARKER):  # the marker last
+        target = posixpath.join(persisted, name)
+        storage.create_dir(posixpath.dirname(target))
+        storage.call(lambda source=wanted[name], target=target: _upload(source, filesystem, target), f"upload {target}")
+    missing = [n for n, path in wanted.items() if storage.files(persisted).get(n) != path.stat().st_size]
+    if missing:
+        raise OSError(f"checkpoint {persisted}: {', '.join(missing)} could not be persisted in full")
+    return redo
+
+
+def _upload(source: Path, filesystem, target: str) -> None:
+    """One file, streamed; closing the stream (which finishes the upload) raises on failure, unlike copy_files."""
+    import shutil
+
+    with open(source, "rb") as handle, filesystem.open_output_stream(target) as out:
+        shutil.copyfileobj(handle, out, 16 << 20)
 
 
 def checkpoint_dir_name(epoch: int, step: int) -> str:

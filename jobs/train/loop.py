@@ -4,7 +4,8 @@ Device and process group come from Ray Train; this module owns the rest of a wor
 resume from the latest complete checkpoint, epochs of optimiser steps over groups of
 micro-batches (gradient accumulation, clipping, mixed precision), periodic loss logging,
 distributed evaluation, early stopping, and a checkpoint reported through ``ray.train.report``
-at each epoch's end. Rank 0 alone logs to MLflow.
+at each epoch's end. Rank 0 alone logs to MLflow, through ``jobs.train.metric_log``: the loop
+never waits for MLflow, and each checkpoint carries the metrics MLflow has not confirmed yet.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from typing import Any
 
 import torch
 
-from jobs.common.tracking import MetricLog, TrackingTarget
+from jobs.common.tracking import TrackingTarget
 from jobs.train.callbacks import callbacks_for
-from jobs.train.checkpoint import (Progress, checkpoint_dir_name, load_latest_valid_state, restore,
-                                   save_checkpoint)
+from jobs.train.checkpoint import (Progress, checkpoint_dir_name, complete_persisted, load_latest_valid_state,
+                                   restore, save_checkpoint)
 from jobs.train.distributed import (all_reduce_sum, autocast_for, compile_in_place, epoch_seed, seed_everything,
                                    unwrap)
+from jobs.train.metric_log import MetricLog
 from jobs.train.optimizer import build_optimizer, total_optimizer_steps
 from jobs.train.settings import OptimSettings, ScalingSettings
 from jobs.train.task import TrainingTask
@@ -151,14 +153,6 @@ def device_tags(device: torch.device, optim: OptimSettings, world_size: int) -> 
             "train_compile": str(optim.compile).lower(), "train_world_size": str(world_size)}
 
 
-def record_device(ctx: LoopContext, device: torch.device, optim: OptimSettings, world_size: int) -> None:
-    from jobs.common.tracking import client_for
-
-    client = client_for(ctx.tracking)
-    for key, value in device_tags(device, optim, world_size).items():
-        client.set_tag(ctx.mlflow_run_id, key, value)
-
-
 class TrainingWorker:
     """One Ray Train worker's model, optimiser and progress, and the steps of its loop."""
 
@@ -179,17 +173,24 @@ class TrainingWorker:
         self.metrics_log = MetricLog(self.ctx.tracking, self.ctx.mlflow_run_id, enabled=self.rank == 0)
         self.callbacks = callbacks_for(self.rank, self.ctx.audit_dir)
         self.progress = Progress()
-        if self.rank == 0:
-            record_device(self.ctx, self.device, self.optim, ray.train.get_context().get_world_size())
+        # buffered like the metrics: a (re)started worker trains whether or not MLflow answers
+        self.metrics_log.set_tags(device_tags(self.device, self.optim, ray.train.get_context().get_world_size()))
+        self.metrics_log.flush()
 
     def run(self) -> None:
-        self.resume()
-        self.model.train()
-        for epoch in range(self.progress.next_epoch, self.optim.epochs):
-            counts = self.train_epoch(epoch)
-            if self.end_epoch(epoch, counts):
-                break
-        self.callbacks.after_training(self.model, self.progress.step)
+        finished = False
+        try:
+            self.resume()
+            self.model.train()
+            for epoch in range(self.progress.next_epoch, self.optim.epochs):
+                counts = self.train_epoch(epoch)
+                if self.end_epoch(epoch, counts):
+                    break
+            self.callbacks.after_training(self.model, self.progress.step)
+            finished = True
+        finally:
+            # a failed attempt does not wait: what it had not sent is in its last checkpoint or is re-run
+            self.metrics_log.close(wait_s=None if finished else 0)
 
     def resume(self) -> None:
         import ray.train
@@ -199,6 +200,7 @@ class TrainingWorker:
         if state is None:
             return
         self.progress = restore(state, self.model, self.optimizer, self.scheduler, self.scaler)
+        self.metrics_log.carry(state.get("tracking"))
         self.metrics_log.record_restart(self.progress.step)
         if self.rank == 0:
             log.info("[train] resumed from checkpoint at epoch %d, step %d", state["epoch"], self.progress.step)
@@ -248,7 +250,8 @@ class TrainingWorker:
             metrics.update(evaluate(self.task, self.model, "test", self.device, self.optim.precision))
         self.callbacks.after_epoch(epoch)
         self.metrics_log.log(metrics, self.progress.step)
-        self.metrics_log.flush()
+        self.metrics_log.flush()  # sent in the background; the checkpoint below carries it until confirmed
+        self.callbacks.after_flush(epoch, self.metrics_log)
         self.report_checkpoint(epoch, metrics)
         if self.rank == 0:
             shown = {f"{split}_{name}" for split in ("val", "test") for name in self.task.headline_metrics}
@@ -280,11 +283,16 @@ class TrainingWorker:
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if self.rank == 0:
+                self.metrics_log.save(Path(tmp))  # before the state: COMPLETE, written last, covers it
                 save_checkpoint(Path(tmp), self.model, self.optimizer, self.scheduler, self.scaler, self.progress,
                                 epoch, self.spec.config_dict, self.task.export)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint,
-                             checkpoint_dir_name=checkpoint_dir_name(epoch, self.progress.step))
+            name = checkpoint_dir_name(epoch, self.progress.step)
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+            if self.rank == 0:  # Ray's upload ignores a failed close: what it left is checked, and completed
+                storage = ray.train.get_context().get_storage()
+                complete_persisted(Path(tmp), storage.storage_filesystem,
+                                   storage.build_checkpoint_path_from_name(name))
 
 
 def train_worker(spec: WorkerSpec) -> None:

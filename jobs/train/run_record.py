@@ -37,8 +37,11 @@ def version_tags(datasets: list[tuple[DatasetSummary, str]], headline: dict[str,
 
 
 def training_description(plan: TrainingPlan, run_name: str, metrics: dict[str, float],
-                         registered, datasets: list[tuple[DatasetSummary, str]]) -> str:
-    """The run's description (markdown): what was trained on what, and the test split beside the baselines."""
+                         datasets: list[tuple[DatasetSummary, str]]) -> str:
+    """The run's description (markdown): what was trained on what, and the test split beside the baselines.
+
+    ``registration_line`` is appended once the model is registered (it may be later, by another process).
+    """
     from jobs.common.baselines import BASELINES
 
     titles = {**BASELINES, "char": "per-character reading"}
@@ -51,9 +54,12 @@ def training_description(plan: TrainingPlan, run_name: str, metrics: dict[str, f
              "Data: " + "; ".join(f"{context} `{summary.source}` ({summary.num_rows or 0:,} rows, digest "
                                   f"`{summary.digest}`)" for summary, context in datasets), "",
              "Test split, same run:", "", metrics_table(rows, columns), ""]
-    if registered.name:
-        lines.append(f"Registered as `{registered.name}` version {registered.version}"
-                     + (f" (alias `@{registered.alias}`)." if registered.alias else "."))
-    else:
-        lines.append(f"Logged model: `{registered.model_uri}` (not registered).")
     return "\n".join(lines)
+
+
+def registration_line(registered) -> str:
+    """The description's last line: where the trained model went."""
+    if registered.name:
+        return (f"Registered as `{registered.name}` version {registered.version}"
+                + (f" (alias `@{registered.alias}`)." if registered.alias else "."))
+    return f"Logged model: `{registered.model_uri}` (not registered)."

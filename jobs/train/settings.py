@@ -64,6 +64,9 @@ class OptimSettings:
 class RunSettings:
     name: str | None = None  # Ray Train run name; None: a new unique name per launch
     storage_path: str = "runs/ray"  # local folder, shared mount or s3://... on a cluster
+    # s3:// storage: tries of each request of a checkpoint's upload or download (the AWS SDK's standard retry,
+    # exponential backoff up to 20 s; pyarrow's default is 3): a 503 storm must not fail an epoch's checkpoint
+    storage_request_attempts: int = 10
     max_failures: int = 0  # worker-group restarts from the latest checkpoint
     keep_checkpoints: int = 2
     checkpoint_metric: str = "val_loss"
@@ -72,6 +75,10 @@ class RunSettings:
     # Same seed, config and worker count give the same loss curve: the training split is materialised
     # and split in order (Ray Data's streaming split hands blocks to whichever worker asks first).
     deterministic: bool = False
+
+    def __post_init__(self) -> None:
+        if self.storage_request_attempts < 1:
+            raise ValueError(f"run.storage_request_attempts must be >= 1, got {self.storage_request_attempts}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,7 +1,9 @@
 """Faults injected for real on a real local Ray: a killed worker, a killed driver, a half-written checkpoint.
 
 Every run uses ``run.deterministic`` so a resumed run can be compared with an uninterrupted
-one: same seed, config and worker count give the same parameters and metrics on CPU.
+one: same seed, config and worker count give the same parameters and metrics on CPU. The last
+test ends rank 0 right after an epoch's metrics reached MLflow and before that epoch's checkpoint
+(before the first one, then before the second): the restarted workers log nothing twice.
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ from jobs.finetune_classifier import FinetuneConfig
 from jobs.finetune_classifier import run as run_finetune
 
 from jobs.train.callbacks import STEP_DELAY_ENV
+from tiny_training import TINY, TOLERANCE, tiny_config
+from tiny_training import assert_history_exactly_once as check_history
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = REPO / "configs/finetune_classifier.tiny.yaml"
-TOLERANCE = 1e-4
 # A tiny epoch takes about a second; slowed down, a kill issued right after the first checkpoint
 # lands in the middle of the second epoch rather than after the run has finished.
 STEP_DELAY_S = "0.5"
@@ -38,24 +40,10 @@ def slow_steps(monkeypatch):
     monkeypatch.setenv(STEP_DELAY_ENV, STEP_DELAY_S)
 
 
-def tiny_config(corpus: Path, model_dir: Path, storage: Path, name: str, **extra: str) -> list[str]:
-    overrides = [f"data.train={corpus / 'train.parquet'}", f"data.val={corpus / 'val.parquet'}",
-                 f"data.test={corpus / 'test.parquet'}", f"model.name_or_path={model_dir}",
-                 f"run.storage_path={storage}", f"run.name={name}"]
-    return overrides + [f"{k}={v}" for k, v in extra.items()]
-
-
 def assert_history_exactly_once(run_id: str, reference_run_id: str) -> None:
-    """No step logged twice, and the same curve as the uninterrupted run, step for step."""
+    """No step logged twice, and the same curve as the uninterrupted run, step for step (one store)."""
     client = mlflow.MlflowClient()
-    for key in ("train_loss", "learning_rate", "val_accuracy", "val_loss"):
-        history = {}
-        for metric in client.get_metric_history(run_id, key):
-            assert metric.step not in history, f"{key} logged twice at step {metric.step}"
-            history[metric.step] = metric.value
-        expected = {m.step: m.value for m in client.get_metric_history(reference_run_id, key)}
-        assert sorted(history) == sorted(expected), key
-        assert all(abs(history[s] - expected[s]) < TOLERANCE for s in expected), key
+    check_history(client, run_id, client, reference_run_id)
 
 
 def wait_for(predicate, timeout_s: float, what: str) -> None:
@@ -87,11 +75,9 @@ def registered_checkpoint(storage: Path, name: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def reference(ray_local, mlflow_uri, tiny_corpus, tiny_model_dir, session_dir):
-    """An uninterrupted run: the numbers every faulted run must reproduce."""
-    storage = session_dir / "ft-ray"
-    config = load(FinetuneConfig, TINY, tiny_config(tiny_corpus, tiny_model_dir, storage, "reference"))
-    return run_finetune(config)
+def reference(tiny_reference):
+    """An uninterrupted run (one per session, shared with the tracking-outage tests)."""
+    return tiny_reference
 
 
 def training_workers() -> list:
@@ -208,3 +194,34 @@ def test_early_stopping_keeps_the_best_checkpoint_and_the_latest(tiny_corpus, ti
     assert "test_accuracy" in outcome.metrics  # a stopped run is still evaluated on the test split
     history = mlflow.MlflowClient().get_metric_history(outcome.run_id, "val_loss")
     assert len(history) == 2
+
+
+def test_worker_dying_between_a_send_and_its_checkpoint_logs_nothing_twice(reference, tiny_corpus, tiny_model_dir,
+                                                                            session_dir, tmp_path, monkeypatch):
+    """Rank 0 exits once epoch 0's metrics are in MLflow (no checkpoint yet: its restart starts from scratch),
+    then once epoch 1's are (that restart resumes from epoch 0's checkpoint). Logging every 5 steps of epochs
+    of 12, the end-of-epoch metrics fall off the logging grid."""
+    from jobs.train.callbacks import DIE_AFTER_SEND_ENV
+    from tiny_training import history_of
+
+    monkeypatch.setenv(DIE_AFTER_SEND_ENV, f"{tmp_path}:0,1")
+    name = "die-after-send"
+    config = load(FinetuneConfig, TINY, tiny_config(tiny_corpus, tiny_model_dir, session_dir / "ft-ray", name, **{
+        "optim.log_every_steps": "5", "run.max_failures": "2"}))
+    outcome = run_finetune(config)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["died-after-send-epoch0", "died-after-send-epoch1"]
+    client = mlflow.MlflowClient()
+    per_epoch = int(reference.metrics["step"]) // 3
+    ends, grid = [per_epoch * (e + 1) for e in range(3)], list(range(5, int(reference.metrics["step"]) + 1, 5))
+    assert not set(ends) & set(grid)
+    for key in ("val_loss", "val_accuracy"):  # each history_of also fails on a step logged twice
+        assert history_of(client, outcome.run_id, key) == pytest.approx(history_of(client, reference.run_id, key),
+                                                                        abs=TOLERANCE)
+    assert sorted(history_of(client, outcome.run_id, "train_loss")) == grid
+    rates, expected = history_of(client, outcome.run_id, "learning_rate"), history_of(client, reference.run_id,
+                                                                                      "learning_rate")
+    assert rates == pytest.approx({step: expected[step] for step in grid}, abs=TOLERANCE)
+    assert sorted(history_of(client, outcome.run_id, "epoch")) == sorted(grid + ends)
+    tags = client.get_run(outcome.run_id).data.tags
+    assert tags["restarts"] == "1" and tags["resumed_from_steps"] == str(ends[0])
+    assert abs(outcome.metrics["test_loss"] - reference.metrics["test_loss"]) < TOLERANCE

@@ -9,6 +9,7 @@ and macro-F1, and "always negative" is below the char n-gram baseline.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 from pathlib import Path
@@ -38,6 +39,8 @@ def server(tmp_path_factory) -> str:
     process = mlflow_server.start(config, root / "server.log")
     yield config.url
     mlflow_server.stop(process)
+    # the jobs set MLflow's process-wide URI to this server: later modules' default clients must not find it
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or None)
 
 
 def _constant_model(source: Path, out: Path, label: int) -> Path:

@@ -89,3 +89,31 @@ def test_a_second_ray_with_a_dashboard_does_not_kill_a_training_job(mlflow_uri, 
                               filter_string=f"tags.ray_run_name = '{name}'")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert "restarts" not in runs[0].data.tags
+
+
+def test_a_job_starts_its_own_ray_even_where_another_clusters_address_is_recorded(tmp_path):
+    """``ray start`` (and Ray's own simulated clusters) record their address in /tmp/ray/ray_current_cluster;
+    a bare ``ray.init()`` joins that cluster, or, when it is gone, waits on it and fails."""
+    import ray._private.utils as ray_utils
+
+    recorded = Path(ray_utils.get_ray_address_file(None))
+    previous = recorded.read_text() if recorded.exists() else None
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        gone = f"127.0.0.1:{sock.getsockname()[1]}"  # nothing listens there
+    recorded.parent.mkdir(parents=True, exist_ok=True)
+    recorded.write_text(gone)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    probe = ("from jobs.common.ray_runtime import RayConfig, init_ray; init_ray(RayConfig(num_cpus=1)); "
+             "import ray; print('gcs', ray.get_runtime_context().gcs_address)")
+    try:
+        done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=300)
+    finally:
+        if previous is None:
+            recorded.unlink(missing_ok=True)
+        else:
+            recorded.write_text(previous)
+    assert done.returncode == 0, done.stderr[-2000:]
+    started = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("gcs ")]
+    assert started and started[0] != gone

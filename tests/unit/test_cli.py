@@ -143,3 +143,18 @@ def test_known_failures_are_one_line_exit_1_and_bugs_keep_their_traceback(capsys
     for bug in (KeyError("id2label"), ValueError("math domain error"), TypeError("NoneType")):
         with pytest.raises(type(bug)):  # not swallowed: Python prints the traceback and exits 1
             raising(bug)()
+
+
+def test_training_done_but_tracking_left_for_later_exits_75_naming_the_command(capsys):
+    from jobs.finetune_classifier import main as finetune_main
+    from jobs.train.run_tracking import TrackingIncomplete
+
+    @cli.entry_point("fine-tuning", later=(TrackingIncomplete,))
+    def main() -> int:
+        raise TrackingIncomplete("checkpoint s3://b/ray/run/epoch-0001 is complete; run: python -m "
+                                 "jobs.register_checkpoint --checkpoint s3://b/ray/run/epoch-0001")
+
+    assert main() == cli.EXIT_TEMPFAIL == 75
+    assert "python -m jobs.register_checkpoint --checkpoint" in capsys.readouterr().err
+    # and the training jobs are wired so
+    assert getattr(finetune_main, "__wrapped__", None) is not None

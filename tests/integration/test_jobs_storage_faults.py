@@ -1,11 +1,11 @@
-"""The scoring jobs on a real local Ray against an object store having a bad day (tests/s3_faults.py).
+"""The jobs on a real local Ray against an object store having a bad day (tests/s3_faults.py).
 
-Faults are injected for real between the jobs and a moto S3 server: 503s on a part file's upload
-(in a Ray write task), on an input file's data (in a Ray read task), on a chunk record and on the
-target's manifest; and for the scheduled scorer, on a lease renewal and on a committed version's
-manifest. Every case ends with every id exactly once in the committed output, reading the whole
-directory (not only the files the manifest lists), rows out + rejected = rows in, and no file
-outside a manifest.
+Faults are injected for real between the jobs and a moto S3 server: 503s on a training checkpoint's
+upload; on a part file's upload (in a Ray write task), on an input file's data (in a Ray read task),
+on a chunk record and on the target's manifest; and for the scheduled scorer, on a lease renewal
+and on a committed version's manifest. Every scoring case ends with every id exactly once in the
+committed output, reading the whole directory (not only the files the manifest lists), rows out +
+rejected = rows in, and no file outside a manifest.
 """
 
 from __future__ import annotations
@@ -143,3 +143,29 @@ def test_score_partitions_through_storage_errors_never_scores_a_partition_twice(
         versions = {i.base_name for i in Storage(fs).list(f"{BUCKET}/scored/{name}")}
         assert versions == {"v1"}, (name, versions)
         assert_exactly_once(f"s3://{BUCKET}/scored/{name}/v1", expected)
+
+
+def test_training_checkpoints_upload_through_storage_errors(faults, mlflow_uri, tiny_corpus, tiny_model_dir,
+                                                            session_dir):
+    """Ray Train uploads each checkpoint itself, and drops the error of a file whose upload failed: the
+    checkpoint was recorded complete without its state. Its requests now outlast more 503s than the AWS
+    SDK's default three attempts, and what the upload left is checked and completed."""
+    from jobs.finetune_classifier import FinetuneConfig
+    from jobs.finetune_classifier import run as run_finetune
+
+    name = "through-503s"
+    # five 503s in a row for one file's upload: the SDK's default three attempts would all meet them
+    upload = faults.add(Fault(path=rf"/ray/{name}/epoch-0000-step-\d+/train_state\.pt", method="PUT", times=5))
+    overrides = [f"data.{split}={tiny_corpus / f'{split}.parquet'}" for split in ("train", "val", "test")] + [
+        f"model.name_or_path={tiny_model_dir}", f"run.storage_path=s3://{BUCKET}/ray", f"run.name={name}",
+        "run.max_failures=0", "optim.epochs=2", "tracking.experiment=test-storage-faults-training"]
+    outcome = run_finetune(load(FinetuneConfig, REPO / "configs/finetune_classifier.tiny.yaml", overrides))
+    fs, _ = filesystem_for(f"s3://{BUCKET}")
+    stored = Storage(fs).files(f"{BUCKET}/ray/{name}")
+    completed = sorted(p.split("/")[0] for p in stored if p.endswith("/COMPLETE"))
+    assert [p.split("-step-")[0] for p in completed] == ["epoch-0000", "epoch-0001"]
+    for checkpoint in completed:  # before: "Checkpoint successfully created" with its train_state.pt missing
+        for part in ("train_state.pt", "job_config.json", "model/config.json", "model/model.safetensors"):
+            assert stored.get(f"{checkpoint}/{part}", 0) > 0, (checkpoint, part)
+    assert len(upload.hits) == 5
+    assert outcome.checkpoint_path.startswith(f"s3://{BUCKET}/ray/{name}/epoch-0001-")

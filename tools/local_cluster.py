@@ -1,0 +1,134 @@
+"""A Ray cluster of several nodes on one machine: for trying multi-node runs, and for the tests.
+
+    python -m tools.local_cluster                 # head + 2 worker nodes, until Ctrl-C
+    python -m tools.local_cluster --workers 3 --cpus-per-worker 1 --dashboard-port 8266
+
+Each node is a real raylet with its own address (the head the machine's, workers 127.0.0.2, ...;
+Ray Train ranks nodes by IP, so one address for all would make every worker node_rank 0), its own
+small object store, and no CPUs on the head, so work lands on the workers as on a real cluster.
+The head detects a dead node within a few seconds (its health-check settings), and runs the
+dashboard and job server for ``ray job submit --address http://127.0.0.1:<dashboard port>`` (token
+authentication as Ray 2.60 sets it up). It is Ray's own test machinery (``ray.cluster_utils``), the
+way Ray's Train V2 and Ray Data fault-tolerance tests start theirs. Stopping this process stops
+every node.
+
+What it cannot give: separate disks. Every node sees the same local paths, so anything that must be
+shared on a real cluster (checkpoints, outputs, corpora) is put on an object store in the tests
+(a moto S3 server) and the jobs refuse local paths on a cluster of several nodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterSpec:
+    workers: int = 2
+    cpus_per_worker: int = 1
+    object_store_mib: int = 80  # per node; Ray's minimum is 75 MiB
+    dashboard: bool = True  # the job server, for `ray job submit`
+    dashboard_port: int | None = None  # None: a free port
+    health_check_period_ms: int = 500  # with 4 failures: a dead node is declared dead in about 2 s
+    health_check_failure_threshold: int = 4
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LocalCluster:
+    """The head and worker nodes of one simulated cluster (``ray.cluster_utils.Cluster`` underneath)."""
+
+    def __init__(self, spec: ClusterSpec = ClusterSpec()):
+        from ray.cluster_utils import Cluster
+
+        self.spec = spec
+        self.dashboard_port = (spec.dashboard_port or free_port()) if spec.dashboard else None
+        # The head keeps the machine's own address (a GCS on 127.0.0.1 would be advertised as that address
+        # and never answer there); the worker nodes take loopback addresses of their own.
+        head = {"num_cpus": 0, "object_store_memory": spec.object_store_mib << 20,
+                "include_dashboard": spec.dashboard,
+                "_system_config": {"health_check_period_ms": spec.health_check_period_ms,
+                                   "health_check_failure_threshold": spec.health_check_failure_threshold,
+                                   "health_check_initial_delay_ms": 0}}
+        if spec.dashboard:
+            head.update(dashboard_host="127.0.0.1", dashboard_port=self.dashboard_port)
+        self.cluster = Cluster(initialize_head=True, head_node_args=head)
+        self._next_ip = 2
+        self.workers = [self.add_worker(wait=False) for _ in range(spec.workers)]
+        self.cluster.wait_for_nodes()
+
+    @property
+    def address(self) -> str:
+        """The GCS address (``RAY_ADDRESS`` for a driver on this machine)."""
+        return self.cluster.address
+
+    @property
+    def dashboard_url(self) -> str | None:
+        return f"http://127.0.0.1:{self.dashboard_port}" if self.dashboard_port else None
+
+    def add_worker(self, cpus: int | None = None, wait: bool = True):
+        """One more worker node on the next loopback address; returns Ray's node handle."""
+        ip = f"127.0.0.{self._next_ip}"
+        self._next_ip += 1
+        return self.cluster.add_node(wait=wait, num_cpus=self.spec.cpus_per_worker if cpus is None else cpus,
+                                     node_ip_address=ip, object_store_memory=self.spec.object_store_mib << 20)
+
+    def node(self, node_id: str):
+        """The worker node with this id (hex), or None."""
+        return next((n for n in self.cluster.worker_nodes if n.node_id == node_id), None)
+
+    def remove(self, node, graceful: bool = False) -> float:
+        """Kill a worker node's processes (a lost machine, not a drained one); the time it happened."""
+        killed_at = time.time()
+        self.cluster.remove_node(node, allow_graceful=graceful)
+        return killed_at
+
+    def alive_nodes(self) -> list[dict]:
+        return [n for n in self.cluster.global_state.node_table() if n["Alive"]]
+
+    def actors(self) -> list[dict]:
+        """Every actor the cluster knows of, with the node it runs on (no driver connection needed)."""
+        return list(self.cluster.global_state.actor_table(None).values())
+
+    def shutdown(self) -> None:
+        self.cluster.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--cpus-per-worker", type=int, default=1)
+    parser.add_argument("--object-store-mib", type=int, default=80)
+    parser.add_argument("--dashboard-port", type=int, default=None)
+    args = parser.parse_args(argv)
+    cluster = LocalCluster(ClusterSpec(workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                                       object_store_mib=args.object_store_mib, dashboard_port=args.dashboard_port))
+    print(f"cluster up: a head (no CPUs), {args.workers} worker node(s) of {args.cpus_per_worker} CPU(s) on "
+          f"127.0.0.2 ...")
+    print(f"  drivers on this machine:  RAY_ADDRESS={cluster.address} python -m jobs.<job> ...")
+    print(f"  job submission:           ray job submit --address {cluster.dashboard_url} --working-dir . -- "
+          "python -m jobs.<job> ...")
+    print("Ctrl-C stops every node.", flush=True)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+    try:
+        while not stop:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        cluster.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
