@@ -7,7 +7,8 @@
 #
 # Everything lands in $OUT (default runs/gpu-check), 8 files, flat, each written as its stage ends (and
 # summary.json after every stage), so a run cut short still returns what it measured:
-#   summary.json   what ran, what was skipped and why, exit status and seconds of each stage
+#   summary.json   each stage's status (passed, failed, timed-out, out-of-time, skipped, not-requested), seconds
+#                  and note; the script's exit status once it ends
 #   env.json       python, torch and CUDA, the GPUs, which of the job stack's modules import, the kit
 #   pytest.log, pytest.xml      pytest -m gpu tests/gpu
 #   flops.json, train.json, scoring.json   bench results (bench.run_all's format): MFU, samples/s, rows/s
@@ -17,7 +18,13 @@
 # CUDA torch). Nothing is downloaded: the offline kit in .kit/ (tools/gpu_kit.sh build: ray, mlflow and the
 # rest the image lacks) is unpacked into the scratch folder and put first on the import path. Stages whose
 # modules are missing are skipped and named in summary.json; a machine whose torch has no CUDA stops at once.
-# Exit status: 0 every stage passed; 1 a stage failed or ran out of time; 2 stages skipped; 3 no CUDA.
+#
+# Exit status (also summary.json's "exit"):
+#   0  every requested stage passed (stages left out of GPU_CHECK_STAGES are not-requested, not failures)
+#   1  a stage failed, ran past its cap (timed-out), or never started for want of time (out-of-time)
+#   2  none of that, but a requested stage was skipped: modules it needs do not import (the kit is missing)
+#   3  no CUDA here and not a dry run: nothing ran
+#   4  GPU_CHECK_STAGES names a stage that does not exist: nothing ran
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -37,13 +44,25 @@ export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} TEXT_JOBS_CACHE="$WORK/cache"
 say() { echo "[gpu_check $(($(date +%s) - START))s] $*" | tee -a "$OUT/bench.log"; }
 left() { echo $((BUDGET_S - ($(date +%s) - START))); }
 
+# the files of one run: an earlier run's in the same $OUT would read as this one's
+rm -f "$OUT"/{summary,env,flops,train,scoring}.json "$OUT"/{summary.json.part,pytest.log,pytest.xml,bench.log}
+ALL_STAGES=" flops pytest train scoring "
+for stage in ${GPU_CHECK_STAGES:-}; do
+    [[ "$ALL_STAGES" == *" $stage "* ]] || { say "GPU_CHECK_STAGES: no stage '$stage' (of$ALL_STAGES)"; exit 4; }
+done
+
 if [ -n "${GPU_CHECK_PYTHON:-}" ]; then PY=$GPU_CHECK_PYTHON
 elif [ -x .venv/bin/python ]; then PY=$REPO/.venv/bin/python
 else PY=$(command -v python3); fi
 # The offline kit: unpacked with Python's tarfile (the machine may lack xz), first on the path; the repo too,
 # for Ray's workers (nothing is installed there)
 KIT=$(compgen -G "$REPO/.kit/*.tar.xz" | tail -1)
-[ -n "$KIT" ] && "$PY" -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter='data')" \
+# its wheels are CPython 3.12's: another Python would find Ray and crash loading its binary (a virtualenv
+# here with the stack installed runs without it)
+if [ -n "$KIT" ] && ! "$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))'; then
+    KIT="none ($(basename "$KIT") is for CPython 3.12; $PY is $("$PY" -V 2>&1))"
+fi
+[ -f "$KIT" ] && "$PY" -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter='data')" \
     "$KIT" "$WORK/kit" && export PYTHONPATH="$WORK/kit:$REPO${PYTHONPATH:+:$PYTHONPATH}"
 say "python: $PY; kit: ${KIT:-none}; out: $OUT; work: $WORK; budget ${BUDGET_S}s; dry run: $DRY"
 command -v nvidia-smi >/dev/null && nvidia-smi >>"$OUT/bench.log" 2>&1
@@ -91,23 +110,24 @@ missing() { env_py "print(' '.join(n for n in sys.argv[2:] if not m.get(n)))" "$
 STAGES=()  # name|status|seconds|note, for summary.json
 # summary.json again after every stage: a run killed from outside keeps the stages it finished
 record() { STAGES+=("$1|$2|$3|$4"); say "$1: $2 (${3}s) $4"; write_summary; }
-write_summary() {
-    "$PY" - "$OUT/summary.json" "$DRY" "$CUDA" "$GPUS" "$(($(date +%s) - START))" "${STAGES[@]}" <<'PYTHON'
+write_summary() {  # [EXIT]: the exit status, once the script ends (null while it runs)
+    "$PY" - "$OUT/summary.json" "$DRY" "$CUDA" "$GPUS" "$(($(date +%s) - START))" "${1:-}" "${STAGES[@]}" <<'PYTHON'
 import json, os, sys
-path, dry, cuda, gpus, seconds, *stages = sys.argv[1:]
+path, dry, cuda, gpus, seconds, code, *stages = sys.argv[1:]
 rows = [dict(zip(("stage", "status", "seconds", "note"), s.split("|", 3))) for s in stages]
 tmp = path + ".part"
 json.dump({"dry_run": dry == "1", "cuda": cuda == "1", "gpus": int(gpus), "seconds": int(seconds),
-           "stages": rows}, open(tmp, "w"), indent=1)
+           "exit": int(code) if code else None, "stages": rows}, open(tmp, "w"), indent=1)
 os.replace(tmp, path)
 PYTHON
 }
+finish() { write_summary "$1"; say "exit status $1"; exit "$1"; }
 
 if [ "$DRY" != 1 ] && [ "$CUDA" != 1 ]; then
     say "no CUDA here: torch $("$PY" -c 'import torch; print(torch.__version__, "cuda", torch.version.cuda)' 2>&1)"
     say "this machine's torch cannot run the GPU checks; install a CUDA build of torch, or use GPU_CHECK_DRY_RUN=1"
     record preflight no-cuda 0 "torch.cuda.is_available() is false"
-    exit 3
+    finish 3
 fi
 if [ "$DRY" = 1 ]; then DEVICE=cpu; PRECISION=fp32; else DEVICE=cuda; PRECISION=bf16; fi
 
@@ -118,14 +138,14 @@ run_stage() {
     local needs=()
     while [ "$1" != "--" ]; do needs+=("$1"); shift; done
     shift
-    if [ -n "${GPU_CHECK_STAGES:-}" ] && ! grep -qw "$name" <<<"$GPU_CHECK_STAGES"; then
-        record "$name" skipped 0 "not in GPU_CHECK_STAGES"; return
+    if [ -n "${GPU_CHECK_STAGES:-}" ] && [[ " $GPU_CHECK_STAGES " != *" $name "* ]]; then
+        record "$name" not-requested 0 "not in GPU_CHECK_STAGES"; return
     fi
     if ! has "${needs[@]}"; then record "$name" skipped 0 "missing modules: $(missing "${needs[@]}")"; return; fi
     local limit remaining
     remaining=$(($(left) - 10))
     limit=$(( cap < remaining ? cap : remaining ))
-    if [ "$limit" -lt 20 ]; then record "$name" skipped 0 "out of time (${remaining}s left)"; return; fi
+    if [ "$limit" -lt 20 ]; then record "$name" out-of-time 0 "${remaining}s of the budget left"; return; fi
     say "$name: $* (limit ${limit}s)"
     local t0 rc
     t0=$(date +%s)
@@ -172,11 +192,11 @@ run_stage scoring "${CAPS[3]}" "$OUT/bench.log" "${JOB_STACK[@]}" -- "$PY" -m be
 say "done in $(($(date +%s) - START))s; summary: $OUT/summary.json"
 "$PY" -c "import json, sys
 for s in json.load(open(sys.argv[1]))['stages']:
-    print(f\"  {s['stage']:8s} {s['status']:10s} {s['seconds']:>4s}s  {s['note']}\")" "$OUT/summary.json"
+    print(f\"  {s['stage']:8s} {s['status']:13s} {s['seconds']:>4s}s  {s['note']}\")" "$OUT/summary.json"
 # the device tool returns at most 8 files, flat
 FILES=$(find "$OUT" -type f | wc -l)
 [ "$FILES" -le 8 ] && [ -z "$(find "$OUT" -mindepth 1 -type d)" ] || say "WARNING: $OUT holds $FILES files or folders"
 STATUSES=$(printf '%s\n' "${STAGES[@]}" | cut -d'|' -f2)
-if grep -qE '^(failed|timed-out)$' <<<"$STATUSES"; then exit 1; fi
-if grep -q '^skipped$' <<<"$STATUSES"; then exit 2; fi
-exit 0
+if grep -qE '^(failed|timed-out|out-of-time)$' <<<"$STATUSES"; then finish 1; fi
+if grep -q '^skipped$' <<<"$STATUSES"; then finish 2; fi
+finish 0

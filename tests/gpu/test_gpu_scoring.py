@@ -6,6 +6,8 @@ Skipped where CUDA is absent; the dry run (GPU_TESTS_ON_CPU=1) scores with one C
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 
 import pytest
 
@@ -58,12 +60,17 @@ def test_bf16_scoring_with_a_gpu_actor_per_gpu_keeps_every_row_and_agrees_with_f
         table = pq.read_table(tiny_corpus / f"{split}.parquet", columns=["id", "text"])
         ids += table.column("id").to_pylist()
         texts += table.column("text").to_pylist()
+    # committed: the _SUCCESS manifest lists every row, the staging area is gone, the run finished
+    manifest = json.loads((Path(outcome.output_path) / "_SUCCESS").read_text())
+    assert manifest["rows_in"] == sum(f["rows"] for f in manifest["files"]) == len(ids)
+    assert outcome.chunks_scored == 1
+    assert not (tmp_path / "scores" / "_staging" / Path(outcome.output_path).name).exists()
     scored = pq.read_table(outcome.output_path).to_pandas().set_index("id")
     assert outcome.rows_in == outcome.rows_out == len(ids) == len(scored)
     assert sorted(scored.index) == sorted(ids)
     assert set(scored["model_version"]) == {trained.registered_version}
-    run_data = mlflow.MlflowClient(mlflow_uri).get_run(outcome.run_id).data
-    assert run_data.metrics["rows_out"] == len(ids)
+    run = mlflow.MlflowClient(mlflow_uri).get_run(outcome.run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["rows_out"] == len(ids)
 
     # The same model in fp32 on the CPU, in this process: same labels and probabilities within bf16's rounding
     # (a label may flip only where fp32 itself is within the tolerance of a tie).
