@@ -43,6 +43,7 @@ export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} TEXT_JOBS_CACHE="$WORK/cache"
 
 say() { echo "[gpu_check $(($(date +%s) - START))s] $*" | tee -a "$OUT/bench.log"; }
 left() { echo $((BUDGET_S - ($(date +%s) - START))); }
+KILL_AFTER_S=10  # SIGTERM at a stage's limit, SIGKILL this much later
 
 # the files of one run: an earlier run's in the same $OUT would read as this one's
 rm -f "$OUT"/{summary,env,flops,train,scoring}.json "$OUT"/{summary.json.part,pytest.log,pytest.xml,bench.log}
@@ -143,13 +144,13 @@ run_stage() {
     fi
     if ! has "${needs[@]}"; then record "$name" skipped 0 "missing modules: $(missing "${needs[@]}")"; return; fi
     local limit remaining
-    remaining=$(($(left) - 10))
+    remaining=$(($(left) - KILL_AFTER_S - 5))  # a stage killed late and the summary still end inside the budget
     limit=$(( cap < remaining ? cap : remaining ))
-    if [ "$limit" -lt 20 ]; then record "$name" out-of-time 0 "${remaining}s of the budget left"; return; fi
+    if [ "$limit" -lt 20 ]; then record "$name" out-of-time 0 "$(left)s of the ${BUDGET_S}s budget left"; return; fi
     say "$name: $* (limit ${limit}s)"
     local t0 rc
     t0=$(date +%s)
-    timeout --kill-after=10 "$limit" "$@" >>"$log" 2>&1
+    timeout --kill-after=$KILL_AFTER_S "$limit" "$@" >>"$log" 2>&1
     rc=$?
     local took=$(($(date +%s) - t0)) note=""
     [ "$name" = pytest ] && note=$(grep -E '(passed|failed|skipped|error)' "$OUT/pytest.log" | tail -1 | tr -d '=|')
@@ -170,7 +171,8 @@ if [ "$DRY" = 1 ]; then
 else
     # estimated for one H200 and 16 cores (none measured yet): ~20 s before the first stage (the kit unpacked,
     # the stack imported once); flops 20 s; pytest 3-4 min (seven Ray jobs, one compiled); train 1.5 min
-    # (compiling MiniRBT ~40 s); scoring 1 min; each killed at its cap, 460 s together
+    # (compiling MiniRBT ~40 s); scoring 1 min; each killed at its cap, 460 s together; the 480 s budget, counted
+    # from the start, shortens a later stage's limit when the earlier ones ran long
     FLOPS_ARGS=(--repeats 3 --steps 10); SCORE_ARGS=(--rows 40000 --repeats 2)
     TRAIN_ARGS=(--rows 8192 --repeats 3 --batch-size 64 --paths plain1 plain1c ray1)
     CAPS=(45 230 110 75)
