@@ -3,7 +3,7 @@
 #
 #   tools/gpu_kit.sh build     # -> .kit/text-jobs-gpu-kit-cp312.tar.xz (needs the package index)
 #   tools/gpu_kit.sh dry-run   # a clean Python 3.12 holding only tools/gpu_image.txt, the kit and the tree as
-#                              # it travels: GPU_CHECK_DRY_RUN=1 tools/gpu_check.sh there, offline (~15 min)
+#                              # it travels: GPU_CHECK_DRY_RUN=1 tools/gpu_check.sh there, offline (~8 min)
 #   tools/gpu_kit.sh sizes     # what travels: the tree (tracked + untracked, not ignored) and the kit
 #
 # The GPU machine (device tool, nvidia-h200) is offline and has Python 3.12 with CUDA torch and the packages
