@@ -2,6 +2,7 @@
 #   make demo   - install, then prepare -> offline model -> fine-tune (Ray Train, 2 workers) -> batch-score
 #   make test   - install, then run the test suite
 #   make bench  - install, then benchmark against the alternatives -> BENCHMARKS.md (~30 min on 2 cores)
+#   make gpu-kit, make gpu-dry-run - the GPU checks' offline kit, and its proof on CPU (README, "Run the GPU checks")
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,7 +14,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export TOKENIZERS_PARALLELISM := false
 export RAY_DATA_DISABLE_PROGRESS_BARS ?= 0
 
-.PHONY: install demo test bench bench-quick mlflow-ui mlflow-server clean
+.PHONY: install demo test bench bench-quick mlflow-ui mlflow-server gpu-kit gpu-dry-run clean
 
 install: $(VENV)/.installed
 
@@ -56,6 +57,13 @@ MLFLOW_ALLOWED_HOSTS ?=
 mlflow-server: install
 	$(PY) -m tools.mlflow_server --root $(MLFLOW_ROOT) --host $(MLFLOW_HOST) --port $(MLFLOW_PORT) \
 		$(if $(MLFLOW_ALLOWED_HOSTS),--allowed-hosts $(MLFLOW_ALLOWED_HOSTS))
+
+# Neither uses $(VENV): the kit is built for the GPU machine's Python 3.12, the dry run in a stand-in for it.
+gpu-kit:
+	tools/gpu_kit.sh build
+
+gpu-dry-run:  # starts Ray: run it alone on a shared machine
+	tools/gpu_kit.sh dry-run
 
 clean:
 	rm -rf data artifacts runs mlruns mlartifacts mlflow.db

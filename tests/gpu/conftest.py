@@ -1,6 +1,7 @@
 """The GPU test set: every test in this folder is marked ``gpu`` and skipped where CUDA is absent.
 
-    pytest -m gpu tests/gpu        # on a machine with NVIDIA GPUs (tools/gpu_check.sh runs it)
+    pytest -m gpu tests/gpu                      # on a machine with NVIDIA GPUs (tools/gpu_check.sh runs it)
+    GPU_TESTS_ON_CPU=1 pytest -m gpu tests/gpu   # the dry run: 2 CPU workers over gloo, fp32
 
 Elsewhere (CI, the 2-core machines) the tests are collected and skipped before any fixture runs,
 so the default suite pays nothing for them. They use the real job stack (Ray Train with NCCL,
@@ -28,7 +29,9 @@ def cuda_devices() -> int:
 
 
 def pytest_collection_modifyitems(config, items):
-    skip = pytest.mark.skip(reason=NO_CUDA_REASON) if cuda_devices() == 0 else None
+    from gpu_jobs import ON_CPU
+
+    skip = pytest.mark.skip(reason=NO_CUDA_REASON) if cuda_devices() == 0 and not ON_CPU else None
     for item in items:
         if HERE in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.gpu)
@@ -37,29 +40,32 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def gpus() -> int:
-    return cuda_devices()
+def target():
+    """Every visible GPU, or the dry run's CPU workers (``gpu_jobs.Target``)."""
+    from gpu_jobs import Target
+
+    return Target.detect(cuda_devices())
 
 
 @pytest.fixture(scope="session")
-def ray_gpu(gpus: int):
+def ray_gpu(target):
     """A local Ray that offers every visible GPU (and the machine's cores, up to 16)."""
     import ray
 
     if not ray.is_initialized():
         from jobs.common.ray_runtime import start_local_ray
 
-        start_local_ray(num_cpus=min(os.cpu_count() or 2, 16), num_gpus=gpus)
+        start_local_ray(num_cpus=min(os.cpu_count() or 2, 16), num_gpus=target.gpus)
     offered = int(ray.cluster_resources().get("GPU", 0))
-    if offered < gpus:
-        pytest.skip(f"the running Ray offers {offered} GPU(s) of the {gpus} visible (started without them)")
+    if offered < target.gpus:
+        pytest.skip(f"the running Ray offers {offered} GPU(s) of the {target.gpus} visible (started without them)")
     yield ray
 
 
 @pytest.fixture(scope="session")
-def finetuned_gpu(ray_gpu, gpus, mlflow_uri, tiny_corpus, tiny_model_dir, session_dir):
+def finetuned_gpu(ray_gpu, target, mlflow_uri, tiny_corpus, tiny_model_dir, session_dir):
     """One DDP fine-tuning on every GPU, registered as ``gpu-tiny-sentiment@candidate`` (training and scoring tests)."""
     from gpu_jobs import REGISTERED, finetune
 
-    return finetune(gpus, tiny_corpus, tiny_model_dir, session_dir / "gpu-ray", "gpu-ddp",
+    return finetune(target, tiny_corpus, tiny_model_dir, session_dir / "gpu-ray", "gpu-ddp",
                     **{"tracking.registered_model": REGISTERED, "tracking.alias": "candidate"})

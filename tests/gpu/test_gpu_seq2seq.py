@@ -1,6 +1,6 @@
 """The seq2seq job on GPUs (tiny config, bf16, one worker per GPU) and its decoder on CUDA against the CPU.
 
-Skipped where CUDA is absent.
+Skipped where CUDA is absent; the dry run (GPU_TESTS_ON_CPU=1) trains on 2 CPU workers over gloo.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("ray")
 pytest.importorskip("mlflow")
 
-from gpu_jobs import REPO, assert_trained_on_cuda  # noqa: E402
+from gpu_jobs import CUDA_ONLY, REPO, assert_trained_on  # noqa: E402
 
 # Greedy and beam decoding pick argmaxes: float32 on CUDA (other kernels, other summation order) may break
 # a near-tie the other way, so a few rows may differ; where the tokens agree, their log-probabilities agree
@@ -23,7 +23,7 @@ LOGPROB_TOLERANCE = 1e-3
 
 
 @pytest.fixture(scope="module")
-def seq2seq_gpu(ray_gpu, gpus, mlflow_uri, tiny_corpus: Path, session_dir: Path):
+def seq2seq_gpu(ray_gpu, target, mlflow_uri, tiny_corpus: Path, session_dir: Path):
     from jobs.common import config as config_lib
     from jobs.train_seq2seq import Seq2SeqTrainConfig, run
 
@@ -31,12 +31,11 @@ def seq2seq_gpu(ray_gpu, gpus, mlflow_uri, tiny_corpus: Path, session_dir: Path)
     config = config_lib.load(Seq2SeqTrainConfig, REPO / "configs/train_seq2seq.tiny.yaml", [
         f"data.train={pairs / 'train.parquet'}", f"data.val={pairs / 'val.parquet'}",
         f"data.test={pairs / 'test.parquet'}", f"run.storage_path={session_dir / 'gpu-seq2seq'}",
-        "scaling.use_gpu=true", f"scaling.num_workers={gpus}", "scaling.backend=nccl", "scaling.cpus_per_worker=1",
-        "optim.precision=bf16", "optim.epochs=3", "tracking.registered_model=zh-pinyin-gpu-tiny"])
+        *target.scaling, "optim.epochs=3", "tracking.registered_model=zh-pinyin-gpu-tiny"])
     return config, run(config), pairs
 
 
-def test_seq2seq_job_trains_on_gpu_logs_and_registers(seq2seq_gpu, gpus, mlflow_uri):
+def test_seq2seq_job_trains_on_gpu_logs_and_registers(seq2seq_gpu, target, mlflow_uri):
     import mlflow
     import pyarrow.parquet as pq
 
@@ -44,7 +43,7 @@ def test_seq2seq_job_trains_on_gpu_logs_and_registers(seq2seq_gpu, gpus, mlflow_
     client = mlflow.MlflowClient(mlflow_uri)
     run = client.get_run(outcome.run_id)
     assert run.info.status == "FINISHED"
-    assert_trained_on_cuda(run, gpus)
+    assert_trained_on(run, target)
     logged = run.data.metrics
     for key in ("train_loss", "train_tokens_per_s", "val_loss", "val_syllable_accuracy", "test_loss",
                 "test_syllable_accuracy", "test_exact_match"):
@@ -53,9 +52,12 @@ def test_seq2seq_job_trains_on_gpu_logs_and_registers(seq2seq_gpu, gpus, mlflow_
     assert client.get_model_version_by_alias("zh-pinyin-gpu-tiny", "candidate").run_id == outcome.run_id
 
 
-def test_decoding_on_cuda_gives_the_cpu_tokens(seq2seq_gpu):
+def test_decoding_on_cuda_gives_the_cpu_tokens(seq2seq_gpu, target):
     import pyarrow.parquet as pq
     import torch
+
+    if target.device != "cuda":
+        pytest.skip(CUDA_ONLY)
 
     from model.decoding import greedy_decode, sequence_scores
     from model.seq2seq_io import encode_source_ids, generate_tokens, load_seq2seq
