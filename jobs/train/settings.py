@@ -94,3 +94,10 @@ class TrainingJobConfig:
     def __post_init__(self) -> None:
         if self.optim.precision != "fp32" and not self.scaling.use_gpu:
             raise ValueError("optim.precision bf16/fp16 is a GPU setting; CPU runs stay fp32")
+
+    def node_read_paths(self) -> dict[str, str | None]:
+        """The paths the job's Ray workers read and write on whichever node they run (``jobs.common.shared_storage``).
+
+        A job adds its data and model paths to these.
+        """
+        return {"run.storage_path": self.run.storage_path}
