@@ -63,6 +63,13 @@ class LocalCluster:
         # their clients do not send.
         self.auth_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": os.environ.get("RAY_AUTH_TOKEN")
                          or secrets.token_hex(32)} if spec.auth == "token" else {"RAY_AUTH_MODE": "disabled"}
+        if spec.auth == "token":
+            # This process talks to the GCS too (starting the head, watching the nodes): it authenticates from
+            # now on, and Ray's cached config must see the mode (what ray.init does when it enables tokens).
+            from ray._raylet import Config
+
+            os.environ.update(self.auth_env)
+            Config.initialize("")
         self.dashboard_port = (spec.dashboard_port or free_port()) if spec.dashboard else None
         # The head keeps the machine's own address (a GCS on 127.0.0.1 would be advertised as that address
         # and never answer there); the worker nodes take loopback addresses of their own.

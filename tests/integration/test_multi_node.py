@@ -122,7 +122,8 @@ def _run_of(tracking: str, name: str):
 
 
 def _registered(client, run_id: str) -> bool:
-    return any(v.run_id == run_id for v in client.search_model_versions(f"name = '{REGISTERED}'"))
+    """The run registered its model, and @candidate points at that version."""
+    return client.get_model_version_by_alias(REGISTERED, "candidate").run_id == run_id
 
 
 def _worker_nodes(cluster, class_prefix: str) -> list[str]:
@@ -225,6 +226,7 @@ def test_training_spreads_over_nodes_and_matches_a_one_node_run(cluster, s3, tra
 def test_a_lost_node_during_training_resumes_from_the_last_checkpoint(cluster, s3, tracking, session_dir,
                                                                       tiny_model_dir, tiny_reference, mlflow_uri):
     name, log = "node-lost", session_dir / "multi-node-lost.log"
+    started = time.time()
     process = _start("jobs.finetune_classifier", TINY, _training(name, tiny_model_dir, "run.max_failures=2"),
                      _env(cluster, s3, tracking, **{STEP_DELAY_ENV: "0.5"}), log)
     try:
@@ -251,8 +253,12 @@ def test_a_lost_node_during_training_resumes_from_the_last_checkpoint(cluster, s
     first_after = min(m.timestamp for m in client.get_metric_history(run.info.run_id, "train_loss")
                       if m.step > resumed)
     recovery_s = first_after / 1000 - killed_at
-    print(f"\nnode {nodes[-1][:12]} removed; first step after it {recovery_s:.1f} s later (resumed from step "
-          f"{resumed}); workers now on {sorted(p['node_ip'] for p in after)}")
+    before = json.loads(tags["train_nodes_from_step_0"])
+    assert nodes[-1] in {p["node_id"] for p in before}  # the removed node held a rank
+    print(f"\ntraining: ranks on {[(p['rank'], p['node_ip'], p['node_id'][:12]) for p in before]}; node "
+          f"{nodes[-1][:12]} removed {killed_at - started:.1f} s after the start; first step after it "
+          f"{recovery_s:.1f} s later (resumed from step {resumed}, restarts {tags['restarts']}); ranks now on "
+          f"{[(p['rank'], p['node_ip'], p['node_id'][:12]) for p in after]}")
     assert recovery_s > 0
 
 
@@ -304,11 +310,13 @@ def test_a_lost_node_during_batch_infer_scores_every_row_once(cluster, s3, track
         nodes = _worker_nodes(cluster, "MapWorker")
         _wait(lambda: any(p.startswith("part-") for p in Storage(fs).files(f"{BUCKET}/scores/nightly"))
               or process.poll() is not None, 300, "the first scored rows")
+        written = [p for p in Storage(fs).files(f"{BUCKET}/scores/nightly") if p.startswith("part-")]
         cluster.remove(cluster.node(nodes[-1]))
         cluster.add_worker()
     finally:
         code, output = _finish(process, log)
-    print(f"\nbatch_infer with a scoring actor's node removed: exit {code}")
+    print(f"\nbatch_infer: actors on {[n[:12] for n in nodes]}; {nodes[-1][:12]} removed with {len(written)} part "
+          f"file(s) written; exit {code}")
     if code != 0:  # the run said it failed: its rerun of the same name finishes it, every row once
         assert "rerun with run_name=nightly" in output, output[-3000:]
         code, output = _finish(_start("jobs.batch_infer", config, overrides, env, log), log)
@@ -340,11 +348,13 @@ def test_a_lost_node_during_score_partitions_scores_every_partition_once(cluster
         nodes = _worker_nodes(cluster, "MapWorker")
         _wait(lambda: any("part-" in p for p in Storage(fs).files(f"{BUCKET}/scored"))
               or process.poll() is not None, 300, "the first scored rows")
+        written = [p for p in Storage(fs).files(f"{BUCKET}/scored") if "part-" in p]
         cluster.remove(cluster.node(nodes[-1]))
         cluster.add_worker()
     finally:
         code, output = _finish(process, log)
-    print(f"\nscore_partitions with a scoring actor's node removed: exit {code}")
+    print(f"\nscore_partitions: actors on {[n[:12] for n in nodes]}; {nodes[-1][:12]} removed with {len(written)} "
+          f"part file(s) written; exit {code}")
     if code != 0:  # failed partitions are named, and the next scheduled run scores them
         assert "failed" in output, output[-3000:]
         code, output = _finish(_start("jobs.score_partitions", config, overrides, env, log), log)
