@@ -69,7 +69,7 @@ def tracking(session_dir: Path):
 
 
 def _env(cluster, s3, tracking: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_TRACKING"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_TRACKING", "MLFLOW_REGISTRY"))}
     return {**env, **cluster.auth_env, "RAY_ADDRESS": cluster.address, "AWS_ENDPOINT_URL": s3.url, "MLFLOW_TRACKING_URI": tracking,
             "RAY_DATA_DISABLE_PROGRESS_BARS": "1", **extra}
 
@@ -114,7 +114,7 @@ def _training(name: str, tiny_model_dir: Path, *extra: str) -> list[str]:
 
 
 def _run_of(tracking: str, name: str):
-    client = mlflow.MlflowClient(tracking)
+    client = mlflow.MlflowClient(tracking, registry_uri=tracking)  # not this process's registry (the session's)
     experiment = client.get_experiment_by_name("finetune-tiny")
     runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.ray_run_name = '{name}'")
     assert len(runs) == 1, [r.info.run_id for r in runs]
@@ -162,7 +162,7 @@ def test_the_users_cluster_takes_ray_job_submit_with_its_token_and_stops_cleanly
         script = ("import ray; ray.init(); print('NODES', sorted(n['NodeManagerAddress'] for n in ray.nodes() "
                   "if n['Alive'] and n['Resources'].get('CPU')))")
         submit = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", dashboard, "--",
-                  "python", "-c", script]
+                  sys.executable, "-c", script]
         done = subprocess.run(submit, cwd=REPO, env={**env, **token_env}, capture_output=True, text=True,
                               timeout=180)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
