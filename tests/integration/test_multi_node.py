@@ -258,11 +258,18 @@ def test_a_lost_node_during_training_resumes_from_the_last_checkpoint(cluster, s
     print(f"\ntraining: ranks on {[(p['rank'], p['node_ip'], p['node_id'][:12]) for p in before]}; node "
           f"{nodes[-1][:12]} removed {killed_at - started:.1f} s after the start; first step after it "
           f"{recovery_s:.1f} s later (resumed from step {resumed}, restarts {tags['restarts']}); ranks now on "
-          f"{[(p['rank'], p['node_ip'], p['node_id'][:12]) for p in after]}")
+          f"{[(p['rank'], p['node_ip'], p['node_id'][:12]) for p in after]}", *_what_ray_said(output), sep="\n  ")
     assert recovery_s > 0
 
 
 # ------------------------------------------------------------------ scoring on several nodes
+
+def _what_ray_said(output: str, limit: int = 4) -> list[str]:
+    """The job's log lines about the lost node (for the report, not asserted: Ray's wording changes)."""
+    words = ("died", "dead", "restart", "retry", "retries", "unavailable", "lost", "failed")
+    return [line.strip()[:200] for line in output.splitlines()
+            if any(w in line.lower() for w in words) and "PlacementGroupCleaner" not in line][:limit]
+
 
 def _scoring_input(fs, tiny_corpus: Path, prefix: str, files: int = 6, tag: str = "f") -> list[str]:
     rows = pa.concat_tables(pq.read_table(tiny_corpus / f"{s}.parquet").select(["id", "text"])
@@ -316,7 +323,7 @@ def test_a_lost_node_during_batch_infer_scores_every_row_once(cluster, s3, track
     finally:
         code, output = _finish(process, log)
     print(f"\nbatch_infer: actors on {[n[:12] for n in nodes]}; {nodes[-1][:12]} removed with {len(written)} part "
-          f"file(s) written; exit {code}")
+          f"file(s) written; exit {code}", *_what_ray_said(output), sep="\n  ")
     if code != 0:  # the run said it failed: its rerun of the same name finishes it, every row once
         assert "rerun with run_name=nightly" in output, output[-3000:]
         code, output = _finish(_start("jobs.batch_infer", config, overrides, env, log), log)
@@ -354,7 +361,7 @@ def test_a_lost_node_during_score_partitions_scores_every_partition_once(cluster
     finally:
         code, output = _finish(process, log)
     print(f"\nscore_partitions: actors on {[n[:12] for n in nodes]}; {nodes[-1][:12]} removed with {len(written)} "
-          f"part file(s) written; exit {code}")
+          f"part file(s) written; exit {code}", *_what_ray_said(output), sep="\n  ")
     if code != 0:  # failed partitions are named, and the next scheduled run scores them
         assert "failed" in output, output[-3000:]
         code, output = _finish(_start("jobs.score_partitions", config, overrides, env, log), log)
