@@ -3,6 +3,7 @@
 #   make test   - install, then run the test suite
 #   make bench  - install, then benchmark against the alternatives -> BENCHMARKS.md (~30 min on 2 cores)
 #   make gpu-kit, make gpu-dry-run - the GPU checks' offline kit, and its proof on CPU (README, "Run the GPU checks")
+#   make cluster - a Ray cluster of several nodes on this machine, until Ctrl-C (README, "Run on many nodes")
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -14,7 +15,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export TOKENIZERS_PARALLELISM := false
 export RAY_DATA_DISABLE_PROGRESS_BARS ?= 0
 
-.PHONY: install demo test bench bench-quick mlflow-ui mlflow-server gpu-kit gpu-dry-run clean
+.PHONY: install demo test bench bench-quick cluster mlflow-ui mlflow-server gpu-kit gpu-dry-run clean
 
 install: $(VENV)/.installed
 
@@ -43,6 +44,13 @@ bench: install
 
 bench-quick: install  # smoke sizes, written to runs/bench/BENCHMARKS-quick.md
 	$(PY) -m bench.run_all --quick
+
+# A head without CPUs and CLUSTER_WORKERS worker nodes (127.0.0.2, ...) with token authentication;
+# it prints the RAY_ADDRESS, the `ray job submit` line and the token's variables. Ctrl-C stops every node.
+CLUSTER_WORKERS ?= 2
+CLUSTER_CPUS ?= 1
+cluster: install
+	$(PY) -m tools.local_cluster --workers $(CLUSTER_WORKERS) --cpus-per-worker $(CLUSTER_CPUS) --auth token
 
 mlflow-ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000

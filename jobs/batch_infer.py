@@ -42,8 +42,9 @@ from jobs.common.naming import unique_run_name
 from jobs.common.ray_runtime import RayConfig, check_cpu_budget, init_ray
 from jobs.common.redaction import redact_mapping, redact_text
 from jobs.common.datasets import file_summary, log_datasets, parquet_summary
+from jobs.common.shared_storage import local_model_dir, require_shared
 from jobs.common.tracking import (TrackingConfig, client_for, environment_tags, log_params, prepare_tracking,
-                                  start_system_metrics, stop_system_metrics)
+                                  resolve_tracking_uri, start_system_metrics, stop_system_metrics)
 from jobs.record_scoring import record_published
 from jobs.scoring.pipeline import (PipelineCounts, ScoringError, ScoringModel, manifest_for, score_files,
                                    summary_line)
@@ -106,6 +107,10 @@ class ScoringOutcome:
 
 
 def run(config: BatchInferConfig) -> ScoringOutcome:
+    # a local CSV / JSON Lines input is read by the driver alone (staged beside the outputs for the workers)
+    require_shared(config.ray, {"input": None if needs_staging(config.input, config.input_format) else config.input,
+                                "output_dir": config.output_dir, "model": local_model_dir(config.model)},
+                   resolve_tracking_uri(config.tracking))
     run_name = config.run_name or unique_run_name("score")
     staging = RunStaging(config.output_dir, run_name, replace=config.replace, retry=config.storage)
     staging.check_target()  # before any work: a rerun into a published output fails at once

@@ -32,6 +32,7 @@ from jobs.common.naming import unique_run_name
 from jobs.common.ray_runtime import RayConfig, check_cpu_budget, init_ray
 from jobs.common.redaction import redact_mapping, redact_text
 from jobs.common.datasets import file_sha256, input_summary, log_datasets
+from jobs.common.shared_storage import local_model_dir, require_shared
 from jobs.common.tracking import (TrackingConfig, TrackingTarget, client_for, environment_tags, metrics_table,
                                   prepare_tracking, set_description)
 from jobs.evaluation.inputs import EvalRows, LabelledInput, read_classification_rows, read_seq2seq_rows
@@ -180,6 +181,9 @@ def run(config: EvaluateConfig) -> EvaluationOutcome:
     import mlflow
 
     target = prepare_tracking(config.tracking)
+    # the labelled files are read by the driver and staged under output_dir for the workers
+    require_shared(config.ray, {"output_dir": config.output_dir, "model": local_model_dir(config.model)},
+                   target.tracking_uri)
     model = ScoringModel.load(config.model, target)
     rows, train, names = read_rows(config, model)  # every input problem fails here, before any compute
     run_name = config.run_name or unique_run_name("evaluate")

@@ -31,6 +31,7 @@ from data_pipeline.validation import validate_files
 from jobs.common import cli
 from jobs.common import config as config_lib
 from jobs.common.labels import agreed_label_names
+from jobs.common.shared_storage import local_model_dir
 from jobs.common.tracking import TrackingConfig, TrackingTarget
 from jobs.evaluation.metrics import ClassReport, ClassScores, class_report_from_counts, metric_key
 from jobs.train.checkpoint import EXPORT_DIR
@@ -83,6 +84,11 @@ class FinetuneConfig(TrainingJobConfig):
                                                                  checkpoint_mode="max"))
     tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(
         experiment="finetune-classifier", registered_model="review-sentiment"))
+
+    def node_read_paths(self) -> dict[str, str | None]:
+        return {**super().node_read_paths(), "data.train": self.data.train, "data.val": self.data.val,
+                "data.test": self.data.test, "model.name_or_path": local_model_dir(self.model.name_or_path),
+                "model.warm_start": local_model_dir(self.model.warm_start)}
 
 
 class ClassifierTask:

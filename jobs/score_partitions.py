@@ -51,6 +51,7 @@ from jobs.common.ray_runtime import RayConfig, check_cpu_budget, init_ray
 from jobs.common.redaction import redact_mapping, redact_text
 from jobs.common.registry import ResolvedModel, resolve_model_ref
 from jobs.common.datasets import log_datasets, parquet_summary
+from jobs.common.shared_storage import local_model_dir, require_shared
 from jobs.common.tracking import (DESCRIPTION_TAG, TrackingConfig, TrackingTarget, client_for, environment_tags,
                                   log_params, prepare_tracking, start_system_metrics, stop_system_metrics)
 from jobs.common.tracking_retry import OutageRetry
@@ -368,6 +369,8 @@ class RunOutcome:
 def run(config: ScorePartitionsConfig) -> RunOutcome:
     start = time.perf_counter()
     target = prepare_tracking(config.tracking)
+    require_shared(config.ray, {"input_root": config.input_root, "output_root": config.output_root,
+                                "model": local_model_dir(config.model)}, target.tracking_uri)
     resolved = resolve_model_ref(config.model, target)  # the alias's current version, fixed for this run
     store = Store(config.output_root, config.storage)
     partitions = discover_partitions(config.input_root, config.partitions, config.storage)

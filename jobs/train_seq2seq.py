@@ -90,6 +90,10 @@ class Seq2SeqTrainConfig(TrainingJobConfig):
         if decode is not None and not 1 <= decode <= self.model.max_len:  # the decoder has max_len positions
             raise ValueError(f"objective.decode_max_len ({decode}) must be in [1, model.max_len={self.model.max_len}]")
 
+    def node_read_paths(self) -> dict[str, str | None]:
+        return {**super().node_read_paths(), "data.train": self.data.train, "data.val": self.data.val,
+                "data.test": self.data.test}
+
 
 # --------------------------------------------------------------------------- worker side
 

@@ -38,6 +38,14 @@ class RayConfig:
     address: str | None = None  # None: $RAY_ADDRESS (set by `ray job submit`), else start a local Ray
     num_cpus: int | None = None  # local Ray only; None: all cores
     num_gpus: int | None = None  # local Ray only
+    # Local paths every node of the cluster sees (a volume mounted on each node that is not a network
+    # filesystem /proc/mounts can name): accepted as shared storage (jobs.common.shared_storage)
+    shared_paths: tuple[str, ...] = ()
+
+
+def named_address(config: RayConfig) -> str | None:
+    """The cluster the job connects to, when one is named (the config, else ``RAY_ADDRESS``)."""
+    return config.address or os.environ.get(RAY_ADDRESS_ENV) or None
 
 
 _held_state_api_socket: socket.socket | None = None
@@ -108,7 +116,7 @@ def init_ray(config: RayConfig) -> None:
     console.install()
     if ray.is_initialized():
         return
-    address = config.address or os.environ.get(RAY_ADDRESS_ENV)
+    address = named_address(config)
     # Every worker process of the job installs the same log filters (Ray Train's own actors included).
     runtime_env: dict = {} if console.verbose() or _job_sets_setup_hook() else \
         {"worker_process_setup_hook": console.worker_setup_hook()}

@@ -77,6 +77,16 @@ def output_location(output_dir: str, name: str) -> str:
     return join_path(output_dir if "://" in output_dir else str(Path(output_dir).resolve()), name)
 
 
+def _test_env() -> dict:
+    """The predictors' fault-injection delay, for actors of a cluster that do not see the driver's environment."""
+    import os
+
+    from jobs.scoring.predictors import PREDICT_DELAY_ENV
+
+    delay = os.environ.get(PREDICT_DELAY_ENV)
+    return {"runtime_env": {"env_vars": {PREDICT_DELAY_ENV: delay}}} if delay else {}
+
+
 def score_groups(groups: list[ScoringGroup], outputs: dict[str, str], model: ScoringModel,
                  settings: PipelineSettings, columns: InputColumns) -> dict[str, PipelineCounts | str]:
     """One streaming pipeline for several groups of files (partitions), each written to its own output.
@@ -123,7 +133,7 @@ def score_groups(groups: list[ScoringGroup], outputs: dict[str, str], model: Sco
                                                                     "settings": predictor},
                             batch_size=predictor.rows_per_call, batch_format=batch_format,
                             compute=ray.data.ActorPoolStrategy(size=predictor.concurrency),
-                            num_cpus=predictor.num_cpus, num_gpus=predictor.num_gpus)
+                            num_cpus=predictor.num_cpus, num_gpus=predictor.num_gpus, **_test_env())
         ds.write_datasink(sink, ray_remote_args={"num_cpus": settings.sink.num_cpus})
     except Exception as exc:  # Ray wraps worker errors; surface the file that caused them
         raise ScoringError(describe_failure(exc)) from exc

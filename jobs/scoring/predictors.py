@@ -8,6 +8,8 @@ passed through unscored, so the sink can write them to ``_rejected/``.
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -119,6 +121,17 @@ def prepare_classifier(model: torch.nn.Module, settings: PredictorSettings, devi
     return model
 
 
+# Fault injection for tests: seconds each predictor call sleeps, so that a node can be removed while the
+# actors on it are scoring (the pipeline ships the variable to the actors; nothing reads it otherwise).
+PREDICT_DELAY_ENV = "TEXT_JOBS_TEST_PREDICT_DELAY_S"
+
+
+def _test_delay() -> None:
+    delay = float(os.environ.get(PREDICT_DELAY_ENV) or 0)
+    if delay:
+        time.sleep(delay)
+
+
 class ClassifierPredictor:
     def __init__(self, resolved: ResolvedModel, tracking_uri: str | None, settings: PredictorSettings,
                  local_model_dir: str | None = None):
@@ -138,6 +151,7 @@ class ClassifierPredictor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from model.classifier import class_probabilities
 
+        _test_delay()
         n = len(batch["input_ids"])
         scorable = batch["scorable"] if "scorable" in batch else np.ones(n, dtype=bool)
         todo = np.flatnonzero(scorable)

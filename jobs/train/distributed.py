@@ -53,6 +53,15 @@ def all_reduce_sum(values: dict[str, torch.Tensor], device: torch.device) -> dic
     return out
 
 
+def gather_objects(value):
+    """Every worker's ``value`` (picklable), in rank order; a collective every rank calls. One process: [value]."""
+    if not is_distributed():
+        return [value]
+    out = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, value)
+    return out
+
+
 def autocast_for(precision: str, device: torch.device):
     if precision == "fp32":
         return nullcontext()

@@ -23,6 +23,7 @@ from jobs.common import config as config_lib
 from jobs.common.datasets import SPLIT_CONTEXTS, DatasetSummary
 from jobs.common.naming import unique_run_name
 from jobs.common.ray_runtime import check_cpu_budget, init_ray
+from jobs.common.shared_storage import require_shared
 from jobs.common.redaction import redact_text
 from jobs.common.tracking import (TrackingTarget, environment_tags, prepare_tracking, start_system_metrics,
                                   stop_system_metrics, tracking_env)
@@ -134,7 +135,8 @@ def make_trainer(spec: WorkerSpec, scaling: ScalingSettings, run: RunSettings, t
         functools.partial(monitored_train_worker, spec),  # the typed spec itself, not a string-keyed dict
         torch_config=TorchConfig(backend=None if scaling.backend == "auto" else scaling.backend),
         scaling_config=ray.train.ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
-                                               resources_per_worker=resources),
+                                               resources_per_worker=resources,
+                                               placement_strategy=scaling.placement_strategy),
         run_config=ray.train.RunConfig(
             name=training_run.name, storage_path=path, storage_filesystem=filesystem,
             failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
@@ -168,6 +170,7 @@ class TrainingOutcome:
 def run_training_job(config: ConfigT, prepare: Callable[[ConfigT, TrackingTarget], TrainingPlan]) -> TrainingOutcome:
     """Train, register and alias a model: the orchestration every training job shares."""
     target = prepare_tracking(config.tracking)
+    require_shared(config.ray, config.node_read_paths(), target.tracking_uri)  # a cluster of several nodes
     plan = prepare(config, target)  # everything that can be wrong with the inputs fails here
 
     init_ray(config.ray)

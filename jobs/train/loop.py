@@ -22,11 +22,11 @@ from typing import Any
 import torch
 
 from jobs.common.tracking import TrackingTarget
-from jobs.train.callbacks import callbacks_for
+from jobs.train.callbacks import callbacks_for, parameter_digest
 from jobs.train.checkpoint import (Progress, checkpoint_dir_name, complete_persisted, load_latest_valid_state,
                                    restore, save_checkpoint)
-from jobs.train.distributed import (all_reduce_sum, autocast_for, compile_in_place, epoch_seed, seed_everything,
-                                   unwrap)
+from jobs.train.distributed import (all_reduce_sum, autocast_for, compile_in_place, epoch_seed, gather_objects,
+                                   seed_everything, unwrap)
 from jobs.train.metric_log import MetricLog
 from jobs.train.optimizer import build_optimizer, total_optimizer_steps
 from jobs.train.settings import OptimSettings, ScalingSettings
@@ -146,6 +146,26 @@ def _improved(value: float, best: float | None, mode: str) -> bool:
     return best is None or (value < best if mode == "min" else value > best)
 
 
+def worker_placement() -> dict[str, Any]:
+    """Where this worker runs: its ranks and its node (id and address)."""
+    import ray
+    import ray.train
+
+    context = ray.train.get_context()
+    node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None  # None: in-process loop
+    return {"rank": context.get_world_rank(), "local_rank": context.get_local_rank(),
+            "node_rank": context.get_node_rank(), "node_id": node_id, "node_ip": ray.util.get_node_ip_address()}
+
+
+def placement_tags(placements: list[dict[str, Any]], from_step: int) -> dict[str, str]:
+    """The run's record of which node each rank trained on (this attempt's, and kept per attempt)."""
+    import json
+
+    text = json.dumps(placements, sort_keys=True)
+    return {"train_nodes": text, f"train_nodes_from_step_{from_step}": text,
+            "train_node_count": str(len({p["node_id"] for p in placements}))}
+
+
 def device_tags(device: torch.device, optim: OptimSettings, world_size: int) -> dict[str, str]:
     """Where the workers trained, as the run's tags: the device really used, not the one configured."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -181,12 +201,14 @@ class TrainingWorker:
         finished = False
         try:
             self.resume()
+            self.metrics_log.set_tags(placement_tags(gather_objects(worker_placement()), self.progress.step))
             self.model.train()
             for epoch in range(self.progress.next_epoch, self.optim.epochs):
                 counts = self.train_epoch(epoch)
                 if self.end_epoch(epoch, counts):
                     break
             self.callbacks.after_training(self.model, self.progress.step)
+            self.check_replicas()
             finished = True
         finally:
             # a failed attempt does not wait: what it had not sent is in its last checkpoint or is re-run
@@ -204,6 +226,14 @@ class TrainingWorker:
         self.metrics_log.record_restart(self.progress.step)
         if self.rank == 0:
             log.info("[train] resumed from checkpoint at epoch %d, step %d", state["epoch"], self.progress.step)
+
+    def check_replicas(self) -> None:
+        """DDP keeps every replica equal; say so in the run (``replicas_equal``), and loudly if they are not."""
+        digests = gather_objects(parameter_digest(self.model))
+        equal = len(set(digests)) == 1
+        self.metrics_log.set_tags({"replicas_equal": str(equal).lower(), "replica_digest": digests[0][:16]})
+        if not equal and self.rank == 0:
+            log.error("[train] the replicas' parameters differ after training: %s", [d[:16] for d in digests])
 
     def out_of_steps(self) -> bool:
         return bool(self.optim.max_steps and self.progress.step >= self.optim.max_steps)

@@ -19,6 +19,9 @@ class ScalingSettings:
     gpus_per_worker: float = 1.0
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl with GPUs, gloo without
     torch_threads: int = 1  # intra-op threads per worker; workers x threads <= cores
+    # Where the workers go: PACK fills a node first (Ray's default), SPREAD puts them on different nodes
+    # when it can, STRICT_SPREAD only on different nodes (the run waits until there are enough).
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
 
     def __post_init__(self) -> None:
         if self.num_workers < 0:
@@ -94,3 +97,10 @@ class TrainingJobConfig:
     def __post_init__(self) -> None:
         if self.optim.precision != "fp32" and not self.scaling.use_gpu:
             raise ValueError("optim.precision bf16/fp16 is a GPU setting; CPU runs stay fp32")
+
+    def node_read_paths(self) -> dict[str, str | None]:
+        """The paths the job's Ray workers read and write on whichever node they run (``jobs.common.shared_storage``).
+
+        A job adds its data and model paths to these.
+        """
+        return {"run.storage_path": self.run.storage_path}
