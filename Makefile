@@ -7,8 +7,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The CPU wheel of torch 2.13.0 lies on this machine's disk; on a GPU cluster install the CUDA
-# build of the same version first (README, "Install on a GPU cluster").
+# `pip install torch==2.13.0` takes the CPU wheel here; clusters install the CUDA build of the same
+# version (README, "Install on a GPU cluster").
 TORCH_SPEC ?= torch==2.13.0
 export MLFLOW_DISABLE_TELEMETRY := true
 export TOKENIZERS_PARALLELISM := false

@@ -93,10 +93,6 @@ def _parse_yaml(text: str) -> Any:
         loader.dispose()
 
 
-def _is_optional(tp: Any) -> bool:
-    return get_origin(tp) in (Union, types.UnionType) and type(None) in get_args(tp)
-
-
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against type hint ``tp``; build nested dataclasses."""
     origin = get_origin(tp)

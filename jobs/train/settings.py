@@ -49,8 +49,8 @@ class OptimSettings:
     length_grouping: int = 16  # sort this many batches' worth of rows by length before batching; 0: off
     early_stopping_patience: int | None = None  # stop after this many epochs without a better run.checkpoint_metric
     # torch.compile the model inside each worker (in place, before DDP wraps it). On 2 CPU cores MiniRBT's
-    # steady steps ran about 2x faster, but compiling took about 3 minutes: off by default, so that short
-    # runs (tests, smoke runs) do not pay it; turn it on for runs of many epochs (BENCHMARKS.md, question 2).
+    # steady steps in the job ran 1.04x as fast as eager, and compiling made a 3-epoch run 1.86x as long:
+    # off by default; measure it on your hardware before a long run (BENCHMARKS.md, question 2).
     compile: bool = False
 
     def __post_init__(self) -> None:

@@ -1,4 +1,4 @@
-"""Fast tests for jobs/config.py: strict YAML -> frozen dataclass loading, overrides, flattening."""
+"""Fast tests for jobs/common/config.py: strict YAML -> frozen dataclass loading, overrides, flattening."""
 
 from __future__ import annotations
 

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_pipeline.corpus import (CorpusStats, LabelledTexts, clean, normalise_text, read_user_table,
-                                  split_by_hash, text_id, write_split)
+from data_pipeline.corpus import CorpusStats, LabelledTexts, clean, normalise_text, split_by_hash, text_id, write_split
+from data_pipeline.readers import FileFormat, TextFields, read_labelled
 from data_pipeline.schema import label_names_from_schema
 
 FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
@@ -180,6 +180,13 @@ def test_limited_split_is_also_order_independent():
 
 
 # ---- user tables ------------------------------------------------------------------------------
+
+def read_user_table(path: str, text_column: str, label_column: str, id_column: str | None,
+                    label_names: tuple[str, ...] | None) -> LabelledTexts:
+    """One text column of a UTF-8 file, with the readers' defaults."""
+    return read_labelled(path, FileFormat(), TextFields(text_columns=(text_column,)), label_column, id_column,
+                         label_names)
+
 
 def test_read_user_csv_with_string_labels(tmp_path):
     path = tmp_path / "reviews.csv"
