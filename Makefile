@@ -2,6 +2,7 @@
 #   make demo   - install, then prepare -> offline model -> fine-tune (Ray Train, 2 workers) -> batch-score
 #   make test   - install, then run the test suite
 #   make bench  - install, then benchmark against the alternatives -> BENCHMARKS.md (~30 min on 2 cores)
+#   make docs   - regenerate docs/configuration.md from the typed configs (a unit test checks it)
 #   make gpu-kit, make gpu-dry-run - the GPU checks' offline kit, and its proof on CPU (README, "Run the GPU checks")
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -14,7 +15,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export TOKENIZERS_PARALLELISM := false
 export RAY_DATA_DISABLE_PROGRESS_BARS ?= 0
 
-.PHONY: install demo test bench bench-quick mlflow-ui mlflow-server gpu-kit gpu-dry-run clean
+.PHONY: install demo test bench bench-quick docs mlflow-ui mlflow-server gpu-kit gpu-dry-run clean
 
 install: $(VENV)/.installed
 
@@ -43,6 +44,9 @@ bench: install
 
 bench-quick: install  # smoke sizes, written to runs/bench/BENCHMARKS-quick.md
 	$(PY) -m bench.run_all --quick
+
+docs: install
+	$(PY) -m tools.config_reference
 
 mlflow-ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000

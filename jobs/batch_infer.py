@@ -61,7 +61,7 @@ PAUSE_AFTER_CHUNK_ENV = "BATCH_INFER_PAUSE_AFTER_CHUNK_S"
 class BatchInferConfig(ScoringSettings):
     input: str = "data/corpus/test.parquet"  # Parquet: a file, a directory or a glob, local or s3://; or a
     # local .csv / .tsv / .jsonl file (read with input_format, then staged as Parquet for the pipeline)
-    input_format: FileFormat = field(default_factory=FileFormat)
+    input_format: FileFormat = field(default_factory=FileFormat)  # how a .csv / .tsv / .jsonl input is read
     output_dir: str = "runs/scores"  # each run writes <output_dir>/<run name>/
     model: str = "models:/review-sentiment@candidate"  # models:/name@alias, models:/name/version, run id, dir
     tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(experiment="batch-infer"))

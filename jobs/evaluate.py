@@ -56,7 +56,7 @@ class EvaluateConfig(PipelineSettings):
     output_dir: str = "runs/evaluations"  # each run writes <output_dir>/<run name>/ (staged rows, scores)
     tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(experiment="evaluate"))
     ray: RayConfig = field(default_factory=RayConfig)
-    run_name: str | None = None
+    run_name: str | None = None  # the MLflow run's name and output folder; None: a new unique name
 
 
 @dataclass(frozen=True)

@@ -46,10 +46,11 @@ PAIR_COLUMN = "text_pair"  # the second text of a sentence-pair corpus (prepare_
 
 @dataclass(frozen=True, kw_only=True)
 class ClassifierData:
-    train: str = "data/corpus/train.parquet"
-    val: str = "data/corpus/val.parquet"
-    test: str = "data/corpus/test.parquet"
-    text_column: str = "text"
+    """The corpus splits (Parquet, as prepare_corpus writes them) and how they are tokenized."""
+    train: str = "data/corpus/train.parquet"  # Parquet: a file, a directory or a glob, local or s3://
+    val: str = "data/corpus/val.parquet"  # measured after every epoch (run.checkpoint_metric)
+    test: str = "data/corpus/test.parquet"  # measured once, with the model of the last epoch
+    text_column: str = "text"  # a text_pair column beside it makes sentence pairs
     max_length: int = 128  # tokens; longer texts (or text pairs, from the end of the longer one) are truncated
     # The baselines run on the driver: a bigger train or test split is measured on a sample of this many
     # rows (seed optim.seed), logged as the param baseline_sample_rows.
@@ -59,6 +60,7 @@ class ClassifierData:
 
 @dataclass(frozen=True, kw_only=True)
 class ClassifierModel:
+    """The pretrained model fine-tuning starts from."""
     # A hub id (hfl/minirbt-h256, where the hub is reachable) or a local save_pretrained directory;
     # `python -m jobs.init_offline_model` writes the default one.
     name_or_path: str = "artifacts/minirbt-h256-random"

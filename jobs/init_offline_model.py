@@ -23,8 +23,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 class InitOfflineModelConfig:
     architecture: str = str(REPO_ROOT / "configs/model/minirbt-h256.json")  # a BertConfig JSON
     labels_file: str = "data/corpus/labels.json"  # label names written by prepare_corpus
-    output_dir: str = "artifacts/minirbt-h256-random"
-    seed: int = 0
+    output_dir: str = "artifacts/minirbt-h256-random"  # a save_pretrained folder (finetune's model.name_or_path)
+    seed: int = 0  # of the random weights
 
 
 def run(config: InitOfflineModelConfig) -> Path:
