@@ -10,12 +10,13 @@ aliased in MLflow.
 
 from __future__ import annotations
 
-import dataclasses
+import argparse
+import json
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -78,6 +79,7 @@ class ClassifierOptim(OptimSettings):
 
 @dataclass(frozen=True, kw_only=True)
 class FinetuneConfig(TrainingJobConfig):
+    EXAMPLE_OVERRIDE: ClassVar[str] = "optim.lr=3e-4"  # --help's --set example (a unit test loads it)
     data: ClassifierData = field(default_factory=ClassifierData)
     model: ClassifierModel = field(default_factory=ClassifierModel)
     optim: ClassifierOptim = field(default_factory=lambda: ClassifierOptim(lr=1e-4))
@@ -320,16 +322,22 @@ def report(outcome: TrainingOutcome, config: FinetuneConfig) -> None:
               "(try optim.class_weights=balanced and run.checkpoint_metric=val_macro_f1)")
 
 
+class _ResumeFrom(argparse.Action):
+    """``--resume-from REF`` is ``--set model.warm_start=REF`` in its place among the --set flags, so that
+    --print-config shows it; REF goes as a JSON string (valid YAML), never read as a number or a list."""
+
+    def __call__(self, parser, namespace, value, option_string=None) -> None:
+        namespace.overrides = [*namespace.overrides, f"model.warm_start={json.dumps(value, ensure_ascii=False)}"]
+
+
 def _resume_flag(parser) -> None:
-    parser.add_argument("--resume-from", metavar="REF", help="warm-start from a checkpoint directory, an MLflow "
-                        "run id, runs:/ or models:/ URI (same as --set model.warm_start=REF)")
+    parser.add_argument("--resume-from", metavar="REF", action=_ResumeFrom, help="warm-start from a checkpoint "
+                        "directory, an MLflow run id, runs:/ or models:/ URI (same as --set model.warm_start=REF)")
 
 
 @cli.entry_point("fine-tuning", known=(RunNameTaken,), later=(TrackingIncomplete,))
 def main(argv: list[str] | None = None) -> int:
-    config, args = config_lib.parse_args(FinetuneConfig, __doc__.splitlines()[0], argv, extra=_resume_flag)
-    if args.resume_from:
-        config = dataclasses.replace(config, model=dataclasses.replace(config.model, warm_start=args.resume_from))
+    config, _ = config_lib.parse_args(FinetuneConfig, __doc__.splitlines()[0], argv, extra=_resume_flag)
     outcome = run(config)
     report(outcome, config)
     return 0

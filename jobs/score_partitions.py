@@ -37,7 +37,7 @@ import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import pyarrow.fs as pafs
 
@@ -68,6 +68,7 @@ PAUSE_BEFORE_COMMIT_ENV = "SCORE_PARTITIONS_PAUSE_BEFORE_COMMIT_S"
 
 @dataclass(frozen=True, kw_only=True)
 class ScorePartitionsConfig(ScoringSettings):
+    EXAMPLE_OVERRIDE: ClassVar[str] = "max_partitions=2"  # --help's --set example (a unit test loads it)
     input_root: str = "data/incoming"  # local path or s3://...
     partitions: str = "date=*"  # glob of partition directories under input_root; "/" separates levels
     output_root: str = "runs/scored"  # outputs, ledger and leases; local path or s3://...

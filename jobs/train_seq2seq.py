@@ -14,7 +14,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -78,6 +78,7 @@ class Seq2SeqObjective:
 
 @dataclass(frozen=True, kw_only=True)
 class Seq2SeqTrainConfig(TrainingJobConfig):
+    EXAMPLE_OVERRIDE: ClassVar[str] = "optim.epochs=20"  # --help's --set example (a unit test loads it)
     data: Seq2SeqData = field(default_factory=Seq2SeqData)
     model: Seq2SeqArchitecture = field(default_factory=Seq2SeqArchitecture)
     objective: Seq2SeqObjective = field(default_factory=Seq2SeqObjective)

@@ -93,7 +93,8 @@ def _class_comments(cls: type) -> _ClassComments:
         return [comments[n][0] for n in range(first, stop) if n in comments and comments[n][1]]
 
     def is_field(stmt: ast.stmt) -> bool:
-        return isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+        return (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+                and not ast.unparse(stmt.annotation).startswith(("ClassVar", "typing.ClassVar")))
 
     trailing = {stmt.target.id: " ".join(comments[n][0] for n in range(stmt.lineno, stmt.end_lineno + 1)
                                          if n in comments and not comments[n][1])
