@@ -2,20 +2,21 @@
 #   make demo   - install, then prepare -> offline model -> fine-tune (Ray Train, 2 workers) -> batch-score
 #   make test   - install, then run the test suite
 #   make bench  - install, then benchmark against the alternatives -> BENCHMARKS.md (~30 min on 2 cores)
+#   make docs   - regenerate docs/configuration.md from the typed configs (a unit test checks it)
 #   make gpu-kit, make gpu-dry-run - the GPU checks' offline kit, and its proof on CPU (README, "Run the GPU checks")
 #   make cluster - a Ray cluster of several nodes on this machine, until Ctrl-C (README, "Run on many nodes")
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The CPU wheel of torch 2.13.0 lies on this machine's disk; on a GPU cluster install the CUDA
-# build of the same version first (README, "Install on a GPU cluster").
+# `pip install torch==2.13.0` takes the CPU wheel here; clusters install the CUDA build of the same
+# version (README, "Install on a GPU cluster").
 TORCH_SPEC ?= torch==2.13.0
 export MLFLOW_DISABLE_TELEMETRY := true
 export TOKENIZERS_PARALLELISM := false
 export RAY_DATA_DISABLE_PROGRESS_BARS ?= 0
 
-.PHONY: install demo test bench bench-quick cluster mlflow-ui mlflow-server gpu-kit gpu-dry-run clean
+.PHONY: install demo test bench bench-quick cluster docs mlflow-ui mlflow-server gpu-kit gpu-dry-run clean
 
 install: $(VENV)/.installed
 
@@ -51,6 +52,9 @@ CLUSTER_WORKERS ?= 2
 CLUSTER_CPUS ?= 1
 cluster: install
 	$(PY) -m tools.local_cluster --workers $(CLUSTER_WORKERS) --cpus-per-worker $(CLUSTER_CPUS) --auth token
+
+docs: install
+	$(PY) -m tools.config_reference
 
 mlflow-ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000

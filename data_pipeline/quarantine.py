@@ -100,6 +100,7 @@ class InputColumns:
 
 @dataclass(frozen=True, kw_only=True)
 class ReadSettings:
+    """How the scoring pipeline reads its Parquet input, and what it does with a file it cannot read."""
     rows_per_task: int = 262_144  # row groups are packed into read tasks of about this many rows
     batch_rows: int = 8192  # rows per block leaving a read task (bounded memory per task)
     # A corrupt or unreadable input file: fail its group (a partition, or the whole run), or quarantine it

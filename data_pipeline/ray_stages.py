@@ -13,10 +13,11 @@ from data_pipeline.tokenization import tokenize_texts, tokenizer_json
 
 @dataclass(frozen=True, kw_only=True)
 class StageResources:
+    """The CPUs and parallelism of the Ray Data read and tokenize stages."""
     read_cpus: float = 0.25  # per read task
     tokenize_cpus: float = 0.25  # per tokenizer actor
     tokenize_concurrency: int = 1  # concurrent tokenize tasks
-    tokenize_batch_rows: int = 1024
+    tokenize_batch_rows: int = 1024  # rows per tokenize call
     min_blocks: int = 4  # small files are read as one block; split them so stages overlap
     # Read each file inside the tokenize tasks (Ray Data fuses ReadParquet into the tokenize stage): no read tasks
     # beside them, so no worker processes beyond tokenize_concurrency, which Ray starts cold (Python, the tokenizer)

@@ -37,6 +37,7 @@ _EXAMPLES = 5
 
 @dataclass(frozen=True, kw_only=True)
 class FileFormat:
+    """How a CSV, JSONL or Parquet file is read: its format, text encoding and delimiter."""
     format: Literal["auto", "csv", "jsonl", "parquet"] = "auto"  # auto: from the suffix
     encoding: str = "utf-8"  # CSV / JSONL text encoding, e.g. gb18030, gbk, big5
     delimiter: str = ","  # CSV only; a .tsv file read with format auto uses a tab
@@ -57,6 +58,7 @@ class FileFormat:
 
 @dataclass(frozen=True, kw_only=True)
 class TextFields:
+    """Which columns hold the text: one, several joined into one, or a sentence pair."""
     text_columns: tuple[str, ...] = ("text",)  # several columns (title, body) are joined into one text
     separator: str = "\n"  # what joins them
     pair_column: str | None = None  # a second text kept apart: BERT sentence pairs [CLS] a [SEP] b [SEP]

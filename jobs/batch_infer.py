@@ -31,6 +31,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from data_pipeline.paths import ParquetFiles
 from data_pipeline.quarantine import UnreadableFile, inspect_inputs
@@ -60,9 +61,10 @@ PAUSE_AFTER_CHUNK_ENV = "BATCH_INFER_PAUSE_AFTER_CHUNK_S"
 
 @dataclass(frozen=True, kw_only=True)
 class BatchInferConfig(ScoringSettings):
+    EXAMPLE_OVERRIDE: ClassVar[str] = "predictor.concurrency=4"  # --help's --set example (a unit test loads it)
     input: str = "data/corpus/test.parquet"  # Parquet: a file, a directory or a glob, local or s3://; or a
     # local .csv / .tsv / .jsonl file (read with input_format, then staged as Parquet for the pipeline)
-    input_format: FileFormat = field(default_factory=FileFormat)
+    input_format: FileFormat = field(default_factory=FileFormat)  # how a .csv / .tsv / .jsonl input is read
     output_dir: str = "runs/scores"  # each run writes <output_dir>/<run name>/
     model: str = "models:/review-sentiment@candidate"  # models:/name@alias, models:/name/version, run id, dir
     tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(experiment="batch-infer"))

@@ -20,6 +20,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from data_pipeline.corpus_manifest import check_corpus_file
 from data_pipeline.paths import filesystem_for, resolve_parquet_files, to_uri
@@ -50,6 +51,7 @@ SCORES = "scores"  # <output_dir>/<run name>/scores/: the scored and rejected ro
 
 @dataclass(frozen=True, kw_only=True)
 class EvaluateConfig(PipelineSettings):
+    EXAMPLE_OVERRIDE: ClassVar[str] = "input.label_column=sentiment"  # --help's --set example (a unit test loads it)
     model: str = "models:/review-sentiment@candidate"  # models:/name@alias, models:/name/version, run id, dir
     data: str = "data/corpus/test.parquet"  # the labelled file to measure the model on
     train_data: str | None = None  # the model's training file: baselines fitted on it, measured on the same rows
@@ -57,7 +59,7 @@ class EvaluateConfig(PipelineSettings):
     output_dir: str = "runs/evaluations"  # each run writes <output_dir>/<run name>/ (staged rows, scores)
     tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(experiment="evaluate"))
     ray: RayConfig = field(default_factory=RayConfig)
-    run_name: str | None = None
+    run_name: str | None = None  # the MLflow run's name and output folder; None: a new unique name
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,13 @@ aliased in MLflow.
 
 from __future__ import annotations
 
-import dataclasses
+import argparse
+import json
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -47,10 +48,11 @@ PAIR_COLUMN = "text_pair"  # the second text of a sentence-pair corpus (prepare_
 
 @dataclass(frozen=True, kw_only=True)
 class ClassifierData:
-    train: str = "data/corpus/train.parquet"
-    val: str = "data/corpus/val.parquet"
-    test: str = "data/corpus/test.parquet"
-    text_column: str = "text"
+    """The corpus splits (Parquet, as prepare_corpus writes them) and how they are tokenized."""
+    train: str = "data/corpus/train.parquet"  # Parquet: a file, a directory or a glob, local or s3://
+    val: str = "data/corpus/val.parquet"  # measured after every epoch (run.checkpoint_metric)
+    test: str = "data/corpus/test.parquet"  # measured once, with the model of the last epoch
+    text_column: str = "text"  # a text_pair column beside it makes sentence pairs
     max_length: int = 128  # tokens; longer texts (or text pairs, from the end of the longer one) are truncated
     # The baselines run on the driver: a bigger train or test split is measured on a sample of this many
     # rows (seed optim.seed), logged as the param baseline_sample_rows.
@@ -60,6 +62,7 @@ class ClassifierData:
 
 @dataclass(frozen=True, kw_only=True)
 class ClassifierModel:
+    """The pretrained model fine-tuning starts from."""
     # A hub id (hfl/minirbt-h256, where the hub is reachable) or a local save_pretrained directory;
     # `python -m jobs.init_offline_model` writes the default one.
     name_or_path: str = "artifacts/minirbt-h256-random"
@@ -77,6 +80,7 @@ class ClassifierOptim(OptimSettings):
 
 @dataclass(frozen=True, kw_only=True)
 class FinetuneConfig(TrainingJobConfig):
+    EXAMPLE_OVERRIDE: ClassVar[str] = "optim.lr=3e-4"  # --help's --set example (a unit test loads it)
     data: ClassifierData = field(default_factory=ClassifierData)
     model: ClassifierModel = field(default_factory=ClassifierModel)
     optim: ClassifierOptim = field(default_factory=lambda: ClassifierOptim(lr=1e-4))
@@ -324,16 +328,22 @@ def report(outcome: TrainingOutcome, config: FinetuneConfig) -> None:
               "(try optim.class_weights=balanced and run.checkpoint_metric=val_macro_f1)")
 
 
+class _ResumeFrom(argparse.Action):
+    """``--resume-from REF`` is ``--set model.warm_start=REF`` in its place among the --set flags, so that
+    --print-config shows it; REF goes as a JSON string (valid YAML), never read as a number or a list."""
+
+    def __call__(self, parser, namespace, value, option_string=None) -> None:
+        namespace.overrides = [*namespace.overrides, f"model.warm_start={json.dumps(value, ensure_ascii=False)}"]
+
+
 def _resume_flag(parser) -> None:
-    parser.add_argument("--resume-from", metavar="REF", help="warm-start from a checkpoint directory, an MLflow "
-                        "run id, runs:/ or models:/ URI (same as --set model.warm_start=REF)")
+    parser.add_argument("--resume-from", metavar="REF", action=_ResumeFrom, help="warm-start from a checkpoint "
+                        "directory, an MLflow run id, runs:/ or models:/ URI (same as --set model.warm_start=REF)")
 
 
 @cli.entry_point("fine-tuning", known=(RunNameTaken,), later=(TrackingIncomplete,))
 def main(argv: list[str] | None = None) -> int:
-    config, args = config_lib.parse_args(FinetuneConfig, __doc__.splitlines()[0], argv, extra=_resume_flag)
-    if args.resume_from:
-        config = dataclasses.replace(config, model=dataclasses.replace(config.model, warm_start=args.resume_from))
+    config, _ = config_lib.parse_args(FinetuneConfig, __doc__.splitlines()[0], argv, extra=_resume_flag)
     outcome = run(config)
     report(outcome, config)
     return 0

@@ -12,6 +12,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from jobs.common import cli
 from jobs.common import config as config_lib
@@ -21,10 +22,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass(frozen=True, kw_only=True)
 class InitOfflineModelConfig:
+    EXAMPLE_OVERRIDE: ClassVar[str] = "seed=1"  # --help's --set example (a unit test loads it)
     architecture: str = str(REPO_ROOT / "configs/model/minirbt-h256.json")  # a BertConfig JSON
     labels_file: str = "data/corpus/labels.json"  # label names written by prepare_corpus
-    output_dir: str = "artifacts/minirbt-h256-random"
-    seed: int = 0
+    output_dir: str = "artifacts/minirbt-h256-random"  # a save_pretrained folder (finetune's model.name_or_path)
+    seed: int = 0  # of the random weights
 
 
 def run(config: InitOfflineModelConfig) -> Path:

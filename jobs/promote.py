@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from mlflow.exceptions import MlflowException
 
@@ -50,20 +50,21 @@ BASELINE = "char_ngram"  # jobs.common.baselines: the char 1-3-gram TF-IDF + log
 
 @dataclass(frozen=True, kw_only=True)
 class PromoteConfig(PipelineSettings):
-    registered_model: str = "review-sentiment"
-    candidate_alias: str = "candidate"
+    EXAMPLE_OVERRIDE: ClassVar[str] = "margin=0.01"  # --help's --set example (a unit test loads it)
+    registered_model: str = "review-sentiment"  # the registered model whose versions are compared
+    candidate_alias: str = "candidate"  # the version tried against production
     production_alias: str = "production"  # what the scheduled scorer follows
     data: str = "data/corpus/test.parquet"  # the labelled file both versions are measured on
     train_data: str | None = "data/corpus/train.parquet"  # the baseline is fitted on it
     input: LabelledInput = field(default_factory=LabelledInput)  # how to read data and train_data
-    metric: Metric = "macro_f1"
+    metric: Metric = "macro_f1"  # what both versions are compared on, measured on data
     margin: float = 0.0  # the candidate must beat production by more than this
     require_beat_baseline: bool = True  # ... and beat the char n-gram baseline
     output_dir: str = "runs/promotions"  # the evaluations' staged rows and scores
     evaluation_experiment: str = "evaluate"  # where the two evaluation runs are logged
     tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(experiment="promote"))
     ray: RayConfig = field(default_factory=RayConfig)
-    run_name: str | None = None
+    run_name: str | None = None  # the promotion's MLflow run name; None: a new unique name
 
     def __post_init__(self) -> None:
         if not self.margin >= 0:

@@ -37,7 +37,7 @@ import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import pyarrow.fs as pafs
 
@@ -69,10 +69,11 @@ PAUSE_BEFORE_COMMIT_ENV = "SCORE_PARTITIONS_PAUSE_BEFORE_COMMIT_S"
 
 @dataclass(frozen=True, kw_only=True)
 class ScorePartitionsConfig(ScoringSettings):
+    EXAMPLE_OVERRIDE: ClassVar[str] = "max_partitions=2"  # --help's --set example (a unit test loads it)
     input_root: str = "data/incoming"  # local path or s3://...
     partitions: str = "date=*"  # glob of partition directories under input_root; "/" separates levels
     output_root: str = "runs/scored"  # outputs, ledger and leases; local path or s3://...
-    model: str = "models:/review-sentiment@production"
+    model: str = "models:/review-sentiment@production"  # resolved to one version at the start of each run
     # A partition whose input files changed (size, mtime, names) since it was scored: score it again into a
     # new output version (its new rows are scored), skip it (reported as changed_inputs) or fail it (exit 1).
     on_changed_inputs: Literal["rescore", "skip", "fail"] = "rescore"
@@ -86,7 +87,7 @@ class ScorePartitionsConfig(ScoringSettings):
     lease: LeaseSettings = field(default_factory=LeaseSettings)
     tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(experiment="score-partitions"))
     ray: RayConfig = field(default_factory=RayConfig)
-    run_name: str | None = None
+    run_name: str | None = None  # the MLflow run's name; None: a new unique name
 
     @property
     def changed_inputs_policy(self) -> str:

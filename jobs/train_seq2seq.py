@@ -14,7 +14,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -42,17 +42,18 @@ SPLITS = ("train", "val", "test")
 
 @dataclass(frozen=True, kw_only=True)
 class Seq2SeqData:
-    train: str = "data/pinyin/train.parquet"
-    val: str = "data/pinyin/val.parquet"
-    test: str = "data/pinyin/test.parquet"
-    source_column: str = "source"
-    target_column: str = "target"
+    """The Chinese -> pinyin pair splits (prepare_corpus writes data/pinyin) and how they are batched."""
+    train: str = "data/pinyin/train.parquet"  # Parquet: a file, a directory or a glob, local or s3://
+    val: str = "data/pinyin/val.parquet"  # measured after every epoch (run.checkpoint_metric)
+    test: str = "data/pinyin/test.parquet"  # decoded in full once, with the model of the last epoch
+    source_column: str = "source"  # the Chinese text
+    target_column: str = "target"  # its pinyin, space-separated syllables
     # A micro-batch holds at most optim.batch_size rows and this many padded positions
     # (rows x the longer of source and target+1), per worker.
     max_tokens_per_batch: int = 4096
     bucket_window_rows: int = 2048  # rows sorted by length together before batches are cut
-    source_vocab_size: int = 8000
-    target_vocab_size: int = 4000
+    source_vocab_size: int = 8000  # at most; the source tokenizer is trained on the train split
+    target_vocab_size: int = 4000  # at most; the target tokenizer is trained on the train split
     min_frequency: int = 1  # rarer tokens become <unk>
     stages: StageResources = field(default_factory=StageResources)
 
@@ -63,7 +64,8 @@ class Seq2SeqData:
 
 @dataclass(frozen=True, kw_only=True)
 class Seq2SeqObjective:
-    label_smoothing: float = 0.1
+    """The loss, and the greedy decoding that measures the model on the val and test splits."""
+    label_smoothing: float = 0.1  # of the cross-entropy loss; 0: none
     # Greedy-decode at most this many val rows per worker each epoch (syllable accuracy, exact match);
     # None: all of them. The test split is always decoded in full.
     val_decode_rows: int | None = None
@@ -76,8 +78,9 @@ class Seq2SeqObjective:
 
 @dataclass(frozen=True, kw_only=True)
 class Seq2SeqTrainConfig(TrainingJobConfig):
+    EXAMPLE_OVERRIDE: ClassVar[str] = "optim.epochs=20"  # --help's --set example (a unit test loads it)
     data: Seq2SeqData = field(default_factory=Seq2SeqData)
-    model: Seq2SeqArchitecture = field(default_factory=Seq2SeqArchitecture)  # vocabularies: from the tokenizers
+    model: Seq2SeqArchitecture = field(default_factory=Seq2SeqArchitecture)
     objective: Seq2SeqObjective = field(default_factory=Seq2SeqObjective)
     optim: OptimSettings = field(default_factory=lambda: OptimSettings(
         lr=1e-3, batch_size=256, schedule="inverse_sqrt", warmup_ratio=0.1, weight_decay=0.0, epochs=10))

@@ -157,7 +157,10 @@ def sequence_scores(
     model: Seq2SeqTransformer, src_ids: Tensor, generated: Tensor, length_penalty: float = 0.0
 ) -> Tensor:
     """Score decoded outputs (B, L) by teacher forcing, under the rules the decoders use:
-    sum of log-probs up to and including eos / gnmt_length_penalty. Returns (B,)."""
+    sum of log-probs up to and including eos / gnmt_length_penalty. Returns (B,).
+
+    No job calls it: it is the reference the tests check beam search's scores (tests/unit/test_decoding.py)
+    and the GPU's (tests/gpu/test_gpu_seq2seq.py) against."""
     cfg = model.config
     B, L = generated.shape
     with _eval_mode(model):

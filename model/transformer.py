@@ -20,12 +20,12 @@ from torch import Tensor, nn
 @dataclass(frozen=True, kw_only=True)
 class Seq2SeqArchitecture:
     """The model's shape: what a job's config sets (vocabulary sizes come from the trained tokenizers)."""
-    d_model: int = 256
-    n_heads: int = 4
-    d_ff: int = 1024
-    n_encoder_layers: int = 3
-    n_decoder_layers: int = 3
-    dropout: float = 0.1
+    d_model: int = 256  # width of the embeddings and of every layer
+    n_heads: int = 4  # attention heads; d_model must be a multiple of it
+    d_ff: int = 1024  # hidden width of each feed-forward block
+    n_encoder_layers: int = 3  # encoder blocks
+    n_decoder_layers: int = 3  # decoder blocks
+    dropout: float = 0.1  # dropout probability in every layer and on the embeddings
     max_len: int = 128  # positions: the longest source, and the longest target + 1
     norm_first: bool = True  # pre-LN (stable without warm-up) vs the paper's post-LN
     tie_target_embeddings: bool = True  # decoder input embedding == output projection weight

@@ -4,7 +4,8 @@ Unknown keys and wrong types are errors that name the dotted key, so a typo in a
 config never silently falls back to a default. One generic override flag,
 ``--set section.key=value``, parses its value as YAML (``--set optim.lr=1e-4``); a value YAML
 reads otherwise than meant (``*``, ``[a``, an id ``007`` read as the number 7) is an error that
-names the key, the value and the rule, with the quoting that passes it as text.
+names the key, the value and the rule, with the quoting that passes it as text. ``--print-config`` prints
+what a command line resolves to, as YAML that ``--config`` reads back, secrets masked.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import dataclasses
 import datetime
 import os
 import re
+import sys
 import types
 import typing
 from pathlib import Path
@@ -22,6 +24,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 import yaml
 
 from jobs.common import console
+from jobs.common.redaction import redact_mapping
 
 T = TypeVar("T")
 
@@ -91,10 +94,6 @@ def _parse_yaml(text: str) -> Any:
         return loader.construct_document(node)
     finally:
         loader.dispose()
-
-
-def _is_optional(tp: Any) -> bool:
-    return get_origin(tp) in (Union, types.UnionType) and type(None) in get_args(tp)
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -287,6 +286,25 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def to_yaml(config: Any) -> str:
+    """``config`` as YAML that ``load`` reads back, secrets masked (jobs.common.redaction)."""
+    return yaml.safe_dump(redact_mapping(to_dict(config)), sort_keys=False, allow_unicode=True)
+
+
+def example_override(cls: type) -> str:
+    """The ``--set`` example of ``cls``'s help: its ``EXAMPLE_OVERRIDE``, else its first key at its default."""
+    example = getattr(cls, "EXAMPLE_OVERRIDE", None)
+    if example:
+        return example
+    prefix, node = "", cls()
+    while True:
+        first = next(f for f in dataclasses.fields(node) if f.init)
+        value = getattr(node, first.name)
+        if not dataclasses.is_dataclass(value):
+            return f"{prefix}{first.name}={yaml.safe_dump(value, default_flow_style=True).splitlines()[0]}"
+        prefix, node = f"{prefix}{first.name}.", value
+
+
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
     """Flatten nested dicts to dotted keys: MLflow's log_params rejects nesting."""
     flat: dict[str, str] = {}
@@ -301,11 +319,15 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 def parse_args(cls: type[T], description: str, argv: typing.Sequence[str] | None = None,
                extra: typing.Callable[[argparse.ArgumentParser], None] | None = None) -> tuple[T, argparse.Namespace]:
-    """The common CLI of every job: ``--config file.yaml``, repeated ``--set key=value``, ``--verbose``."""
+    """The common CLI of every job: ``--config file.yaml``, repeated ``--set key=value``, ``--print-config``,
+    ``--verbose``. With ``--print-config`` it prints the config and exits 0: the job does nothing."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", help="YAML config file; omitted: embedded defaults")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config value, parsed as YAML, e.g. --set optim.lr=1e-4 (repeatable)")
+                        help=f"override one config value, parsed as YAML, e.g. --set {example_override(cls)} "
+                             "(repeatable; keys: docs/configuration.md)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (after --config and --set) as YAML, secrets masked, and exit")
     parser.add_argument("--verbose", action="store_true",
                         help="print the libraries' known noise too (same as TEXT_JOBS_VERBOSE=1)")
     if extra is not None:
@@ -318,4 +340,7 @@ def parse_args(cls: type[T], description: str, argv: typing.Sequence[str] | None
         config = load(cls, args.config, args.overrides)
     except ConfigError as exc:
         parser.error(str(exc))
+    if args.print_config:
+        sys.stdout.write(to_yaml(config))
+        parser.exit(0)
     return config, args

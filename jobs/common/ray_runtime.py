@@ -35,6 +35,7 @@ RAY_ADDRESS_ENV = "RAY_ADDRESS"
 
 @dataclass(frozen=True, kw_only=True)
 class RayConfig:
+    """Which Ray the job runs on: a cluster's, or one it starts on this machine."""
     address: str | None = None  # None: $RAY_ADDRESS (set by `ray job submit`), else start a local Ray
     num_cpus: int | None = None  # local Ray only; None: all cores
     num_gpus: int | None = None  # local Ray only

@@ -44,8 +44,9 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 @dataclass(frozen=True, kw_only=True)
 class TrackingConfig:
+    """Where the job logs to MLflow, and (training jobs) the model it registers."""
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else a sqlite store in the working directory
-    experiment: str = "text-jobs"
+    experiment: str = "text-jobs"  # MLflow experiment of the job's runs, created when missing
     registered_model: str | None = None  # register the trained model under this name
     alias: str = "candidate"  # alias given to the newly registered version
     # Artifact root of an experiment this job creates (e.g. s3://bucket/mlflow; endpoint from

@@ -32,7 +32,7 @@ class LabelledInput:
     source_column: str = "source"  # seq2seq: the input text
     target_column: str = "target"  # seq2seq: the reference output (space-separated tokens)
     id_column: str | None = None  # None: rows are numbered (row-1, row-2, ...)
-    max_labels: int = 1000
+    max_labels: int = 1000  # classifiers: more distinct labels is an error (an id column passed as the label...)
     label_strip: bool = True  # classifiers: "positive " is "positive" (prepare_corpus's source.label_strip)
     label_case: LabelCase = "error"  # labels equal up to case: error, lower (one class) or keep
 

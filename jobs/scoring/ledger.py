@@ -322,6 +322,7 @@ def entry_from_manifest(partition: str, number: int, uri: str, manifest: dict, *
 
 @dataclass(frozen=True, kw_only=True)
 class LeaseSettings:
+    """The lease an instance holds on a partition while it scores it, so that no two score it at once."""
     ttl_s: float = 900.0  # a lease not renewed for this long may be taken over
     heartbeat_s: float = 60.0  # how often the holder renews it
 

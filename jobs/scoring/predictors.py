@@ -36,6 +36,7 @@ def model_dir_on_node(resolved: ResolvedModel, tracking_uri: str | None, local_h
 
 @dataclass(frozen=True, kw_only=True)
 class PredictorSettings:
+    """The predictor actors: how many, what each reserves, how they batch and run the model."""
     concurrency: int = 2  # predictor actors
     num_cpus: float = 0.5  # per actor; fractions leave room for read and tokenize stages
     num_gpus: float = 0.0  # per actor, e.g. 1 (or 0.5 to pack two actors on a GPU)
@@ -57,7 +58,7 @@ class PredictorSettings:
     # only. Off by default: on 2 CPU cores it did not pay (BENCHMARKS.md, question 4b).
     compile: bool = False
     beam_size: int = 1  # seq2seq models: 1 decodes greedily, more runs beam search
-    torch_threads: int = 1
+    torch_threads: int = 1  # intra-op threads per actor; actors x threads <= cores
     # Tokenize inside the predictor actors instead of a separate tokenizer stage: one actor
     # process fewer per pipeline (start-up dominates small runs on small CPU machines). Keep it
     # off on GPUs, where tokenizing in the actor would leave the GPU idle.

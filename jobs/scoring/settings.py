@@ -14,6 +14,7 @@ from jobs.scoring.predictors import PredictorSettings
 
 @dataclass(frozen=True, kw_only=True)
 class SinkSettings:
+    """The Parquet writer of the scored rows."""
     num_cpus: float = 0.25  # per write task; writes run beside the predictor actors
     compression: Literal["zstd", "snappy", "gzip", "brotli", "lz4", "none"] = "zstd"  # Parquet codec
 
@@ -43,7 +44,7 @@ class PipelineSettings:
 @dataclass(frozen=True, kw_only=True)
 class ScoringSettings(PipelineSettings):
     """A Parquet input's columns beside the pipeline's knobs (``batch_infer``, ``score_partitions``)."""
-    text_column: str = "text"
+    text_column: str = "text"  # the input's text column
     # A second text per row (e.g. a body beside a title), encoded as a BERT sentence pair
     # [CLS] text [SEP] pair [SEP]; truncation keeps the start of each. Classifiers only.
     text_pair_column: str | None = None

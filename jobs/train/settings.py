@@ -11,12 +11,13 @@ from jobs.common.tracking import TrackingConfig
 
 @dataclass(frozen=True, kw_only=True)
 class ScalingSettings:
-    num_workers: int = 2
-    use_gpu: bool = False
+    """Ray Train's worker group: how many workers, and what each reserves."""
+    num_workers: int = 2  # data-parallel (DDP) workers; 0 runs the loop in the driver process
+    use_gpu: bool = False  # each worker reserves gpus_per_worker GPUs and trains on one
     # Fractional CPUs leave room for the Ray Data read/tokenize stages: two workers reserving a
     # whole CPU each on a 2-CPU node starve the readers and the job waits on itself forever.
     cpus_per_worker: float = 0.5
-    gpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0  # with use_gpu
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl with GPUs, gloo without
     torch_threads: int = 1  # intra-op threads per worker; workers x threads <= cores
     # Where the workers go: PACK fills a node first (Ray's default), SPREAD puts them on different nodes
@@ -36,24 +37,25 @@ class ScalingSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class OptimSettings:
-    epochs: int = 3
+    """AdamW, its learning-rate schedule, and the training loop's batches and steps."""
+    epochs: int = 3  # passes over the training split
     batch_size: int = 32  # per worker, per micro-batch
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
-    schedule: Literal["linear", "cosine", "inverse_sqrt", "constant"] = "linear"
+    lr: float = 1e-4  # peak learning rate, reached at the end of warm-up
+    weight_decay: float = 0.01  # AdamW's decoupled decay, on matrices only (not biases or norms)
+    warmup_ratio: float = 0.06  # fraction of the optimiser steps over which lr rises linearly from 0
+    schedule: Literal["linear", "cosine", "inverse_sqrt", "constant"] = "linear"  # decay after warm-up
     grad_clip: float = 1.0  # max global gradient norm; 0 disables
     grad_accum_steps: int = 1  # micro-batches per optimiser step; an epoch's trailing partial group is applied
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16/fp16 autocast on GPU only
-    seed: int = 0
+    seed: int = 0  # initial weights (the same on every rank), shuffling and dropout
     max_steps: int | None = None  # stop after this many optimiser steps (smoke runs)
-    log_every_steps: int = 10
+    log_every_steps: int = 10  # training loss and lr to MLflow every this many optimiser steps
     shuffle_buffer_rows: int = 2048  # local shuffle buffer per worker
     length_grouping: int = 16  # sort this many batches' worth of rows by length before batching; 0: off
     early_stopping_patience: int | None = None  # stop after this many epochs without a better run.checkpoint_metric
     # torch.compile the model inside each worker (in place, before DDP wraps it). On 2 CPU cores MiniRBT's
-    # steady steps ran about 2x faster, but compiling took about 3 minutes: off by default, so that short
-    # runs (tests, smoke runs) do not pay it; turn it on for runs of many epochs (BENCHMARKS.md, question 2).
+    # steady steps in the job ran 1.04x as fast as eager, and compiling made a 3-epoch run 1.86x as long:
+    # off by default; measure it on your hardware before a long run (BENCHMARKS.md, question 2).
     compile: bool = False
 
     def __post_init__(self) -> None:
@@ -65,15 +67,16 @@ class OptimSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class RunSettings:
+    """The Ray Train run: its name, where its checkpoints live, restarts, and which checkpoints are kept."""
     name: str | None = None  # Ray Train run name; None: a new unique name per launch
     storage_path: str = "runs/ray"  # local folder, shared mount or s3://... on a cluster
     # s3:// storage: tries of each request of a checkpoint's upload or download (the AWS SDK's standard retry,
     # exponential backoff up to 20 s; pyarrow's default is 3): a 503 storm must not fail an epoch's checkpoint
     storage_request_attempts: int = 10
     max_failures: int = 0  # worker-group restarts from the latest checkpoint
-    keep_checkpoints: int = 2
-    checkpoint_metric: str = "val_loss"
-    checkpoint_mode: Literal["min", "max"] = "min"
+    keep_checkpoints: int = 2  # the best this many by checkpoint_metric are kept (and logged as models)
+    checkpoint_metric: str = "val_loss"  # a validation metric: ranks the kept checkpoints, drives early stopping
+    checkpoint_mode: Literal["min", "max"] = "min"  # whether checkpoint_metric is better lower or higher
     audit_shards: bool = False  # write per-rank row ids and final parameter digests (tests, audits)
     # Same seed, config and worker count give the same loss curve: the training split is materialised
     # and split in order (Ray Data's streaming split hands blocks to whichever worker asks first).

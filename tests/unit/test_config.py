@@ -1,4 +1,4 @@
-"""Fast tests for jobs/config.py: strict YAML -> frozen dataclass loading, overrides, flattening."""
+"""Fast tests for jobs/common/config.py: strict YAML -> frozen dataclass loading, overrides, flattening."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Literal
 
 import pytest
 
-from jobs.common.config import ConfigError, apply_override, build, flatten, load, parse_args, to_dict
+from jobs.common.config import ConfigError, apply_override, build, example_override, flatten, load, parse_args, to_dict
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -366,11 +366,10 @@ def test_a_missing_config_file_is_a_config_error_naming_it(tmp_path):
         load(Job, tmp_path / "nope.yaml")
 
 
-def test_the_set_help_shows_a_key_that_exists(capsys):
-    from jobs.finetune_classifier import FinetuneConfig
-
+def test_the_set_help_of_a_config_without_an_example_shows_its_first_key(capsys):
+    # The jobs' own examples: tests/unit/test_job_command_line.py.
+    assert example_override(Job) == "optim.lr=0.001"
     with pytest.raises(SystemExit):
-        parse_args(FinetuneConfig, "test", ["--help"])
+        parse_args(Job, "test", ["--help"])
     out = " ".join(capsys.readouterr().out.split())  # argparse wraps the help
-    assert "--set optim.lr=1e-4" in out and "train.lr" not in out
-    assert load(FinetuneConfig, None, ["optim.lr=1e-4"]).optim.lr == 1e-4
+    assert "--set optim.lr=0.001" in out

