@@ -299,6 +299,32 @@ SCORING = ["max_length=32", "stages.min_blocks=6", "predictor.concurrency=2", "p
            "predictor.rows_per_call=16", "predictor.tokenize_in_actor=true"]
 
 
+def _score_losing_a_node(cluster, module: str, config: Path, overrides: list[str], env: dict, log: Path,
+                         output_prefix: str) -> tuple[int, str]:
+    """Run a scoring job; once its two actors are on two nodes and a part file is out, kill one actor's node
+    (and add a replacement). The job's exit status and log."""
+    fs, _ = filesystem_for(f"s3://{BUCKET}")
+
+    def written() -> list[str]:
+        return [p for p in Storage(fs).files(f"{BUCKET}/{output_prefix}") if "part-" in p]
+
+    process = _start(module, config, overrides, env, log)
+    try:
+        _wait(lambda: len(_worker_nodes(cluster, "MapWorker")) == 2 or process.poll() is not None, 300,
+              "two scoring actors")
+        assert process.poll() is None, log.read_text()[-3000:]
+        nodes = _worker_nodes(cluster, "MapWorker")
+        _wait(lambda: written() or process.poll() is not None, 300, "the first scored rows")
+        files_out = len(written())
+        cluster.remove(cluster.node(nodes[-1]))
+        cluster.add_worker()
+    finally:
+        code, output = _finish(process, log)
+    print(f"\n{module}: actors on {[n[:12] for n in nodes]}; {nodes[-1][:12]} removed with {files_out} part "
+          f"file(s) written; exit {code}", *_what_ray_said(output), sep="\n  ")
+    return code, output
+
+
 def test_a_lost_node_during_batch_infer_scores_every_row_once(cluster, s3, tracking, session_dir, tiny_model_dir,
                                                                tiny_corpus):
     fs, _ = filesystem_for(f"s3://{BUCKET}")
@@ -309,21 +335,7 @@ def test_a_lost_node_during_batch_infer_scores_every_row_once(cluster, s3, track
     config = REPO / "configs/batch_infer.local-cpu.yaml"
     log = session_dir / "multi-node-scoring.log"
     env = _env(cluster, s3, tracking, TEXT_JOBS_TEST_PREDICT_DELAY_S="0.5")
-    process = _start("jobs.batch_infer", config, overrides, env, log)
-    try:
-        _wait(lambda: len(_worker_nodes(cluster, "MapWorker")) == 2 or process.poll() is not None, 300,
-              "two scoring actors")
-        assert process.poll() is None, log.read_text()[-3000:]
-        nodes = _worker_nodes(cluster, "MapWorker")
-        _wait(lambda: any(p.startswith("part-") for p in Storage(fs).files(f"{BUCKET}/scores/nightly"))
-              or process.poll() is not None, 300, "the first scored rows")
-        written = [p for p in Storage(fs).files(f"{BUCKET}/scores/nightly") if p.startswith("part-")]
-        cluster.remove(cluster.node(nodes[-1]))
-        cluster.add_worker()
-    finally:
-        code, output = _finish(process, log)
-    print(f"\nbatch_infer: actors on {[n[:12] for n in nodes]}; {nodes[-1][:12]} removed with {len(written)} part "
-          f"file(s) written; exit {code}", *_what_ray_said(output), sep="\n  ")
+    code, output = _score_losing_a_node(cluster, "jobs.batch_infer", config, overrides, env, log, "scores/nightly")
     if code != 0:  # the run said it failed: its rerun of the same name finishes it, every row once
         assert "rerun with run_name=nightly" in output, output[-3000:]
         code, output = _finish(_start("jobs.batch_infer", config, overrides, env, log), log)
@@ -347,21 +359,7 @@ def test_a_lost_node_during_score_partitions_scores_every_partition_once(cluster
     config = REPO / "configs/score_partitions.local-cpu.yaml"
     log = session_dir / "multi-node-partitions.log"
     env = _env(cluster, s3, tracking, TEXT_JOBS_TEST_PREDICT_DELAY_S="0.5")
-    process = _start("jobs.score_partitions", config, overrides, env, log)
-    try:
-        _wait(lambda: len(_worker_nodes(cluster, "MapWorker")) == 2 or process.poll() is not None, 300,
-              "two scoring actors")
-        assert process.poll() is None, log.read_text()[-3000:]
-        nodes = _worker_nodes(cluster, "MapWorker")
-        _wait(lambda: any("part-" in p for p in Storage(fs).files(f"{BUCKET}/scored"))
-              or process.poll() is not None, 300, "the first scored rows")
-        written = [p for p in Storage(fs).files(f"{BUCKET}/scored") if "part-" in p]
-        cluster.remove(cluster.node(nodes[-1]))
-        cluster.add_worker()
-    finally:
-        code, output = _finish(process, log)
-    print(f"\nscore_partitions: actors on {[n[:12] for n in nodes]}; {nodes[-1][:12]} removed with {len(written)} "
-          f"part file(s) written; exit {code}", *_what_ray_said(output), sep="\n  ")
+    code, output = _score_losing_a_node(cluster, "jobs.score_partitions", config, overrides, env, log, "scored")
     if code != 0:  # failed partitions are named, and the next scheduled run scores them
         assert "failed" in output, output[-3000:]
         code, output = _finish(_start("jobs.score_partitions", config, overrides, env, log), log)
