@@ -31,7 +31,7 @@ _SENTENCE_END = re.compile(r"(?<=[。！？!?])")
 COPIED_FROM_TRAIN = 0.02
 
 
-def _ordered(texts, salt: str) -> list:
+def ordered_by_hash(texts, salt: str) -> list:
     """Distinct items in a fixed pseudo-random order (by hash), the same on every machine."""
     return sorted(set(texts), key=lambda t: hashlib.sha1(f"{salt}:{t}".encode()).digest())
 
@@ -59,8 +59,8 @@ def title_and_body(text: str) -> tuple[str, str]:
 
 
 def build(out: Path, sizes: dict[str, dict[str, int]] = SIZES) -> dict[str, int]:
-    pools = {"positive": _ordered(reviews("pos.txt"), "pos"), "negative": _ordered(reviews("neg.txt"), "neg"),
-             "news": _ordered(news_paragraphs(), "news")}
+    pools = {"positive": ordered_by_hash(reviews("pos.txt"), "pos"), "negative": ordered_by_hash(reviews("neg.txt"), "neg"),
+             "news": ordered_by_hash(news_paragraphs(), "news")}
     taken = {label: 0 for label in pools}
     written, train_rows = {}, []
     out.mkdir(parents=True, exist_ok=True)
@@ -72,7 +72,7 @@ def build(out: Path, sizes: dict[str, dict[str, int]] = SIZES) -> dict[str, int]
             taken[label] += n
         if split != "train":
             rows += train_rows[:max(1, round(COPIED_FROM_TRAIN * len(rows)))]
-        rows = [(f"{split[:2]}{i:05d}", *row) for i, row in enumerate(_ordered(rows, split))]
+        rows = [(f"{split[:2]}{i:05d}", *row) for i, row in enumerate(ordered_by_hash(rows, split))]
         if split == "train":
             train_rows = [row[1:] for row in rows]
         with (out / f"{split}.csv").open("w", encoding="gb18030", newline="") as handle:
