@@ -175,6 +175,19 @@ def register_version(target: TrackingTarget, model_uri: str, registered_name: st
                            f"models:/{registered_name}/{version.version}")
 
 
+def describe_version(client, registered: RegisteredModel, card: str, model_description: str) -> None:
+    """The version's model card as its description; the registered model's paragraph if it has none yet.
+
+    The MLflow UI shows both on the registry pages. A registered model's description that someone
+    wrote in the UI is kept: only an empty one is filled.
+    """
+    if not registered.name or registered.version is None:
+        return
+    client.update_model_version(registered.name, registered.version, description=card)
+    if model_description and not (client.get_registered_model(registered.name).description or "").strip():
+        client.update_registered_model(registered.name, description=model_description)
+
+
 def log_and_register(target: TrackingTarget, run_id: str, python_model: mlflow.pyfunc.PythonModel,
                      model_dir: Path, registered_name: str | None, alias: str | None,
                      input_example: pd.DataFrame | None = None, signature=None,

@@ -31,7 +31,7 @@ from jobs.train.callbacks import FAULT_ENVS
 from jobs.train.checkpoint import EXPORT_DIR
 from jobs.train.data_config import EvalShardingDataConfig
 from jobs.train.loop import LoopContext, WorkerSpec, train_worker
-from jobs.train.run_record import headline_metrics, training_description, version_tags
+from jobs.train.run_record import headline_metrics, training_description, version_tags, what_it_is
 from jobs.train.run_tracking import Registration, RunTracker
 from jobs.train.settings import RunSettings, ScalingSettings, TrainingJobConfig
 from jobs.train.task import TrainingPlan
@@ -222,7 +222,8 @@ def registration_of(plan: TrainingPlan, config: TrainingJobConfig, training_run:
         checkpoint=checkpoint_uri(result.checkpoint, training_run.storage_path), step=int(metrics.get("step", 0)),
         registered_model=config.tracking.registered_model, alias=config.tracking.alias,
         version_tags=version_tags(datasets, headline, plan.baselines),
-        description=training_description(plan, training_run.name, metrics, datasets), checkpoints=kept)
+        description=training_description(plan, training_run.name, metrics, datasets), what_it_is=what_it_is(plan),
+        checkpoints=kept)
 
 
 def report_header(title: str, outcome: TrainingOutcome, config: TrainingJobConfig) -> None:

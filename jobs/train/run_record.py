@@ -1,5 +1,6 @@
 """What a training run records about itself in MLflow besides its curves: the registered version's tags
-(data digests, headline test metrics, the baselines) and the run's description (markdown)."""
+(data digests, headline test metrics, the baselines), the run's description (markdown) and the
+registered version's model card."""
 
 from __future__ import annotations
 
@@ -63,3 +64,33 @@ def registration_line(registered) -> str:
         return (f"Registered as `{registered.name}` version {registered.version}"
                 + (f" (alias `@{registered.alias}`)." if registered.alias else "."))
     return f"Logged model: `{registered.model_uri}` (not registered)."
+
+
+# What each training job's models are, for the registry's descriptions (a job without an entry gets none).
+_WHAT_IT_IS = {
+    "finetune_classifier": "A text classifier: a pretrained encoder (`{source}`) fine-tuned to predict one of "
+                           "{n_labels} labels ({labels}) for a text, with each label's probability.",
+    "train_seq2seq": "An encoder-decoder Transformer trained from scratch here that maps a source sequence to "
+                     "a target sequence (greedy or beam decoding, KV cache).",
+}
+SCORE_COMMAND = ("python -m jobs.batch_infer --config configs/batch_infer.local-cpu.yaml "
+                 "--set model=models:/{name}/{version} --set input=PATH")
+
+
+def what_it_is(plan: TrainingPlan) -> str:
+    """One paragraph on what the job's models are: the registered model's description."""
+    template = _WHAT_IT_IS.get(plan.job)
+    if template is None:
+        return ""
+    labels = plan.dicts.get("labels.json", {}).get("label_names", [])
+    return template.format(source=plan.tags.get("model_source", "?"), n_labels=len(labels),
+                           labels=", ".join(f"`{name}`" for name in labels) or "none")
+
+
+def model_card(intro: str, run_description: str, run_id: str, checkpoint: str, registered) -> str:
+    """A registered version's description: what it is, its data and test metrics beside the baselines of
+    the same split (the run's description), where it came from, and the command that scores with it."""
+    score = SCORE_COMMAND.format(name=registered.name, version=registered.version)
+    return "\n".join([intro, "", run_description.strip(), "",
+                      f"From MLflow run `{run_id}`, checkpoint `{checkpoint}`.", "",
+                      "Score a Parquet file (columns `id`, `text`) with this version:", "", f"    {score}", ""]).strip()

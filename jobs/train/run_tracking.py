@@ -37,13 +37,13 @@ from jobs.common import config as config_lib
 from jobs.common.datasets import log_datasets
 from jobs.common.metric_buffer import MetricBuffer
 from jobs.common.redaction import redact_mapping, redact_text
-from jobs.common.registry import (SOURCE_CHECKPOINT_TAG, RegisteredModel, find_logged_model,
+from jobs.common.registry import (SOURCE_CHECKPOINT_TAG, RegisteredModel, describe_version, find_logged_model,
                                   find_registered_version, log_pyfunc, register_version)
 from jobs.common.tracking import DESCRIPTION_TAG, TrackingTarget, client_for, log_params
 from jobs.common.tracking_retry import OutageRetry, TrackingUnavailable, first_line
 from jobs.train.checkpoint import EXPORT_DIR
 from jobs.train.run_claim import RunClaim, release_tags
-from jobs.train.run_record import registration_line
+from jobs.train.run_record import model_card, registration_line
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,7 @@ class Registration:
     alias: str | None
     version_tags: dict[str, str] = field(default_factory=dict)
     description: str = ""  # the run's description without its registration line
+    what_it_is: str = ""  # one paragraph on what the job's models are (run_record.what_it_is)
     pyfunc: str = "jobs.common.registry:TextClassifierModel"  # module:class of the PythonModel
     signature: dict | None = None  # ModelSignature.to_dict()
     input_example: dict | None = None
@@ -279,8 +280,10 @@ class RunTracker:
             if existing is not None:
                 print(f"MLflow run {request.run_id} registered this checkpoint before, as {name} version "
                       f"{existing.version}: not registered again, @{request.alias} not moved", flush=True)
-                return Finished(RegisteredModel(name, str(existing.version), None,
-                                                f"models:/{name}/{existing.version}"), True)
+                registered = RegisteredModel(name, str(existing.version), None, f"models:/{name}/{existing.version}")
+                if not (existing.description or "").strip():  # a try that registered, then lost the reply
+                    self._describe(request, registered)
+                return Finished(registered, True)
         experiment_id = self.client.get_run(request.run_id).info.experiment_id
         logged = find_logged_model(self.client, experiment_id, request.run_id, checkpoint)
         model_uri = f"models:/{logged.model_id}" if logged is not None else log_pyfunc(
@@ -290,7 +293,14 @@ class RunTracker:
         if not name:
             return Finished(RegisteredModel(None, None, None, model_uri), logged is not None)
         tags = {**request.version_tags, SOURCE_CHECKPOINT_TAG: checkpoint}
-        return Finished(register_version(self.target, model_uri, name, request.alias, tags, self.client), False)
+        registered = register_version(self.target, model_uri, name, request.alias, tags, self.client)
+        self._describe(request, registered)
+        return Finished(registered, False)
+
+    def _describe(self, request: Registration, registered: RegisteredModel) -> None:
+        card = model_card(request.what_it_is, request.description, request.run_id, redact_text(request.checkpoint),
+                          registered)
+        describe_version(self.client, registered, card, request.what_it_is)
 
     def _log_checkpoint_models(self, request: Registration) -> None:
         """Each kept epoch checkpoint as an MLflow logged model (the run's "Logged models") with its metrics.

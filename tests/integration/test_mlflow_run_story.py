@@ -112,6 +112,19 @@ def test_registered_version_has_signature_example_and_tags(finetuned, server_url
         outcome.metrics["baseline_char_ngram_test_accuracy"], rel=1e-5)
 
 
+def test_registry_pages_say_what_the_model_is(finetuned, server_url):
+    """The version's description is its model card; the registered model has a paragraph of its own."""
+    _, outcome = finetuned
+    client = mlflow.MlflowClient(server_url)
+    card = client.get_model_version(REGISTERED, outcome.registered_version).description
+    m = outcome.metrics
+    assert "text classifier" in card and "`negative`" in card and "`positive`" in card  # task and labels
+    assert f"{m['test_accuracy']:.4f}" in card and f"{m['baseline_char_ngram_test_accuracy']:.4f}" in card
+    assert "digest" in card and outcome.run_id in card
+    assert f"--set model=models:/{REGISTERED}/{outcome.registered_version}" in card  # how to score with it
+    assert "text classifier" in client.get_registered_model(REGISTERED).description
+
+
 def test_experiments_open_in_the_model_training_view(finetuned, server_url):
     client = mlflow.MlflowClient(server_url)
     assert client.get_experiment_by_name("story-finetune").tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
