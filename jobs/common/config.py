@@ -158,8 +158,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported type {tp} in schema")
 
 
-def build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
-    """Construct dataclass ``cls`` from ``data``, rejecting unknown keys by name."""
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+
+
+def build(cls: type[T], data: dict[str, Any], prefix: str = "", base: T | None = None) -> T:
+    """Construct dataclass ``cls`` from ``data``, rejecting unknown keys by name.
+
+    A section given in part keeps the rest of its default: a job's defaults for ``run`` (say
+    ``checkpoint_metric: val_accuracy``) survive ``--set run.storage_path=...``, not only the
+    section class's own. ``base``: the section's default instance that ``data`` overrides.
+    """
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
@@ -170,9 +181,15 @@ def build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     kwargs = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
-        kwargs[name] = _coerce(value, hints[name], key)
+        tp = hints[name]
+        section = getattr(base, name) if base is not None else None
+        if isinstance(value, dict) and dataclasses.is_dataclass(tp):
+            section = section if base is not None else _field_default(fields[name])
+            kwargs[name] = build(tp, value, prefix=key, base=section if isinstance(section, tp) else None)
+        else:
+            kwargs[name] = _coerce(value, tp, key)
     try:
-        return cls(**kwargs)
+        return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
     except TypeError as exc:  # a required field is missing
         raise ConfigError(f"{prefix or cls.__name__}: {exc}") from None
     except ValueError as exc:  # __post_init__ validation

@@ -373,3 +373,16 @@ def test_the_set_help_of_a_config_without_an_example_shows_its_first_key(capsys)
         parse_args(Job, "test", ["--help"])
     out = " ".join(capsys.readouterr().out.split())  # argparse wraps the help
     assert "--set optim.lr=0.001" in out
+
+
+def test_a_section_given_in_part_keeps_the_jobs_defaults_for_the_rest():
+    """`--set run.storage_path=...` (or a YAML `run:` with one key) must not reset the job's own defaults for
+    the section to the section class's: the classifier checkpoints by val_accuracy, not RunSettings' val_loss."""
+    from jobs.finetune_classifier import FinetuneConfig
+
+    config = build(FinetuneConfig, {"run": {"storage_path": "s3://b/ray"}, "optim": {"epochs": 1},
+                                    "tracking": {"experiment": "mine"}})
+    assert config.run.storage_path == "s3://b/ray"
+    assert (config.run.checkpoint_metric, config.run.checkpoint_mode) == ("val_accuracy", "max")
+    assert config.optim.lr == FinetuneConfig().optim.lr and config.optim.epochs == 1
+    assert config.tracking.registered_model == FinetuneConfig().tracking.registered_model == "review-sentiment"
