@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
 
     from jobs.common import config as config_lib
-    from jobs.batch_infer import BatchInferConfig, run
+    from jobs.scoring.batch import BatchInferConfig, run
     from jobs.common.tracking import TrackingConfig
 
     texts = source_texts(work, args.corpus)

@@ -37,8 +37,8 @@ from jobs.common.redaction import redact_text
 from jobs.common.tracking import (TrackingConfig, TrackingTarget, client_for, environment_tags, log_params,
                                   prepare_tracking)
 from jobs.common.tracking_retry import OutageRetry
-from jobs.evaluate import EvaluateConfig, EvaluationOutcome, file_digest
-from jobs.evaluate import run as evaluate
+from jobs.evaluation.runner import EvaluateConfig, EvaluationOutcome, file_digest
+from jobs.evaluation.runner import run as evaluate
 from jobs.evaluation.inputs import LabelledInput
 from jobs.scoring.pipeline import ScoringError
 from jobs.scoring.settings import PipelineSettings

@@ -122,8 +122,8 @@ def test_experiments_open_in_the_model_training_view(finetuned, server_url):
 
 
 def test_evaluating_on_the_test_split_shows_the_same_digest(finetuned, server_url, tiny_corpus: Path, tmp_path):
-    from jobs.evaluate import EvaluateConfig
-    from jobs.evaluate import run as run_evaluate
+    from jobs.evaluation.runner import EvaluateConfig
+    from jobs.evaluation.runner import run as run_evaluate
 
     _, trained = finetuned
     config = config_lib.load(EvaluateConfig, REPO / "configs/evaluate.local-cpu.yaml", [

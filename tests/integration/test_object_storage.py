@@ -26,8 +26,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_pipeline.paths import filesystem_for
-from jobs.batch_infer import BatchInferConfig
-from jobs.batch_infer import run as run_scoring
+from jobs.scoring.batch import BatchInferConfig
+from jobs.scoring.batch import run as run_scoring
 from jobs.common.config import load
 from jobs.finetune_classifier import FinetuneConfig
 from jobs.finetune_classifier import run as run_finetune

@@ -82,7 +82,7 @@ def test_imbalanced_three_labels_fine_tune_with_class_weights_and_report_per_cla
 
 def test_a_csv_export_is_scored_with_its_own_id_column_and_a_title_body_pair(
         ray_local, mlflow_uri, example_csv: Path, tiny_model_dir: Path, tmp_path: Path):
-    from jobs.batch_infer import BatchInferConfig, run
+    from jobs.scoring.batch import BatchInferConfig, run
 
     config = config_lib.load(BatchInferConfig, REPO / "configs/batch_infer.local-cpu.yaml", [
         f"input={example_csv / 'test.csv'}", "input_format.encoding=gb18030", "id_column=doc_id",
@@ -99,7 +99,7 @@ def test_a_csv_export_is_scored_with_its_own_id_column_and_a_title_body_pair(
 @pytest.mark.parametrize("as_directory", [False, True])
 def test_a_zero_row_parquet_input_commits_an_empty_output(ray_local, mlflow_uri, tiny_model_dir: Path,
                                                          tmp_path: Path, as_directory: bool):
-    from jobs.batch_infer import BatchInferConfig, run
+    from jobs.scoring.batch import BatchInferConfig, run
 
     folder = tmp_path / "in"
     folder.mkdir()

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from jobs.batch_infer import BatchInferConfig
+from jobs.scoring.batch import BatchInferConfig
 from jobs.common.config import ConfigError, load, parse_args
 from jobs.common.registry import ResolvedModel, check_max_length, position_limit
 from jobs.finetune_classifier import FinetuneConfig
-from jobs.score_partitions import ScorePartitionsConfig
+from jobs.scoring.partitions import ScorePartitionsConfig
 from jobs.scoring.ledger import LeaseSettings
 from jobs.train_seq2seq import Seq2SeqTrainConfig
 

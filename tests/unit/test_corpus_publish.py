@@ -134,7 +134,7 @@ def test_splits_of_two_publishes_or_a_file_changed_after_the_publish_are_refused
 
 
 def test_evaluate_refuses_a_file_of_a_corpus_folder_without_its_manifest(tmp_path: Path):
-    from jobs.evaluate import EvaluateConfig, read_rows
+    from jobs.evaluation.runner import EvaluateConfig, read_rows
 
     out = tmp_path / "corpus"
     run(_config(_source(tmp_path, "in.csv", ("neg", "pos")), out))
