@@ -105,7 +105,7 @@ def source_texts(work: Path, corpus: str | None) -> list[str]:
 
     if corpus:
         return pq.read_table(corpus, columns=["text"]).column("text").to_pylist()
-    from jobs.prepare_corpus import PrepareCorpusConfig, SplitSettings, run
+    from jobs.corpus.prepare import PrepareCorpusConfig, SplitSettings, run
 
     out = work / "corpus"
     run(PrepareCorpusConfig(split=SplitSettings(limit_per_label=500), output_dir=str(out), log_to_mlflow=False))

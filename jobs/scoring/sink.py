@@ -34,7 +34,8 @@ import pyarrow.parquet as pq
 from data_pipeline.paths import filesystem_for, join_path
 from data_pipeline.quarantine import FILE_ERROR, GROUP, ID, REJECT_REASON, SCORABLE, SOURCE_FILE, parse_file_error
 from data_pipeline.storage import DEFAULT_RETRY, Storage, StorageRetry
-from jobs.scoring.publish import MANIFEST, fsync_file
+from jobs.common.durable import fsync_file
+from jobs.scoring.publish import MANIFEST
 
 REJECTED_DIR = "_rejected"
 

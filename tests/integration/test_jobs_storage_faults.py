@@ -150,8 +150,8 @@ def test_training_checkpoints_upload_through_storage_errors(faults, mlflow_uri, 
     """Ray Train uploads each checkpoint itself, and drops the error of a file whose upload failed: the
     checkpoint was recorded complete without its state. Its requests now outlast more 503s than the AWS
     SDK's default three attempts, and what the upload left is checked and completed."""
-    from jobs.finetune_classifier import FinetuneConfig
-    from jobs.finetune_classifier import run as run_finetune
+    from jobs.train.classifier import FinetuneConfig
+    from jobs.train.classifier import run as run_finetune
 
     name = "through-503s"
     # five 503s in a row for one file's upload: the SDK's default three attempts would all meet them

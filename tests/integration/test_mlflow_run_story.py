@@ -18,8 +18,8 @@ import pytest
 from jobs.common import config as config_lib
 from jobs.common.datasets import parquet_summary
 from jobs.common.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND, TrackingConfig, prepare_tracking
-from jobs.finetune_classifier import ClassifierData, ClassifierModel, ClassifierOptim, FinetuneConfig
-from jobs.finetune_classifier import run as run_finetune
+from jobs.train.classifier import ClassifierData, ClassifierModel, ClassifierOptim, FinetuneConfig
+from jobs.train.classifier import run as run_finetune
 from jobs.train.settings import RunSettings, ScalingSettings
 from tools import mlflow_server
 

@@ -35,8 +35,8 @@ import pytest
 import yaml
 
 from jobs.common.config import load
-from jobs.finetune_classifier import FinetuneConfig
-from jobs.finetune_classifier import run as run_finetune
+from jobs.train.classifier import FinetuneConfig
+from jobs.train.classifier import run as run_finetune
 from jobs.train.callbacks import STEP_DELAY_ENV
 from jobs.train.run_tracking import TrackingIncomplete
 from mlflow_proxy import FaultProxy
@@ -304,7 +304,7 @@ def registered_versions(client, name: str, count: int, model_dir: Path) -> list[
 
 def test_promote_whose_tag_writes_fail_moves_nothing(proxy, tiny_model_dir, tmp_path):
     from jobs.common.tracking import TrackingConfig, prepare_tracking
-    from jobs.promote import Decision, PromoteConfig, Version, record
+    from jobs.evaluation.promotion import Decision, PromoteConfig, Version, record
 
     client = mlflow.MlflowClient(proxy.url)
     old, new = registered_versions(client, "promote-outage", 2, tiny_model_dir)

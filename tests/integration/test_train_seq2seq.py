@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from jobs.common import config as config_lib
-from jobs.train_seq2seq import Seq2SeqTrainConfig
+from jobs.train.seq2seq import Seq2SeqTrainConfig
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,7 +28,7 @@ def test_tiny_run_logs_metrics_and_registers_a_model_that_transliterates(ray_loc
                                                                                  tmp_path):
     import mlflow
 
-    from jobs.train_seq2seq import report, run
+    from jobs.train.seq2seq import report, run
 
     data_dir, rows = pair_files
     config = config_lib.load(Seq2SeqTrainConfig, ROOT / "configs/train_seq2seq.tiny.yaml", [

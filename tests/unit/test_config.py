@@ -231,11 +231,11 @@ def test_flatten_produces_dotted_string_keys():
 def _job_classes():
     from jobs.scoring.batch import BatchInferConfig
     from jobs.evaluation.runner import EvaluateConfig
-    from jobs.finetune_classifier import FinetuneConfig
+    from jobs.train.classifier import FinetuneConfig
     from jobs.init_offline_model import InitOfflineModelConfig
-    from jobs.prepare_corpus import PrepareCorpusConfig
+    from jobs.corpus.prepare import PrepareCorpusConfig
     from jobs.scoring.partitions import ScorePartitionsConfig
-    from jobs.train_seq2seq import Seq2SeqTrainConfig
+    from jobs.train.seq2seq import Seq2SeqTrainConfig
 
     return {"finetune_classifier": FinetuneConfig, "prepare_corpus": PrepareCorpusConfig,
             "train_seq2seq": Seq2SeqTrainConfig, "batch_infer": BatchInferConfig,
