@@ -20,9 +20,8 @@ import sys
 
 from jobs.common import cli
 from jobs.common import config as config_lib
-from jobs.common.baselines import BASELINES
-from jobs.evaluation.results import ClassifierResult
 from jobs.evaluation.runner import EvaluateConfig, EvaluationOutcome, run
+from jobs.kinds import kind_spec
 from jobs.scoring.pipeline import ScoringError
 
 
@@ -41,26 +40,7 @@ def report(outcome: EvaluationOutcome, config: EvaluateConfig) -> None:
     if m.get("rows_also_in_train_data"):
         print(f"WARNING: {m['rows_also_in_train_data']:.0f} evaluated row(s) also appear in train_data: the model "
               "has seen them (prepare_corpus with given splits removes such rows from the later split)")
-    if isinstance(outcome.result, ClassifierResult):
-        print("scored rows                   accuracy  macro-F1")
-        print(f"  model                       {m['accuracy']:8.4f}  {m['macro_f1']:8.4f}   (ECE {m['ece']:.4f})")
-        for name, title in BASELINES.items():
-            if f"baseline_{name}_eval_accuracy" in m:
-                print(f"  {title:<27} {m[f'baseline_{name}_eval_accuracy']:8.4f}  "
-                      f"{m[f'baseline_{name}_eval_macro_f1']:8.4f}")
-        print("\n".join(outcome.result.report.table()))
-        if outcome.result.report.never_predicted:
-            print(f"WARNING: the model never predicts {', '.join(outcome.result.report.never_predicted)}")
-        return
-    nan = float("nan")
-    print("scored rows               syllable acc  polyphonic acc  exact match")
-    print(f"  model (greedy)          {m.get('syllable_accuracy', nan):12.4f}  "
-          f"{m.get('polyphonic_accuracy', nan):14.4f}  {m.get('exact_match', nan):11.4f}")
-    if "baseline_char_eval_syllable_accuracy" in m:
-        print(f"  per-character reading   {m['baseline_char_eval_syllable_accuracy']:12.4f}  "
-              f"{m.get('baseline_char_eval_polyphonic_accuracy', nan):14.4f}  "
-              f"{m['baseline_char_eval_exact_match']:11.4f}")
-
+    print("\n".join(kind_spec(outcome.model.kind).report_lines(m, outcome.result)))
 
 
 @cli.entry_point("evaluation", known=(ScoringError,))
@@ -69,7 +49,6 @@ def main(argv: list[str] | None = None) -> int:
     outcome = run(config)
     report(outcome, config)
     return 0
-
 
 
 if __name__ == "__main__":

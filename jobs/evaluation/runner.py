@@ -22,8 +22,6 @@ from data_pipeline.corpus_manifest import check_corpus_file
 from data_pipeline.paths import filesystem_for, resolve_parquet_files, to_uri
 from data_pipeline.quarantine import inspect_files
 from jobs.common import config as config_lib
-from jobs.common import labels
-from jobs.common.baselines import BASELINES
 from jobs.common.naming import unique_run_name
 from jobs.common.ray_runtime import RayConfig, check_cpu_budget, init_ray
 from jobs.common.redaction import redact_mapping, redact_text
@@ -31,10 +29,9 @@ from jobs.common.datasets import file_sha256, input_summary, log_datasets
 from jobs.common.shared_storage import local_model_dir, require_shared
 from jobs.common.tracking import (TrackingConfig, TrackingTarget, client_for, environment_tags, metrics_table,
                                   prepare_tracking, set_description)
-from jobs.evaluation.inputs import EvalRows, LabelledInput, read_classification_rows, read_seq2seq_rows
-from jobs.evaluation.results import (ClassifierResult, Seq2SeqResult, classifier_baselines, classifier_result,
-                                     polyphonic_characters, rows_also_in_training, seq2seq_baseline,
-                                     seq2seq_result)
+from jobs.evaluation.inputs import EvalRows, LabelledInput
+from jobs.evaluation.results import ClassifierResult, Seq2SeqResult, rows_also_in_training
+from jobs.kinds import kind_spec
 from jobs.scoring.pipeline import (PipelineCounts, ScoringError, ScoringModel, manifest_for, output_location,
                                    score_files)
 from jobs.scoring.publish import Publication
@@ -73,21 +70,14 @@ def file_digest(path: str) -> str:
     return file_sha256(path)[:16]
 
 
-def model_label_names(model: ScoringModel) -> list[str]:
-    return labels.model_label_names(model.local_dir)
-
-
 def read_rows(config: EvaluateConfig, model: ScoringModel) -> tuple[EvalRows, EvalRows | None, list[str] | None]:
     """The evaluation rows, the training rows (for baselines) and the model's label names."""
     for path in filter(None, (config.data, config.train_data)):  # a prepare_corpus folder: as it was published
         check_corpus_file(*filesystem_for(path), path)
-    if model.kind == "seq2seq":
-        rows = read_seq2seq_rows(config.data, config.input)
-        train = read_seq2seq_rows(config.train_data, config.input) if config.train_data else None
-        return rows, train, None
-    names = model_label_names(model)
-    rows = read_classification_rows(config.data, config.input, names)
-    train = read_classification_rows(config.train_data, config.input, names) if config.train_data else None
+    spec = kind_spec(model.kind)
+    names = spec.label_names(model.local_dir)
+    rows = spec.read_rows(config.data, config.input, names)
+    train = spec.read_rows(config.train_data, config.input, names) if config.train_data else None
     return rows, train, names
 
 
@@ -118,19 +108,14 @@ def measure(rows: EvalRows, train: EvalRows | None, names: list[str] | None, mod
     scored = _read_committed(output, "scored")
     if scored is None:
         raise ScoringError(f"{rows.path}: no row could be scored (see {output}/scores/{REJECTED_DIR})")
-    if model.kind == "seq2seq":
-        result = seq2seq_result(rows, scored, polyphonic_characters(rows, train))
-        baselines = seq2seq_baseline(train, rows, result) if train is not None else {}
-    else:
-        result = classifier_result(rows, scored, names)
-        baselines = classifier_baselines(train, rows, result, names) if train is not None else {}
+    result, baselines = kind_spec(model.kind).measure(rows, scored, train, names)
     if train is not None:
         baselines["rows_also_in_train_data"] = float(rows_also_in_training(rows, train))
     return result, {**result.metrics(), **baselines}
 
 
 def log_evaluation(outcome: EvaluationOutcome, summary: dict) -> None:
-    """Metrics, the summary, the rejected rows and, for classifiers, the confusion matrix and calibration."""
+    """Metrics, the summary, the rejected rows and the kind's own artifacts (a classifier's confusion matrix)."""
     import mlflow
 
     from jobs.scoring.pipeline import counts_metrics
@@ -140,20 +125,7 @@ def log_evaluation(outcome: EvaluationOutcome, summary: dict) -> None:
     if outcome.rejected:
         mlflow.log_table({"id": [r["id"] for r in outcome.rejected], "reason": [r["reason"] for r in outcome.rejected]},
                          "rejected_rows.json")
-    if isinstance(outcome.result, ClassifierResult):
-        log_classifier_artifacts(outcome.result, outcome.label_names)
-
-
-def log_classifier_artifacts(result: ClassifierResult, names: list[str]) -> None:
-    import mlflow
-
-    from jobs.evaluation.plots import confusion_figure, reliability_figure
-
-    columns = {f"predicted {name}": result.confusion[:, j].tolist() for j, name in enumerate(names)}
-    mlflow.log_table({"true": names, **columns}, "confusion_matrix.json")
-    mlflow.log_figure(confusion_figure(result.confusion, names), "confusion_matrix.png")
-    mlflow.log_figure(reliability_figure(result.calibration), "reliability.png")
-    mlflow.log_dict(result.calibration.as_dict(), "calibration.json")
+    kind_spec(outcome.model.kind).log_artifacts(outcome.result, outcome.label_names)
 
 
 def link_model_version(outcome: EvaluationOutcome, summary: dict, target: TrackingTarget) -> None:
@@ -162,7 +134,7 @@ def link_model_version(outcome: EvaluationOutcome, summary: dict, target: Tracki
     if not resolved.registered:
         return
     client = client_for(target)
-    headline = "accuracy" if isinstance(outcome.result, ClassifierResult) else "syllable_accuracy"
+    headline = kind_spec(outcome.model.kind).headline_metric
     client.set_model_version_tag(resolved.name, resolved.version, "last_evaluation_run_id", outcome.run_id)
     client.set_model_version_tag(resolved.name, resolved.version, f"evaluation.{summary['data_digest']}",
                                  json.dumps({"run_id": outcome.run_id, "data": summary["data"],
@@ -213,10 +185,8 @@ def run(config: EvaluateConfig) -> EvaluationOutcome:
 def evaluation_description(outcome: EvaluationOutcome, config: EvaluateConfig) -> str:
     """The run's description (markdown): which model on which rows, its scores beside the baselines."""
     m, counts, resolved = outcome.metrics, outcome.counts, outcome.model.resolved
-    if isinstance(outcome.result, ClassifierResult):
-        columns, titles = ["accuracy", "macro_f1", "ece"], BASELINES
-    else:
-        columns, titles = ["syllable_accuracy", "polyphonic_accuracy", "exact_match"], {"char": "per-character reading"}
+    spec = kind_spec(outcome.model.kind)
+    columns, titles = list(spec.summary_columns), spec.baseline_titles
     rows = {"**model**": {c: m[c] for c in columns if c in m}}
     for name, title in titles.items():
         values = {c: m[f"baseline_{name}_eval_{c}"] for c in columns if f"baseline_{name}_eval_{c}" in m}

@@ -35,7 +35,6 @@ from data_pipeline.paths import ParquetFiles
 from data_pipeline.quarantine import UnreadableFile, inspect_inputs
 from data_pipeline.readers import FileFormat
 from jobs.common import config as config_lib
-from jobs.common.labels import check_model_labels, model_label_names
 from jobs.common.naming import unique_run_name
 from jobs.common.ray_runtime import RayConfig, check_cpu_budget, init_ray
 from jobs.common.redaction import redact_mapping, redact_text
@@ -43,6 +42,7 @@ from jobs.common.datasets import file_summary, log_datasets, parquet_summary
 from jobs.common.shared_storage import local_model_dir, require_shared
 from jobs.common.tracking import (TrackingConfig, client_for, environment_tags, log_params, prepare_tracking,
                                   resolve_tracking_uri, start_system_metrics, stop_system_metrics)
+from jobs.kinds import kind_spec
 from jobs.scoring.inputs import needs_staging, scoring_input, source_fingerprints
 from jobs.scoring.pipeline import PipelineCounts, ScoringError, ScoringModel, manifest_for, score_files
 from jobs.scoring.recording import record_published
@@ -144,8 +144,7 @@ def _run(config: BatchInferConfig, run_name: str, staging: RunStaging) -> Scorin
     sources = source_fingerprints(config.input, config.input_format, infos)
     target = prepare_tracking(config.tracking)
     model = ScoringModel.load(config.model, target)
-    if model.kind == "classifier":  # a labelled input's label k must be the scored label k (readable files)
-        check_model_labels(model_label_names(model.local_dir), config.model, _readable(files, infos))
+    kind_spec(model.kind).check_input(model.local_dir, config.model, _readable(files, infos))
     resumed = staging.open(run_fingerprint(config, model), sources)
     covered = set().union(*(c.input_files for c in resumed))
     todo = [i for i, fp in enumerate(sources) if fp["file"] not in covered]

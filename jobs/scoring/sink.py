@@ -45,7 +45,6 @@ _LINEAGE = [pa.field("truncated", pa.bool_()), pa.field("model_name", pa.string(
 SCORED_SCHEMA = pa.schema([pa.field("id", pa.string()), pa.field("label", pa.int64()),
                            pa.field("label_name", pa.string()), pa.field("probability", pa.float32()), *_LINEAGE])
 GENERATED_SCHEMA = pa.schema([pa.field("id", pa.string()), pa.field("generated", pa.string()), *_LINEAGE])
-SCORED_SCHEMAS = {"classifier": SCORED_SCHEMA, "seq2seq": GENERATED_SCHEMA}  # by model kind
 REJECTED_SCHEMA = pa.schema([pa.field("id", pa.string()), pa.field("reason", pa.string()),
                              pa.field("source_file", pa.string())])
 
