@@ -252,7 +252,7 @@ def run(config: ScorePartitionsConfig) -> RunOutcome:
     partitions = discover_partitions(config.input_root, config.partitions, config.storage)
     ledger = Ledger(store)
     run_name = config.run_name or unique_run_name("score-partitions")
-    client = client_for(target)  # the run's client, not the fluent API's active run (see jobs.batch_infer)
+    client = client_for(target)  # the run's client, not the fluent API's active run (see jobs.scoring.batch)
     run_id = client.create_run(target.experiment_id, run_name=run_name,
                                tags={**environment_tags(), "job": "score_partitions"}).info.run_id
     monitor = start_system_metrics(target, run_id, node_id=None, resume=False)
