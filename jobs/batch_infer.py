@@ -2,27 +2,13 @@
 
     python -m jobs.batch_infer --config configs/batch_infer.local-cpu.yaml
 
-read + tag bad rows (``ScoringSource`` tasks) -> tokenize (CPU tasks) -> predict (actor pool,
-model loaded once per actor, tagged rows skipped) -> ``SplitScoredSink`` (scored rows to
-``<output>/``, rejected rows to ``<output>/_rejected/``) -> ``_SUCCESS`` manifest. One pass over
-the data, streaming: nothing is materialised. Each scored row keeps the input id and adds the
-predicted label, its name and its probability (a seq2seq model: the ``generated`` text, decoded
-greedily or by beam search in the actors, which tokenize with the model's own vocabulary) and
-the model name, version and run id that scored it; each rejected row has ``id``, ``reason`` and
-``source_file``. Rows out + rows rejected = rows in, checked before the manifest is written.
-
-Nothing is visible at ``<output_dir>/<run_name>/`` until the run is complete: the input is
-scored in chunks of whole files (``chunk_rows``), each committed to the run's staging area
-``<output_dir>/_staging/<run_name>/``, and the output is published atomically at the end
-(``jobs.scoring.run_staging`` has the layout and the protocol). A run that crashed resumes when
-started again with the same ``run_name``: it scores only the files no committed chunk covers.
-A target that already holds output is refused unless ``replace`` is set.
-
-The MLflow run's summary (counts, manifest, description) is written after the publish and is
-bookkeeping: when MLflow does not answer within ``tracking.outage_tolerance_s`` the job still
-exits 0 (the output is complete) and warns with the command that records the summary later
-(``python -m jobs.record_scoring --output <output>``).
+Nothing is visible at ``<output_dir>/<run_name>/`` until the run is complete; a run that crashed
+resumes when started again with the same ``run_name``; a target that already holds output is refused
+unless ``replace`` is set. When MLflow does not answer after the publish, the job still exits 0 and
+warns with the ``python -m jobs.record_scoring`` command that records the summary later.
+``jobs.scoring.batch`` says how: the pipeline's stages, the chunks, the staging area and the publish.
 """
+
 
 from __future__ import annotations
 

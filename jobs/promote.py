@@ -2,20 +2,12 @@
 
     python -m jobs.promote --config configs/promote.local-cpu.yaml
 
-Both versions go through the evaluation job (``jobs.evaluate``: the batch-scoring pipeline, one
-MLflow run each) on the same labelled file, and the char n-gram baseline is fitted on
-``train_data`` and measured on the same rows. The candidate is promoted only when its ``metric``
-beats production's by more than ``margin`` and (``require_beat_baseline``) beats the baseline;
-with no @production yet, the baseline alone is the bar. Only then does @production move.
-Either way one MLflow run (experiment ``promote``) records the decision, the reason, both
-versions' metrics, the baseline and the data digest, and the candidate version carries
-``promotion.*`` tags. @production moves last, once all of that is written: a failure before it
-moves nothing (the run ends FAILED and its tags say so). Exit 0 when promoted, kept or already in
-production; 1 when something failed (no @candidate, an evaluation failed, the evaluations
-disagree on the data, MLflow refused a write) and nothing moved; 65 when the data is at fault
-(``jobs.common.cli`` lists every job's exit statuses). ``jobs.evaluation.promotion`` holds the rule
-and its record.
+Exit 0 when promoted, kept or already in production; 1 when something failed and nothing moved; 65
+when the data is at fault (``jobs.common.cli`` lists every job's exit statuses).
+``jobs.evaluation.promotion`` holds the rule (both versions evaluated on the same rows, the margin,
+the baseline) and its record (one MLflow run, the candidate's ``promotion.*`` tags, @production last).
 """
+
 
 from __future__ import annotations
 
