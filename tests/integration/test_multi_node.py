@@ -369,3 +369,59 @@ def test_a_lost_node_during_score_partitions_scores_every_partition_once(cluster
         versions = committed_versions(store, partition)
         assert len(versions) == 1, (partition, versions)  # scored once, not once per attempt
         _every_id_once(versions[0].uri, ids)
+
+
+# ------------------------------------------------------------------ elastic training (scaling.min_workers)
+
+def _train_worker_ids(cluster) -> set[str]:
+    return {a["ActorID"] for a in cluster.actors()
+            if a.get("State") == "ALIVE" and str(a.get("ActorClassName", "")).startswith("RayTrainWorker")}
+
+
+def test_elastic_training_goes_on_with_fewer_workers_and_grows_back(cluster, s3, tracking, session_dir,
+                                                                    tiny_model_dir, tiny_reference, mlflow_uri):
+    """With one of two nodes lost and no room for a second worker, the run goes on with one (accumulating
+    twice the micro-batches per step) and grows back to two when a node returns; the schedule is kept."""
+    while len(cluster.cluster.worker_nodes) > 2:  # 1-CPU nodes, 0.6-CPU workers: one worker per node
+        cluster.remove(next(iter(cluster.cluster.worker_nodes)))
+    name, log = "elastic", session_dir / "multi-node-elastic.log"
+    overrides = _training(name, tiny_model_dir, "run.max_failures=3", "scaling.min_workers=1",
+                          "scaling.cpus_per_worker=0.6", "scaling.resize_check_s=5", "data.stages.read_cpus=0.1",
+                          "data.stages.tokenize_cpus=0.1")
+    started = time.time()
+    env = _env(cluster, s3, tracking, **{STEP_DELAY_ENV: "1.0"})
+    process = _start("jobs.finetune_classifier", TINY, overrides, env, log)
+    try:
+        _wait(lambda: _recorded_checkpoint(name) or process.poll() is not None, 600, "the first checkpoint")
+        assert process.poll() is None, log.read_text()[-3000:]
+        first = _train_worker_ids(cluster)
+        nodes = _worker_nodes(cluster, "RayTrainWorker")
+        assert len(first) == 2 and len(nodes) == 2, (first, nodes)
+        killed_at = cluster.remove(cluster.node(nodes[-1]))
+        _wait(lambda: (len(_train_worker_ids(cluster) - first) == 1) or process.poll() is not None, 300,
+              "a new group of one worker")
+        shrunk = _train_worker_ids(cluster) - first
+        shrunk_at = time.time()
+        cluster.add_worker()
+        added_at = time.time()
+        _wait(lambda: len(_train_worker_ids(cluster) - first - shrunk) == 2 or process.poll() is not None, 300,
+              "a group of two again")
+        grown_at = time.time()
+    finally:
+        code, output = _finish(process, log)
+    assert code == 0, output[-4000:]
+    client, run = _run_of(tracking, name)
+    tags = run.data.tags
+    assert run.info.status == "FINISHED" and tags["restarts"] == "2", tags.get("restarts")
+    assert tags["resumed_with_workers"] == "1,2"  # shrank to one, grew back to two
+    # the global batch was kept: as many optimizer steps as the fixed two-worker run, each logged once
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
+    reference = [m.step for m in mlflow.MlflowClient(mlflow_uri).get_metric_history(tiny_reference.run_id,
+                                                                                     "train_loss")]
+    assert sorted(steps) == sorted(reference), (sorted(steps), sorted(reference))
+    assert run.data.metrics["step"] == tiny_reference.metrics["step"]
+    assert _registered(client, run.info.run_id)
+    print(f"\nelastic: node removed at {killed_at - started:.1f} s; a group of one ran "
+          f"{shrunk_at - killed_at:.1f} s after the kill; a node added, two workers again "
+          f"{grown_at - added_at:.1f} s later; resumed from steps {tags['resumed_from_steps']} with "
+          f"{tags['resumed_with_workers']} workers", *_what_ray_said(output), sep="\n  ")
