@@ -1,16 +1,16 @@
 # Two commands set up and run everything on a fresh machine:
 #   make demo   - install, then prepare -> offline model -> fine-tune (Ray Train, 2 workers) -> batch-score
 #   make test   - install, then run the test suite
-#   make bench  - install, then benchmark against the alternatives -> BENCHMARKS.md (~30 min on 2 cores)
+#   make bench  - install, then benchmark against the alternatives -> BENCHMARKS.md (~70 min on 2 cores)
 #   make docs   - regenerate docs/configuration.md from the typed configs (a unit test checks it)
-#   make gpu-kit, make gpu-dry-run - the GPU checks' offline kit, and its proof on CPU (README, "Run the GPU checks")
-#   make cluster - a Ray cluster of several nodes on this machine, until Ctrl-C (README, "Run on many nodes")
+#   make gpu-kit, make gpu-dry-run - the GPU checks' offline kit, and its proof on CPU (docs/cluster.md, "Run the GPU checks")
+#   make cluster - a Ray cluster of several nodes on this machine, until Ctrl-C (docs/cluster.md, "Run on many nodes")
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # `pip install torch==2.13.0` takes the CPU wheel here; clusters install the CUDA build of the same
-# version (README, "Install on a GPU cluster").
+# version (docs/cluster.md, "Install on a GPU cluster").
 TORCH_SPEC ?= torch==2.13.0
 export MLFLOW_DISABLE_TELEMETRY := true
 export TOKENIZERS_PARALLELISM := false
@@ -61,7 +61,7 @@ mlflow-ui: install
 
 # Tracking server for jobs on other processes and nodes (MLFLOW_TRACKING_URI=http://HOST:PORT):
 # sqlite store + proxied artifacts under MLFLOW_ROOT, bound to 127.0.0.1 unless MLFLOW_HOST says
-# otherwise; a non-local Host header also needs MLFLOW_ALLOWED_HOSTS (README, "Deploy on a cluster").
+# otherwise; a non-local Host header also needs MLFLOW_ALLOWED_HOSTS (docs/cluster.md, "Deploy on a cluster").
 MLFLOW_ROOT ?= $(CURDIR)
 MLFLOW_HOST ?= 127.0.0.1
 MLFLOW_PORT ?= 5000

@@ -1,6 +1,6 @@
 """Run every benchmark, one fresh process per question, and write the table to BENCHMARKS.md.
 
-    python -m bench.run_all                 # the full run (about 30 minutes on 2 cores) -> BENCHMARKS.md
+    python -m bench.run_all                 # the full run (about 70 minutes on 2 cores) -> BENCHMARKS.md
     python -m bench.run_all --quick         # smoke sizes -> runs/bench/BENCHMARKS-quick.md
     python -m bench.run_all --only 2 4      # measure some questions again, keep the others' last figures
     python -m bench.run_all --render-only   # rewrite BENCHMARKS.md from the last run's results

@@ -86,6 +86,23 @@ class LocalCluster:
         self.workers = [self.add_worker(wait=False) for _ in range(spec.workers)]
         with self._node_env():
             self.cluster.wait_for_nodes()
+            if spec.dashboard:
+                self.wait_for_job_server()
+
+    def wait_for_job_server(self, timeout_s: float = 120.0) -> None:
+        """Until the head's dashboard agent has registered: before that the job server refuses every
+        submission ("No available agent to submit job"), for a few seconds or, on a loaded machine, longer."""
+        from ray._private.ray_constants import KV_NAMESPACE_DASHBOARD
+        from ray.dashboard.consts import DASHBOARD_AGENT_ADDR_NODE_ID_PREFIX
+
+        head = self.cluster.head_node
+        key = f"{DASHBOARD_AGENT_ADDR_NODE_ID_PREFIX}{head.node_id}".encode()
+        gcs = head.get_gcs_client()
+        deadline = time.monotonic() + timeout_s
+        while not gcs.internal_kv_get(key, KV_NAMESPACE_DASHBOARD):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the head's dashboard agent did not register within {timeout_s:g} s")
+            time.sleep(0.5)
 
     @property
     def address(self) -> str:

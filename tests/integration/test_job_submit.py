@@ -2,7 +2,7 @@
 
 The module starts ``ray start --head`` on 127.0.0.1 with its own ports, temp dir and token, and
 ``python -m tools.mlflow_server`` (what ``make mlflow-server`` runs), then submits the jobs the
-way README's "Deploy on a cluster" does: ``--working-dir .`` with deploy/runtime_env.yaml's
+way docs/cluster.md's "Deploy on a cluster" does: ``--working-dir .`` with deploy/runtime_env.yaml's
 excludes and env vars, ``-- python -m jobs.<name> --config configs/<tiny>.yaml --set ...``.
 Each job must end SUCCEEDED and leave its MLflow run (queried over HTTP) and its outputs.
 The jobs' drivers run the head's Python (this virtualenv), as cluster nodes run the image's
@@ -162,7 +162,7 @@ def services(work: Path):
 
 
 def _runtime_env(tracking_uri: str) -> dict:
-    """deploy/runtime_env.yaml with this test's tracking server (README passes the file itself)."""
+    """deploy/runtime_env.yaml with this test's tracking server (docs/cluster.md passes the file itself)."""
     env = yaml.safe_load((REPO / "deploy/runtime_env.yaml").read_text())
     env["env_vars"]["MLFLOW_TRACKING_URI"] = tracking_uri
     return env
