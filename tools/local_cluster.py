@@ -73,8 +73,10 @@ class LocalCluster:
         self.dashboard_port = (spec.dashboard_port or free_port()) if spec.dashboard else None
         # The head keeps the machine's own address (a GCS on 127.0.0.1 would be advertised as that address
         # and never answer there); the worker nodes take loopback addresses of their own.
+        # Every node's dashboard agent on a free port: the default (52365) is taken by any other Ray on the
+        # machine, and a head whose agent cannot bind never takes a job ("No available agent to submit job").
         head = {"num_cpus": 0, "object_store_memory": spec.object_store_mib << 20,
-                "include_dashboard": spec.dashboard,
+                "include_dashboard": spec.dashboard, "dashboard_agent_listen_port": free_port(),
                 "_system_config": {"health_check_period_ms": spec.health_check_period_ms,
                                    "health_check_failure_threshold": spec.health_check_failure_threshold,
                                    "health_check_initial_delay_ms": 0}}
@@ -119,7 +121,8 @@ class LocalCluster:
         self._next_ip += 1
         with self._node_env():
             return self.cluster.add_node(wait=wait, num_cpus=self.spec.cpus_per_worker if cpus is None else cpus,
-                                         node_ip_address=ip, object_store_memory=self.spec.object_store_mib << 20)
+                                         node_ip_address=ip, object_store_memory=self.spec.object_store_mib << 20,
+                                         dashboard_agent_listen_port=free_port())
 
     @contextlib.contextmanager
     def _node_env(self):

@@ -26,6 +26,7 @@ from jobs.finetune_classifier import run as run_finetune
 from jobs.train.callbacks import STEP_DELAY_ENV
 from tiny_training import TINY, TOLERANCE, tiny_config
 from tiny_training import assert_history_exactly_once as check_history
+from waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -45,14 +46,6 @@ def assert_history_exactly_once(run_id: str, reference_run_id: str) -> None:
     client = mlflow.MlflowClient()
     check_history(client, run_id, client, reference_run_id)
 
-
-def wait_for(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def checkpoints(storage: Path, name: str) -> list[Path]:

@@ -32,6 +32,7 @@ from jobs.train.callbacks import STEP_DELAY_ENV
 from s3_faults import faulty_s3
 from tiny_training import TINY, TOLERANCE, assert_history_exactly_once
 from tracking_server import StoppableServer
+from waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -70,7 +71,8 @@ def tracking(session_dir: Path):
 
 def _env(cluster, s3, tracking: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_TRACKING", "MLFLOW_REGISTRY"))}
-    return {**env, **cluster.auth_env, "RAY_ADDRESS": cluster.address, "AWS_ENDPOINT_URL": s3.url, "MLFLOW_TRACKING_URI": tracking,
+    return {**env, **cluster.auth_env, "RAY_ADDRESS": cluster.address, "AWS_ENDPOINT_URL": s3.url,
+            "MLFLOW_TRACKING_URI": tracking,
             "RAY_DATA_DISABLE_PROGRESS_BARS": "1", **extra}
 
 
@@ -95,14 +97,6 @@ def _finish(process: subprocess.Popen, log: Path, timeout_s: float = 900) -> tup
             os.killpg(process.pid, signal.SIGKILL)
     return code, log.read_text(errors="replace")
 
-
-def _wait(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def _training(name: str, tiny_model_dir: Path, *extra: str) -> list[str]:
@@ -153,7 +147,7 @@ def test_the_users_cluster_takes_ray_job_submit_with_its_token_and_stops_cleanly
                             cwd=REPO, env=env, stdout=open(out, "wb"), stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
-        _wait(lambda: "Ctrl-C stops" in out.read_text() or tool.poll() is not None, 180, "the cluster")
+        wait_for(lambda: "Ctrl-C stops" in out.read_text() or tool.poll() is not None, 180, "the cluster")
         text = out.read_text()
         assert tool.poll() is None, text[-3000:]
         dashboard = _printed("ray job submit --address", text).split()[0]
@@ -230,7 +224,7 @@ def test_a_lost_node_during_training_resumes_from_the_last_checkpoint(cluster, s
     process = _start("jobs.finetune_classifier", TINY, _training(name, tiny_model_dir, "run.max_failures=2"),
                      _env(cluster, s3, tracking, **{STEP_DELAY_ENV: "0.5"}), log)
     try:
-        _wait(lambda: _recorded_checkpoint(name) or process.poll() is not None, 600, "the first checkpoint")
+        wait_for(lambda: _recorded_checkpoint(name) or process.poll() is not None, 600, "the first checkpoint")
         assert process.poll() is None, log.read_text()[-3000:]
         time.sleep(1.0)  # into the second epoch
         nodes = _worker_nodes(cluster, "RayTrainWorker")
@@ -310,11 +304,11 @@ def _score_losing_a_node(cluster, module: str, config: Path, overrides: list[str
 
     process = _start(module, config, overrides, env, log)
     try:
-        _wait(lambda: len(_worker_nodes(cluster, "MapWorker")) == 2 or process.poll() is not None, 300,
+        wait_for(lambda: len(_worker_nodes(cluster, "MapWorker")) == 2 or process.poll() is not None, 300,
               "two scoring actors")
         assert process.poll() is None, log.read_text()[-3000:]
         nodes = _worker_nodes(cluster, "MapWorker")
-        _wait(lambda: written() or process.poll() is not None, 300, "the first scored rows")
+        wait_for(lambda: written() or process.poll() is not None, 300, "the first scored rows")
         files_out = len(written())
         cluster.remove(cluster.node(nodes[-1]))
         cluster.add_worker()

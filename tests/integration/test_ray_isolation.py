@@ -13,13 +13,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
 import pytest
 
 from jobs.train.callbacks import STEP_DELAY_ENV
+from waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -40,14 +40,6 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _wait(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.3)
-    raise TimeoutError(f"timed out waiting for {what}")
-
 
 def test_a_second_ray_with_a_dashboard_does_not_kill_a_training_job(mlflow_uri, tiny_corpus, tiny_model_dir,
                                                                     session_dir):
@@ -67,13 +59,13 @@ def test_a_second_ray_with_a_dashboard_does_not_kill_a_training_job(mlflow_uri, 
     second = None
     try:
         # Training has begun once the first checkpoint is on disk; then another Ray starts beside it.
-        _wait(lambda: any(storage.glob(f"{name}/epoch-*/COMPLETE")) or job.poll() is not None, 300,
+        wait_for(lambda: any(storage.glob(f"{name}/epoch-*/COMPLETE")) or job.poll() is not None, 300,
               "the job's first checkpoint")
         assert job.poll() is None, (session_dir / "isolation-job.log").read_text()[-3000:]
         second_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
         second = subprocess.Popen([sys.executable, "-c", SECOND_RAY], env=second_env, start_new_session=True,
                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        _wait(lambda: _port_open(DEFAULT_DASHBOARD_PORT) or job.poll() is not None, 120,
+        wait_for(lambda: _port_open(DEFAULT_DASHBOARD_PORT) or job.poll() is not None, 120,
               "the second Ray's dashboard on the default port")
         code = job.wait(timeout=600)
     finally:

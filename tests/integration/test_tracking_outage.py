@@ -42,6 +42,7 @@ from jobs.train.run_tracking import TrackingIncomplete
 from mlflow_proxy import FaultProxy
 from tiny_training import REPO, TINY, assert_history_exactly_once, tiny_config
 from tracking_server import StoppableServer
+from waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -74,14 +75,6 @@ def up(server):
     server.start()
     return server
 
-
-def wait_for(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def stop_once(server: StoppableServer, ready, what: str) -> tuple[threading.Thread, threading.Event]:
