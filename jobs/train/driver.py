@@ -128,7 +128,7 @@ def make_trainer(spec: WorkerSpec, scaling: ScalingSettings, run: RunSettings, t
     from ray.train.torch import TorchConfig, TorchTrainer
 
     path, filesystem = ray_storage(training_run.storage_path, run.storage_request_attempts)
-    resources = {"CPU": scaling.cpus_per_worker}
+    resources = {**scaling.custom_resources, "CPU": scaling.cpus_per_worker}
     if scaling.use_gpu:
         resources["GPU"] = scaling.gpus_per_worker
     return TorchTrainer(

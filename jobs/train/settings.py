@@ -18,6 +18,9 @@ class ScalingSettings:
     # whole CPU each on a 2-CPU node starve the readers and the job waits on itself forever.
     cpus_per_worker: float = 0.5
     gpus_per_worker: float = 1.0  # with use_gpu
+    # Custom Ray resources each worker reserves besides CPU and GPU, e.g. {train_slot: 1} on a cluster whose
+    # training nodes declare `--resources='{"train_slot": 1}'`: one worker per such node, whatever its CPUs.
+    custom_resources: dict[str, float] = field(default_factory=dict)
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl with GPUs, gloo without
     torch_threads: int = 1  # intra-op threads per worker; workers x threads <= cores
     # Where the workers go: PACK fills a node first (Ray's default), SPREAD puts them on different nodes
@@ -35,6 +38,9 @@ class ScalingSettings:
             raise ValueError("num_workers must be >= 0 (0 runs the loop in the driver process)")
         if self.backend == "nccl" and not self.use_gpu:
             raise ValueError("backend nccl needs use_gpu: true")
+        if any(name in ("CPU", "GPU") or amount <= 0 for name, amount in self.custom_resources.items()):
+            raise ValueError(f"scaling.custom_resources {self.custom_resources}: positive amounts of resources "
+                             "other than CPU and GPU (those are cpus_per_worker and gpus_per_worker)")
         if self.min_workers is not None and not 1 <= self.min_workers <= self.num_workers:
             raise ValueError(f"scaling.min_workers ({self.min_workers}) must be between 1 and "
                              f"scaling.num_workers ({self.num_workers})")
