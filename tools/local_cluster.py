@@ -115,14 +115,14 @@ class LocalCluster:
     def dashboard_url(self) -> str | None:
         return f"http://127.0.0.1:{self.dashboard_port}" if self.dashboard_port else None
 
-    def add_worker(self, cpus: int | None = None, wait: bool = True):
-        """One more worker node on the next loopback address; returns Ray's node handle."""
+    def add_worker(self, cpus: int | None = None, wait: bool = True, resources: dict[str, float] | None = None):
+        """One more worker node on the next loopback address (with custom ``resources``); returns its handle."""
         ip = f"127.0.0.{self._next_ip}"
         self._next_ip += 1
         with self._node_env():
             return self.cluster.add_node(wait=wait, num_cpus=self.spec.cpus_per_worker if cpus is None else cpus,
                                          node_ip_address=ip, object_store_memory=self.spec.object_store_mib << 20,
-                                         dashboard_agent_listen_port=free_port())
+                                         dashboard_agent_listen_port=free_port(), resources=resources or {})
 
     @contextlib.contextmanager
     def _node_env(self):

@@ -34,7 +34,7 @@ from typing import Any
 TRACKING_FILE = "tracking_pending.json"  # beside the state in each checkpoint
 FORMAT_VERSION = 1
 MAX_METRICS_PER_REQUEST = 900  # MLflow allows 1000 entities per log_batch, tags included
-RESTART_TAGS = ("restarts", "resumed_from_steps", "restart_ids")
+RESTART_TAGS = ("restarts", "resumed_from_steps", "resumed_with_workers", "restart_ids")
 
 
 def latest_steps(client, run) -> dict[str, int]:
@@ -73,9 +73,10 @@ class MetricBuffer:
         with self._lock:
             self._tags.update({key: str(value) for key, value in tags.items()})
 
-    def record_restart(self, resumed_step: int) -> None:
+    def record_restart(self, resumed_step: int, workers: int | None = None) -> None:
+        """A restarted group resumed at ``resumed_step`` with ``workers`` workers (elastic: it may differ)."""
         with self._lock:
-            self._restarts.append({"id": uuid.uuid4().hex[:8], "step": int(resumed_step)})
+            self._restarts.append({"id": uuid.uuid4().hex[:8], "step": int(resumed_step), "workers": workers})
 
     # ------------------------------------------------------------ durability
 
@@ -172,13 +173,15 @@ class MetricBuffer:
         current = {**run_tags, **self._tags}  # what is pending is newer than what the run shows
         ids = [i for i in current.get("restart_ids", "").split(",") if i]
         steps = [s for s in current.get("resumed_from_steps", "").split(",") if s]
+        workers = [w for w in current.get("resumed_with_workers", "").split(",") if w]
         added = 0
         for event in self._restarts:
             if event["id"] not in ids:
                 ids.append(event["id"])
                 steps.append(str(event["step"]))
+                workers.append(str(event.get("workers") or "?"))  # "?": an event carried from before it was kept
                 added += 1
         restarts = int(current.get("restarts", "0") or 0) + added
         self._tags.update({"restarts": str(restarts), "resumed_from_steps": ",".join(steps),
-                           "restart_ids": ",".join(ids)})
+                           "resumed_with_workers": ",".join(workers), "restart_ids": ",".join(ids)})
         self._restarts = []

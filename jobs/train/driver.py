@@ -128,15 +128,16 @@ def make_trainer(spec: WorkerSpec, scaling: ScalingSettings, run: RunSettings, t
     from ray.train.torch import TorchConfig, TorchTrainer
 
     path, filesystem = ray_storage(training_run.storage_path, run.storage_request_attempts)
-    resources = {"CPU": scaling.cpus_per_worker}
+    resources = {**scaling.custom_resources, "CPU": scaling.cpus_per_worker}
     if scaling.use_gpu:
         resources["GPU"] = scaling.gpus_per_worker
     return TorchTrainer(
         functools.partial(monitored_train_worker, spec),  # the typed spec itself, not a string-keyed dict
         torch_config=TorchConfig(backend=None if scaling.backend == "auto" else scaling.backend),
-        scaling_config=ray.train.ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
+        scaling_config=ray.train.ScalingConfig(num_workers=scaling.ray_num_workers, use_gpu=scaling.use_gpu,
                                                resources_per_worker=resources,
-                                               placement_strategy=scaling.placement_strategy),
+                                               placement_strategy=scaling.placement_strategy,
+                                               elastic_resize_monitor_interval_s=scaling.resize_check_s),
         run_config=ray.train.RunConfig(
             name=training_run.name, storage_path=path, storage_filesystem=filesystem,
             failure_config=ray.train.FailureConfig(max_failures=run.max_failures),

@@ -147,6 +147,21 @@ def _improved(value: float, best: float | None, mode: str) -> bool:
     return best is None or (value < best if mode == "min" else value > best)
 
 
+def accumulation_for(grad_accum_steps: int, planned_workers: int, workers: int) -> int:
+    """Micro-batches per optimiser step for a group of ``workers`` (elastic: fewer than planned).
+
+    Fewer workers each read more rows: accumulating ``planned / workers`` times as many micro-batches
+    keeps the global batch, the steps per epoch and so the learning-rate schedule of the planned group.
+    """
+    if workers >= planned_workers:
+        return grad_accum_steps
+    factor = planned_workers / workers
+    if factor != int(factor):
+        log.warning("[train] %d of %d planned workers: the global batch is kept only approximately",
+                    workers, planned_workers)
+    return max(1, round(grad_accum_steps * factor))
+
+
 def worker_placement() -> dict[str, Any]:
     """Where this worker runs: its ranks and its node (id and address)."""
     import ray
@@ -189,6 +204,8 @@ class TrainingWorker:
         model = self.task.build_model()
         self.model = ray.train.torch.prepare_model(compile_in_place(model) if self.optim.compile else model)
         self.total_steps = total_optimizer_steps(self.optim, self.ctx.micro_batches_per_epoch)
+        self.accumulation = accumulation_for(self.optim.grad_accum_steps, spec.scaling.world_size,
+                                             ray.train.get_context().get_world_size())
         self.optimizer, self.scheduler = build_optimizer(self.model, self.optim, self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.optim.precision == "fp16" else None
         self.metrics_log = MetricLog(self.ctx.tracking, self.ctx.mlflow_run_id, enabled=self.rank == 0)
@@ -224,7 +241,7 @@ class TrainingWorker:
             return
         self.progress = restore(state, self.model, self.optimizer, self.scheduler, self.scaler)
         self.metrics_log.carry(state.get("tracking"))
-        self.metrics_log.record_restart(self.progress.step)
+        self.metrics_log.record_restart(self.progress.step, ray.train.get_context().get_world_size())
         if self.rank == 0:
             log.info("[train] resumed from checkpoint at epoch %d, step %d", state["epoch"], self.progress.step)
 
@@ -245,7 +262,7 @@ class TrainingWorker:
         epoch_counts, window = Counters(self.device), Counters(self.device)
         batches = self.callbacks.wrap_batches(epoch, self.task.batches("train", epoch=epoch, seed=self.optim.seed,
                                                                       shuffle=True))
-        for group in micro_batch_groups(batches, self.optim.grad_accum_steps):
+        for group in micro_batch_groups(batches, self.accumulation):
             result = optimizer_step(self.model, self.task, group, self.optimizer, self.scheduler, self.scaler,
                                     self.optim, self.device)
             self.progress.step += 1

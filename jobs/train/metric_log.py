@@ -60,9 +60,9 @@ class MetricLog:
         if self.enabled:
             self.buffer.merge_carried(carried)
 
-    def record_restart(self, resumed_step: int) -> None:
+    def record_restart(self, resumed_step: int, workers: int | None = None) -> None:
         if self.enabled:
-            self.buffer.record_restart(resumed_step)
+            self.buffer.record_restart(resumed_step, workers)
 
     def flush(self) -> None:
         """Ask the sender to send what is pending; returns at once."""

@@ -18,17 +18,37 @@ class ScalingSettings:
     # whole CPU each on a 2-CPU node starve the readers and the job waits on itself forever.
     cpus_per_worker: float = 0.5
     gpus_per_worker: float = 1.0  # with use_gpu
+    # Custom Ray resources each worker reserves besides CPU and GPU, e.g. {train_slot: 1} on a cluster whose
+    # training nodes declare `--resources='{"train_slot": 1}'`: one worker per such node, whatever its CPUs.
+    custom_resources: dict[str, float] = field(default_factory=dict)
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl with GPUs, gloo without
     torch_threads: int = 1  # intra-op threads per worker; workers x threads <= cores
     # Where the workers go: PACK fills a node first (Ray's default), SPREAD puts them on different nodes
     # when it can, STRICT_SPREAD only on different nodes (the run waits until there are enough).
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    # Elastic training: go on with as few as min_workers when nodes are lost, and grow back to num_workers
+    # when capacity returns (Ray Train checks every resize_check_s). Each resize restarts the group from
+    # the last checkpoint, so it needs run.max_failures >= 1. A group of k workers accumulates
+    # num_workers / k micro-batches per step: the global batch and the schedule stay those of num_workers.
+    min_workers: int | None = None  # None: a fixed group of num_workers
+    resize_check_s: float = 60.0  # with min_workers: how often a running group looks for more capacity
 
     def __post_init__(self) -> None:
         if self.num_workers < 0:
             raise ValueError("num_workers must be >= 0 (0 runs the loop in the driver process)")
         if self.backend == "nccl" and not self.use_gpu:
             raise ValueError("backend nccl needs use_gpu: true")
+        if any(name in ("CPU", "GPU") or amount <= 0 for name, amount in self.custom_resources.items()):
+            raise ValueError(f"scaling.custom_resources {self.custom_resources}: positive amounts of resources "
+                             "other than CPU and GPU (those are cpus_per_worker and gpus_per_worker)")
+        if self.min_workers is not None and not 1 <= self.min_workers <= self.num_workers:
+            raise ValueError(f"scaling.min_workers ({self.min_workers}) must be between 1 and "
+                             f"scaling.num_workers ({self.num_workers})")
+
+    @property
+    def ray_num_workers(self) -> int | tuple[int, int]:
+        """Ray Train's ``num_workers``: a (min, max) range when elastic."""
+        return self.num_workers if self.min_workers is None else (self.min_workers, self.num_workers)
 
     @property
     def world_size(self) -> int:
@@ -100,6 +120,9 @@ class TrainingJobConfig:
     def __post_init__(self) -> None:
         if self.optim.precision != "fp32" and not self.scaling.use_gpu:
             raise ValueError("optim.precision bf16/fp16 is a GPU setting; CPU runs stay fp32")
+        if self.scaling.min_workers is not None and self.run.max_failures < 1:
+            raise ValueError("scaling.min_workers (elastic training) resizes the group by restarting it: "
+                             "set run.max_failures >= 1")
 
     def node_read_paths(self) -> dict[str, str | None]:
         """The paths the job's Ray workers read and write on whichever node they run (``jobs.common.shared_storage``).

@@ -126,6 +126,12 @@ def _worker_nodes(cluster, class_prefix: str) -> list[str]:
                    if a.get("State") == "ALIVE" and str(a.get("ActorClassName", "")).startswith(class_prefix)})
 
 
+def _checkpoints(name: str) -> set[str]:
+    """The run's checkpoint folders (``epoch-<e>-step-<s>``) on the shared storage."""
+    fs, _ = filesystem_for(f"s3://{BUCKET}")
+    return {info.base_name for info in Storage(fs).list(f"{BUCKET}/ray/{name}") if info.base_name.startswith("epoch-")}
+
+
 def _recorded_checkpoint(name: str) -> bool:
     fs, _ = filesystem_for(f"s3://{BUCKET}")
     data = Storage(fs).read_bytes(f"{BUCKET}/ray/{name}/checkpoint_manager_snapshot.json")
@@ -363,3 +369,68 @@ def test_a_lost_node_during_score_partitions_scores_every_partition_once(cluster
         versions = committed_versions(store, partition)
         assert len(versions) == 1, (partition, versions)  # scored once, not once per attempt
         _every_id_once(versions[0].uri, ids)
+
+
+# ------------------------------------------------------------------ elastic training (scaling.min_workers)
+
+SLOT = "train_slot"  # a custom resource: one per training node
+
+
+def _train_worker_ids(cluster) -> set[str]:
+    return {a["ActorID"] for a in cluster.actors()
+            if a.get("State") == "ALIVE" and str(a.get("ActorClassName", "")).startswith("RayTrainWorker")}
+
+
+def test_elastic_training_goes_on_with_fewer_workers_and_grows_back(cluster, s3, tracking, session_dir,
+                                                                    tiny_model_dir, tiny_reference, mlflow_uri):
+    """With one of two training nodes lost and no room for a second worker, the run goes on with one
+    (accumulating twice the micro-batches per step) and grows back to two when a training node returns;
+    the schedule is kept. Training nodes declare one ``train_slot`` each and a worker reserves one, so a
+    node holds one worker whatever its CPUs; the other nodes keep running the Ray Data stages."""
+    slot = {SLOT: 1.0}
+    for _ in range(2):
+        cluster.add_worker(resources=slot)
+    name, log = "elastic", session_dir / "multi-node-elastic.log"
+    overrides = _training(name, tiny_model_dir, "run.max_failures=3", "scaling.min_workers=1",
+                          f"scaling.custom_resources.{SLOT}=1", "scaling.resize_check_s=5")
+    started = time.time()
+    env = _env(cluster, s3, tracking, **{STEP_DELAY_ENV: "1.0"})
+    process = _start("jobs.finetune_classifier", TINY, overrides, env, log)
+    try:
+        wait_for(lambda: _recorded_checkpoint(name) or process.poll() is not None, 600, "the first checkpoint")
+        assert process.poll() is None, log.read_text()[-3000:]
+        first = _train_worker_ids(cluster)
+        nodes = _worker_nodes(cluster, "RayTrainWorker")
+        assert len(first) == 2 and len(nodes) == 2, (first, nodes)
+        killed_at = cluster.remove(cluster.node(nodes[-1]))
+        wait_for(lambda: (len(_train_worker_ids(cluster) - first) == 1) or process.poll() is not None, 300,
+              "a new group of one worker")
+        shrunk = _train_worker_ids(cluster) - first
+        shrunk_at = time.time()
+        before = _checkpoints(name)
+        # the group of one goes on: it writes a checkpoint of its own before capacity returns
+        wait_for(lambda: len(_checkpoints(name) - before) >= 1 or process.poll() is not None, 300,
+                 "a checkpoint of the group of one")
+        cluster.add_worker(resources=slot)
+        added_at = time.time()
+        wait_for(lambda: len(_train_worker_ids(cluster) - first - shrunk) == 2 or process.poll() is not None, 300,
+              "a group of two again")
+        grown_at = time.time()
+    finally:
+        code, output = _finish(process, log)
+    assert code == 0, output[-4000:]
+    client, run = _run_of(tracking, name)
+    tags = run.data.tags
+    assert run.info.status == "FINISHED" and tags["restarts"] == "2", tags.get("restarts")
+    assert tags["resumed_with_workers"] == "1,2"  # shrank to one, grew back to two
+    # the global batch was kept: as many optimizer steps as the fixed two-worker run, each logged once
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
+    reference = [m.step for m in mlflow.MlflowClient(mlflow_uri).get_metric_history(tiny_reference.run_id,
+                                                                                     "train_loss")]
+    assert sorted(steps) == sorted(reference), (sorted(steps), sorted(reference))
+    assert run.data.metrics["step"] == tiny_reference.metrics["step"]
+    assert _registered(client, run.info.run_id)
+    print(f"\nelastic: node removed at {killed_at - started:.1f} s; a group of one ran "
+          f"{shrunk_at - killed_at:.1f} s after the kill; a node added, two workers again "
+          f"{grown_at - added_at:.1f} s later; resumed from steps {tags['resumed_from_steps']} with "
+          f"{tags['resumed_with_workers']} workers", *_what_ray_said(output), sep="\n  ")

@@ -150,7 +150,7 @@ def test_the_final_checkpoint_replayed_by_the_driver_adds_only_what_is_missing(r
 def test_restarts_are_counted_once_each_even_when_one_happened_during_an_outage(run):
     client, run_id = run
     first = MetricBuffer()
-    first.record_restart(10)
+    first.record_restart(10, workers=2)
     client.down = True
     with pytest.raises(MlflowException):
         first.send(client, run_id)
@@ -158,13 +158,14 @@ def test_restarts_are_counted_once_each_even_when_one_happened_during_an_outage(
     client.down = False
     second = MetricBuffer()
     second.merge_carried(carried)
-    second.record_restart(20)
+    second.record_restart(20, workers=1)  # an elastic group resumed smaller
     client.lose_reply = 1
     with pytest.raises(MlflowException):
         second.send(client, run_id)
     second.send(client, run_id)
     tags = client.client.get_run(run_id).data.tags
     assert tags["restarts"] == "2" and tags["resumed_from_steps"] == "10,20"
+    assert tags["resumed_with_workers"] == "2,1"  # each restart's group size, kept beside its step
 
 
 def test_a_second_point_of_a_key_at_the_same_step_is_dropped():

@@ -233,3 +233,30 @@ def test_shard_audit_records_each_epochs_ids_and_the_final_digest(tmp_path: Path
     final = json.loads((tmp_path / "final-rank1.json").read_text())
     assert final["step"] == 4 and final["parameter_digest"] == parameter_digest(_model())
     assert final["parameter_digest"] != parameter_digest(_model(seed=1))
+
+
+# ---------------------------------------------------------------- elastic groups keep the global batch
+
+def test_a_smaller_elastic_group_accumulates_to_the_planned_global_batch():
+    from jobs.train.loop import accumulation_for
+
+    assert accumulation_for(grad_accum_steps=1, planned_workers=4, workers=4) == 1
+    assert accumulation_for(grad_accum_steps=1, planned_workers=4, workers=2) == 2
+    assert accumulation_for(grad_accum_steps=3, planned_workers=4, workers=1) == 12
+    assert accumulation_for(grad_accum_steps=2, planned_workers=3, workers=2) == 3  # 2 x 1.5, approximately kept
+    assert accumulation_for(grad_accum_steps=2, planned_workers=2, workers=3) == 2  # never fewer than planned
+
+
+def test_elastic_scaling_settings_are_checked_where_they_are_read():
+    from jobs.finetune_classifier import ClassifierData, FinetuneConfig
+    from jobs.train.settings import RunSettings, ScalingSettings
+
+    assert ScalingSettings(num_workers=2).ray_num_workers == 2
+    assert ScalingSettings(num_workers=3, min_workers=1).ray_num_workers == (1, 3)
+    for bad in (0, 4):
+        with pytest.raises(ValueError, match="min_workers"):
+            ScalingSettings(num_workers=3, min_workers=bad)
+    data = ClassifierData(train="t.parquet", val="v.parquet", test="s.parquet")
+    with pytest.raises(ValueError, match="run.max_failures >= 1"):  # a resize is a restart
+        FinetuneConfig(data=data, scaling=ScalingSettings(num_workers=2, min_workers=1),
+                       run=RunSettings(max_failures=0))
