@@ -52,6 +52,21 @@ def mlflow_uri(session_dir: Path) -> str:
 
 
 @pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory) -> str:
+    """One real ``mlflow server`` (what ``make mlflow-server`` runs) for every module that only uses one.
+
+    A start costs 11-25 s on 2 cores, so the modules share it; each keeps to its own experiments and
+    registered model names. A module that stops its server (the tracking outage) starts its own.
+    """
+    from tracking_server import StoppableServer
+
+    server = StoppableServer(tmp_path_factory.mktemp("mlflow-server"))
+    server.start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def tiny_corpus(session_dir: Path) -> Path:
     """A deterministic slice of the real review corpus: 60 texts per label, split 80/10/10."""
     from jobs.corpus.prepare import PrepareCorpusConfig, SplitSettings, run

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import threading
 from pathlib import Path
 
 from tools import mlflow_server
+
+
+def point_mlflow_back_at_the_session_store() -> None:
+    """Jobs set MLflow's process-wide tracking and registry URIs to their server: a module that ran jobs
+    against the session's shared server points them back, so a later module's default client cannot
+    find that (still running) server by accident."""
+    import mlflow
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or None
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
 
 
 def free_port() -> int:

@@ -23,14 +23,14 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
         model = inner
 
 
-def compile_in_place(model: torch.nn.Module) -> torch.nn.Module:
+def compile_in_place(model: torch.nn.Module, backend: str = "inductor") -> torch.nn.Module:
     """``torch.compile`` a module's forward in place (``nn.Module.compile``), before DDP wraps it.
 
     PyTorch's advice for DDP is to compile the inner module and wrap that; compiled in place, the
     module keeps its class, parameters and ``state_dict`` keys, so checkpoints and exports (and
     resuming an eager run's checkpoint with compile on, or the other way round) are unchanged.
     """
-    model.compile()
+    model.compile(backend=backend)
     return model
 
 

@@ -186,7 +186,8 @@ def device_tags(device: torch.device, optim: OptimSettings, world_size: int) -> 
     """Where the workers trained, as the run's tags: the device really used, not the one configured."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return {"train_device": device.type, "train_device_name": name, "train_precision": optim.precision,
-            "train_compile": str(optim.compile).lower(), "train_world_size": str(world_size)}
+            "train_compile": str(optim.compile).lower(), "train_world_size": str(world_size),
+            **({"train_compile_backend": optim.compile_backend} if optim.compile else {})}
 
 
 class TrainingWorker:
@@ -202,7 +203,9 @@ class TrainingWorker:
         self.device = ray.train.torch.get_device()
         seed_everything(self.optim.seed)  # identical initial weights on every rank
         model = self.task.build_model()
-        self.model = ray.train.torch.prepare_model(compile_in_place(model) if self.optim.compile else model)
+        if self.optim.compile:
+            model = compile_in_place(model, self.optim.compile_backend)
+        self.model = ray.train.torch.prepare_model(model)
         self.total_steps = total_optimizer_steps(self.optim, self.ctx.micro_batches_per_epoch)
         self.accumulation = accumulation_for(self.optim.grad_accum_steps, spec.scaling.world_size,
                                              ray.train.get_context().get_world_size())

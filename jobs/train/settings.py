@@ -77,6 +77,11 @@ class OptimSettings:
     # steady steps in the job ran 1.04x as fast as eager, and compiling made a 3-epoch run 1.86x as long:
     # off by default; measure it on your hardware before a long run (BENCHMARKS.md, question 2).
     compile: bool = False
+    # torch.compile's backend: inductor generates fused kernels (what pays, when anything does); aot_eager
+    # traces forward and backward through dynamo and AOTAutograd but runs them eagerly (no code generation):
+    # PyTorch's first step when a compiled run fails or differs, and the test suite's cheap check of the
+    # job's compile wiring (inductor is checked in-process, tests/unit/test_train_compile.py).
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.grad_accum_steps < 1:

@@ -143,7 +143,8 @@ def test_killed_driver_rerun_with_same_name_resumes_same_mlflow_run(reference, m
     command = _job_command(tiny_corpus, tiny_model_dir, storage, "driver-kill", epochs=3)
     _run_job(command, env, kill_when=lambda: registered_checkpoint(storage, "driver-kill"))
     assert 1 <= len(checkpoints(storage, "driver-kill")) < 3, "the driver must die mid-run"
-    assert _run_job(command, env) == 0
+    rerun_env = {k: v for k, v in env.items() if k != STEP_DELAY_ENV}  # slowed only so that the kill lands mid-run
+    assert _run_job(command, rerun_env) == 0
     client = mlflow.MlflowClient(mlflow_uri)
     runs = client.search_runs([client.get_experiment_by_name("finetune-tiny").experiment_id],
                               filter_string="tags.ray_run_name = 'driver-kill'")

@@ -9,7 +9,6 @@ One tiny fine-tuning run (one epoch, three steps, the debug-size BERT) serves ev
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import mlflow
@@ -21,7 +20,7 @@ from jobs.common.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND, Track
 from jobs.train.classifier import ClassifierData, ClassifierModel, ClassifierOptim, FinetuneConfig
 from jobs.train.classifier import run as run_finetune
 from jobs.train.settings import RunSettings, ScalingSettings
-from tools import mlflow_server
+from tracking_server import point_mlflow_back_at_the_session_store
 
 REPO = Path(__file__).resolve().parents[2]
 REGISTERED = "story-sentiment"
@@ -29,17 +28,9 @@ SAMPLING_ENV = "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"
 
 
 @pytest.fixture(scope="module")
-def server_url(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mlflow-server")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    process = mlflow_server.start(mlflow_server.ServerConfig(root=str(root / "store"), port=port),
-                                  root / "server.log")
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        mlflow_server.stop(process)
+def server_url(mlflow_server: str) -> str:
+    yield mlflow_server  # the session's server: this module's experiments and model names are its own
+    point_mlflow_back_at_the_session_store()
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,6 @@ from jobs.scoring.sink import read_manifest
 from jobs.train.callbacks import STEP_DELAY_ENV
 from s3_faults import faulty_s3
 from tiny_training import TINY, TOLERANCE, assert_history_exactly_once
-from tracking_server import StoppableServer
 from waiting import wait_for
 
 pytestmark = pytest.mark.slow
@@ -62,11 +61,8 @@ def s3(cluster, session_dir: Path, tiny_corpus: Path):
 
 
 @pytest.fixture(scope="module")
-def tracking(session_dir: Path):
-    server = StoppableServer(session_dir / "multi-node-mlflow")
-    server.start()
-    yield server.url
-    server.stop()
+def tracking(mlflow_server: str) -> str:
+    return mlflow_server  # the session's server; the cluster-sentiment model and these run names are this module's
 
 
 def _env(cluster, s3, tracking: str, **extra: str) -> dict[str, str]:

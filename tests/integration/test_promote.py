@@ -9,9 +9,7 @@ and macro-F1, and "always negative" is below the char n-gram baseline.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 from pathlib import Path
 
 import mlflow
@@ -21,26 +19,15 @@ import pytest
 
 from jobs.evaluation.runner import file_digest
 from jobs.promote import main
-from tools import mlflow_server
+from tracking_server import point_mlflow_back_at_the_session_store
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("promote-mlflow")
-    config = mlflow_server.ServerConfig(root=str(root / "store"), port=_free_port())
-    process = mlflow_server.start(config, root / "server.log")
-    yield config.url
-    mlflow_server.stop(process)
-    # the jobs set MLflow's process-wide URI to this server: later modules' default clients must not find it
-    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or None)
+def server(mlflow_server: str) -> str:
+    yield mlflow_server  # the session's server: the promote-* model names are this module's own
+    point_mlflow_back_at_the_session_store()
 
 
 def _constant_model(source: Path, out: Path, label: int) -> Path:

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -26,6 +27,9 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs/finetune_classifier.tiny.yaml"
 DEFAULT_DASHBOARD_PORT = 8265
+# The cleaner removed the placement group within six seconds of the second dashboard answering: the job
+# must go on training at least this long beside it, or the test proves nothing (checked, not assumed).
+EXPOSURE_S = 12.0
 SECOND_RAY = """
 import time, ray
 ray.init(num_cpus=1)  # a notebook's Ray: its dashboard on the default port
@@ -40,6 +44,15 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _training_workers_up(job: subprocess.Popen) -> bool:
+    """The job's Ray Train workers exist (its placement group is up): processes under the job's own."""
+    import psutil
+
+    try:
+        return any("RayTrainWorker" in " ".join(proc.cmdline()) for proc in psutil.Process(job.pid).children(True))
+    except psutil.Error:
+        return False
+
 
 def test_a_second_ray_with_a_dashboard_does_not_kill_a_training_job(mlflow_uri, tiny_corpus, tiny_model_dir,
                                                                     session_dir):
@@ -52,21 +65,21 @@ def test_a_second_ray_with_a_dashboard_does_not_kill_a_training_job(mlflow_uri, 
     command = [sys.executable, "-m", "jobs.finetune_classifier", "--config", str(TINY)]
     for item in (f"data.train={tiny_corpus / 'train.parquet'}", f"data.val={tiny_corpus / 'val.parquet'}",
                  f"data.test={tiny_corpus / 'test.parquet'}", f"model.name_or_path={tiny_model_dir}",
-                 f"run.storage_path={storage}", f"run.name={name}", "run.max_failures=0", "optim.epochs=4"):
+                 f"run.storage_path={storage}", f"run.name={name}", "run.max_failures=0", "optim.epochs=3"):
         command += ["--set", item]
     log = open(session_dir / "isolation-job.log", "wb")
     job = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
     second = None
     try:
-        # Training has begun once the first checkpoint is on disk; then another Ray starts beside it.
-        wait_for(lambda: any(storage.glob(f"{name}/epoch-*/COMPLETE")) or job.poll() is not None, 300,
-              "the job's first checkpoint")
+        # Once the job's training workers are up, another Ray starts beside it.
+        wait_for(lambda: _training_workers_up(job) or job.poll() is not None, 300, "the job's training workers")
         assert job.poll() is None, (session_dir / "isolation-job.log").read_text()[-3000:]
         second_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
         second = subprocess.Popen([sys.executable, "-c", SECOND_RAY], env=second_env, start_new_session=True,
                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         wait_for(lambda: _port_open(DEFAULT_DASHBOARD_PORT) or job.poll() is not None, 120,
               "the second Ray's dashboard on the default port")
+        dashboard_up = time.time()
         code = job.wait(timeout=600)
     finally:
         for process in (job, second):
@@ -76,6 +89,9 @@ def test_a_second_ray_with_a_dashboard_does_not_kill_a_training_job(mlflow_uri, 
     output = (session_dir / "isolation-job.log").read_text(errors="replace")
     assert code == 0, output[-3000:]
     assert "Cleaning up placement group" not in output
+    last_checkpoint = max(p.stat().st_mtime for p in storage.glob(f"{name}/epoch-*/COMPLETE"))
+    assert last_checkpoint - dashboard_up >= EXPOSURE_S, \
+        f"the job trained only {last_checkpoint - dashboard_up:.1f} s beside the second dashboard"
     client = mlflow.MlflowClient(mlflow_uri)
     runs = client.search_runs([client.get_experiment_by_name("finetune-tiny").experiment_id],
                               filter_string=f"tags.ray_run_name = '{name}'")

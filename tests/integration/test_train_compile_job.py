@@ -1,4 +1,10 @@
-"""``optim.compile`` inside the real job: two Ray Train workers (DDP over gloo) train a compiled model on CPU."""
+"""``optim.compile`` inside the real job: two Ray Train workers (DDP over gloo) train a compiled model on CPU.
+
+The job's wiring is what this checks (compiled in each worker before DDP wraps it, the run's tags,
+equal replicas, checkpoints with the model's own keys), so the workers compile with ``aot_eager``:
+dynamo and AOTAutograd trace forward and backward as inductor's path does, without its code generation
+(the costly part of compiling on CPU). Inductor itself is checked in-process: tests/unit/test_train_compile.py.
+"""
 
 from __future__ import annotations
 
@@ -23,12 +29,13 @@ def test_compiled_ddp_finetuning_trains_and_checkpoints_plain_keys(ray_local, ml
         f"data.train={tiny_corpus / 'train.parquet'}", f"data.val={tiny_corpus / 'val.parquet'}",
         f"data.test={tiny_corpus / 'test.parquet'}", f"model.name_or_path={tiny_model_dir}",
         f"run.storage_path={storage}", "run.name=compiled", "run.audit_shards=true", "optim.compile=true",
-        "optim.epochs=1"])
+        "optim.compile_backend=aot_eager", "optim.epochs=1"])
     outcome = run_finetune(config)
 
     run = mlflow.MlflowClient(mlflow_uri).get_run(outcome.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["train_compile"] == "true" and run.data.tags["train_device"] == "cpu"
+    assert run.data.tags["train_compile_backend"] == "aot_eager"
     assert run.data.tags["train_world_size"] == "2"
     assert torch.isfinite(torch.tensor(outcome.metrics["test_loss"]))
     audit = storage / "compiled" / "audit"

@@ -97,4 +97,17 @@ def test_the_run_records_the_device_it_trained_on():
 
     tags = device_tags(torch.device("cpu"), OptimSettings(compile=True), world_size=2)
     assert tags == {"train_device": "cpu", "train_device_name": "cpu", "train_precision": "fp32",
-                    "train_compile": "true", "train_world_size": "2"}
+                    "train_compile": "true", "train_world_size": "2", "train_compile_backend": "inductor"}
+    eager = device_tags(torch.device("cpu"), OptimSettings(), world_size=1)
+    assert eager["train_compile"] == "false" and "train_compile_backend" not in eager
+
+
+def test_the_backend_is_a_setting_and_reaches_torch_compile(monkeypatch):
+    assert OptimSettings().compile_backend == "inductor"
+    config = config_lib.load(FinetuneConfig, "configs/finetune_classifier.tiny.yaml",
+                             ["optim.compile=true", "optim.compile_backend=aot_eager"])
+    assert config.optim.compile_backend == "aot_eager"
+    seen = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kwargs: seen.append(kwargs))
+    compile_in_place(tiny_model(), "aot_eager")
+    assert seen == [{"backend": "aot_eager"}]
