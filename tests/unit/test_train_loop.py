@@ -248,7 +248,7 @@ def test_a_smaller_elastic_group_accumulates_to_the_planned_global_batch():
 
 
 def test_elastic_scaling_settings_are_checked_where_they_are_read():
-    from jobs.finetune_classifier import ClassifierData, FinetuneConfig
+    from jobs.train.classifier import ClassifierData, FinetuneConfig
     from jobs.train.settings import RunSettings, ScalingSettings
 
     assert ScalingSettings(num_workers=2).ray_num_workers == 2
