@@ -1,0 +1,96 @@
+"""Run a sweep: Ray Tune's Tuner over ``jobs.sweeps.trial.run_trial``, resumed when a sweep of the same name
+was killed, then each trial recorded in MLflow and the best one registered (``jobs.sweeps.record``)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jobs.sweeps.record import TrialOutcome
+from jobs.sweeps.settings import Dimension, SchedulerSettings
+from jobs.sweeps.trial import EPOCHS_DONE, TrialSpec, run_trial
+
+log = logging.getLogger(__name__)
+STATE_INTERVAL_S = 10
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    parent_run_id: str
+    trials: list[TrialOutcome]
+    best: TrialOutcome | None
+    registered: Any  # jobs.common.registry.RegisteredModel | None
+    resumed: bool
+
+
+def concurrent_trials(cluster: dict[str, float], trial: dict[str, float], configured: int | None) -> int:
+    """Trials that fit the cluster at once (CPUs and GPUs), each with its workers and Ray Data stages; at least one."""
+    fits = min([math.floor((cluster.get(kind, 0.0) + 1e-9) / need) for kind, need in trial.items() if need > 0]
+               or [1])
+    fits = max(1, fits)
+    if configured is not None and configured > fits:
+        log.warning("[sweep] max_concurrent %d: only %d trial(s) of %s fit %s; running %d",
+                    configured, fits, trial, {k: cluster.get(k, 0.0) for k in trial}, fits)
+    return min(fits, configured) if configured is not None else fits
+
+
+def scheduler_for(settings: SchedulerSettings, max_epochs: int):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if settings.kind == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr=EPOCHS_DONE, max_t=max_epochs, grace_period=settings.grace_epochs,
+                         reduction_factor=settings.reduction_factor)
+
+
+def tune_sweep(spec: TrialSpec, param_space: dict[str, Any], metric: str, mode: str, num_samples: int,
+               concurrency: int, scheduler, seed: int):
+    """Tune's ResultGrid; a sweep of this name that was killed is restored, its finished trials kept."""
+    import ray.tune
+
+    # Tune saves its state every few seconds at most: a killed sweep loses at most that much of its record
+    # (a trial it had not yet recorded as done would run again), for one small file write.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(STATE_INTERVAL_S))
+    trainable = ray.tune.with_parameters(run_trial, spec=spec)
+    # The trial's function is a driver: its training workers and data stages reserve the CPUs.
+    trainable = ray.tune.with_resources(trainable, {"CPU": 0})
+    path = str(Path(spec.storage_path) / spec.sweep_name) if "://" not in spec.storage_path \
+        else f"{spec.storage_path.rstrip('/')}/{spec.sweep_name}"
+    if ray.tune.Tuner.can_restore(path):
+        log.info("[sweep] resuming %s: finished trials are kept, unfinished ones resume", path)
+        tuner = ray.tune.Tuner.restore(path, trainable=trainable, param_space=param_space,
+                                       resume_unfinished=True, resume_errored=False, restart_errored=False)
+    else:
+        from ray.tune.search import BasicVariantGenerator
+
+        tuner = ray.tune.Tuner(
+            trainable, param_space=param_space,
+            tune_config=ray.tune.TuneConfig(metric=metric, mode=mode, num_samples=num_samples,
+                                            max_concurrent_trials=concurrency, scheduler=scheduler,
+                                            search_alg=BasicVariantGenerator(random_state=seed)),
+            run_config=ray.tune.RunConfig(name=spec.sweep_name, storage_path=spec.storage_path,
+                                          failure_config=ray.tune.FailureConfig(max_failures=0),
+                                          verbose=1))
+    return tuner.fit()
+
+
+def outcomes_of(results, metric: str, space: dict[str, Dimension]) -> list[TrialOutcome]:
+    """Each trial as Tune ended it: ``failed`` (it raised) or ``ended``, which ``record_trials`` tells apart
+    from the child run: FINISHED is a job that trained to its end, anything else a trial the scheduler stopped."""
+    # ResultGrid keeps its trials in the same order as its results; Result itself has no trial id.
+    trials = results._experiment_analysis.trials
+    outcomes = []
+    for trial, result in zip(trials, results):
+        metrics = result.metrics or {}
+        value = metrics.get(metric)
+        params = {k: v.item() if hasattr(v, "item") else v for k, v in (trial.config or {}).items() if k in space}
+        outcomes.append(TrialOutcome(
+            trial_id=trial.trial_id, params=params, state="failed" if result.error is not None else "ended",
+            metric=float(value) if isinstance(value, (int, float)) else None,
+            epochs=int(metrics.get(EPOCHS_DONE, 0) or 0), run_id=None,
+            error=None if result.error is None else str(result.error)))
+    return sorted(outcomes, key=lambda o: o.trial_id)
