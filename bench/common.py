@@ -146,7 +146,7 @@ def corpus_dir(work: Path) -> Path:
     """The review corpus (train/val/test Parquet with label metadata), built once per bench folder."""
     out = work / "corpus"
     if not (out / "test.parquet").is_file():
-        from jobs.prepare_corpus import PrepareCorpusConfig, Seq2SeqCorpusSettings, run
+        from jobs.corpus.prepare import PrepareCorpusConfig, Seq2SeqCorpusSettings, run
 
         run(PrepareCorpusConfig(output_dir=str(out), log_to_mlflow=False,
                                 seq2seq=Seq2SeqCorpusSettings(enabled=False)))

@@ -101,7 +101,7 @@ def minirbt(batch: int, seq: int, device: str = "cpu", precision: str = "fp32"):
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
-    from jobs.train.distributed import autocast_for
+    from jobs.common.precision import autocast_for
 
     config = BertConfig.from_json_file(str(REPO / "configs/model/minirbt-h256.json"))
     config.num_labels = 2
@@ -127,8 +127,8 @@ def seq2seq(batch: int, seq: int, device: str = "cpu", precision: str = "fp32"):
     import torch
 
     from jobs.common import config as config_lib
-    from jobs.train.distributed import autocast_for
-    from jobs.train_seq2seq import Seq2SeqTrainConfig
+    from jobs.common.precision import autocast_for
+    from jobs.train.seq2seq import Seq2SeqTrainConfig
     from model.transformer import Seq2SeqTransformer, sequence_loss
 
     settings = config_lib.load(Seq2SeqTrainConfig, str(REPO / "configs/train_seq2seq.local-cpu.yaml"))

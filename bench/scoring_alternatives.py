@@ -6,7 +6,7 @@
 The same texts (the train split cycled to ``--rows`` rows, as Parquet files) and the same model
 (MiniRBT-H256, random init, max_length 128) through:
 
-* the job: ``jobs.batch_infer.run`` with configs/batch_infer.local-cpu.yaml (read -> tokenize tasks ->
+* the job: ``jobs.scoring.batch.run`` with configs/batch_infer.local-cpu.yaml (read -> tokenize tasks ->
   2 predictor actors x 1 thread -> Parquet), the model given as a local directory;
   rows/s is the job's own figure (its pipeline, from read to the last written file);
 * (a) ``transformers.pipeline("text-classification")`` called over the texts with its defaults
@@ -80,7 +80,7 @@ def run_method(method: str, folder: Path, model_dir: Path, work: Path, repeats: 
         import ray
 
         from jobs.common import config as config_lib
-        from jobs.batch_infer import BatchInferConfig, run
+        from jobs.scoring.batch import BatchInferConfig, run
         from jobs.common.tracking import TrackingConfig
 
         base = config_lib.load(BatchInferConfig, str(REPO / "configs/batch_infer.local-cpu.yaml"))
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         from bench.model_flops import matmul_peak
-        from jobs.batch_infer import BatchInferConfig
+        from jobs.scoring.batch import BatchInferConfig
         from jobs.common import config as config_lib
 
         predictor = config_lib.load(BatchInferConfig, str(REPO / "configs/batch_infer.local-cpu.yaml")).predictor

@@ -6,7 +6,7 @@
 The same texts (the train split cycled, as Parquet files) and the same model (MiniRBT-H256, random
 init, max_length 128) through:
 
-* the job: ``jobs.batch_infer.run`` with the cluster-gpu config's stages and predictor (one actor
+* the job: ``jobs.scoring.batch.run`` with the cluster-gpu config's stages and predictor (one actor
   per GPU, ``num_gpus: 1``, 4,096-row calls, 512-row forward passes), at each ``--precisions``;
   rows/s is the job's own figure (its pipeline, from read to the last written file);
 * a hand-written loop in one process: texts sorted by length, tokenized and scored 512 at a time
@@ -48,7 +48,7 @@ def job_overrides(device: str, gpus: int, cores: int, precision: str, max_length
 
 
 def run_job(folder: Path, model_dir: Path, work: Path, overrides: list[str], name: str) -> float:
-    from jobs.batch_infer import BatchInferConfig, run
+    from jobs.scoring.batch import BatchInferConfig, run
     from jobs.common import config as config_lib
 
     out = work / "scores-gpu"

@@ -105,7 +105,7 @@ def source_texts(work: Path, corpus: str | None) -> list[str]:
 
     if corpus:
         return pq.read_table(corpus, columns=["text"]).column("text").to_pylist()
-    from jobs.prepare_corpus import PrepareCorpusConfig, SplitSettings, run
+    from jobs.corpus.prepare import PrepareCorpusConfig, SplitSettings, run
 
     out = work / "corpus"
     run(PrepareCorpusConfig(split=SplitSettings(limit_per_label=500), output_dir=str(out), log_to_mlflow=False))
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
 
     from jobs.common import config as config_lib
-    from jobs.batch_infer import BatchInferConfig, run
+    from jobs.scoring.batch import BatchInferConfig, run
     from jobs.common.tracking import TrackingConfig
 
     texts = source_texts(work, args.corpus)

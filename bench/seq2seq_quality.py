@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/se
 
 def _pairs(path: str, data) -> list[tuple[str, str]]:
     from data_pipeline.paths import resolve_parquet_files
-    from jobs.train_seq2seq import read_pairs
+    from jobs.train.seq2seq import read_pairs
 
     return read_pairs(resolve_parquet_files(path), data)
 
@@ -99,14 +99,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from data_pipeline.pinyin import ReadingTable, char_by_char_pinyin, score
     from jobs.common import config as config_lib
-    from jobs.train_seq2seq import Seq2SeqTrainConfig
+    from jobs.train.seq2seq import Seq2SeqTrainConfig
     from model.seq2seq_io import generate_tokens, load_seq2seq
 
     config = config_lib.load(Seq2SeqTrainConfig, args.config, args.overrides)
     train_seconds = None
     throughput = None
     if args.model_dir is None:
-        from jobs.train_seq2seq import report, run
+        from jobs.train.seq2seq import report, run
 
         start = time.perf_counter()
         outcome = run(config)

@@ -11,7 +11,7 @@ gradient clipping at 1.0, length-grouped dynamic padding (16 batches sorted by l
 
 * plain loop, one process (``--threads`` torch threads, then one thread), text tokenized up front;
 * plain loop, torch DDP over two processes (gloo, one thread each), ``torch.multiprocessing``;
-* Ray Train: ``jobs.finetune_classifier.run`` (the real job: Ray Data read + tokenize stage,
+* Ray Train: ``jobs.train.classifier.run`` (the real job: Ray Data read + tokenize stage,
   ``TorchTrainer``, the shared loop, per-epoch evaluation on a 64-row split, checkpoints, MLflow),
   one worker with ``--threads`` threads, one worker with one thread, two workers with one thread each;
 * Hugging Face ``Trainer`` on one process (``--threads`` threads, ``train_sampling_strategy="group_by_length"``);
@@ -46,7 +46,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import LABELS, Result, bench_env, common_args, corpus_dir, minirbt_dir, timed  # noqa: E402
-from jobs.finetune_classifier import ClassifierTask  # noqa: E402
+from jobs.train.classifier import ClassifierTask  # noqa: E402
 from jobs.common.ray_runtime import start_local_ray  # noqa: E402
 
 
@@ -175,7 +175,8 @@ def plain_worker(rank: int, world: int, spec: TrainSpec, port: int, log_dir: str
 
     from data_pipeline.tokenization import PadCollate
     from data_pipeline.batching import length_grouped
-    from jobs.train.distributed import autocast_for, compile_in_place, seed_everything
+    from jobs.common.precision import autocast_for
+    from jobs.train.distributed import compile_in_place, seed_everything
     from jobs.train.optimizer import build_optimizer
     from jobs.train.settings import OptimSettings
     from model.classifier import load_classifier
@@ -282,9 +283,9 @@ def run_hf_trainer(spec: TrainSpec, log_dir: Path) -> None:
 
 
 def run_ray_train(spec: TrainSpec, workers: int, threads: int, work: Path, log_dir: Path, tiny_split: str) -> None:
-    import jobs.finetune_classifier as job
+    import jobs.train.classifier as job
     from jobs.common.tracking import TrackingConfig
-    from jobs.finetune_classifier import ClassifierData, ClassifierModel, ClassifierOptim, FinetuneConfig
+    from jobs.train.classifier import ClassifierData, ClassifierModel, ClassifierOptim, FinetuneConfig
     from jobs.train.settings import RunSettings, ScalingSettings
 
     config = FinetuneConfig(

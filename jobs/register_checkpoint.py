@@ -48,20 +48,13 @@ def local_checkpoint(checkpoint: str):
 
 def fallback_registration(checkpoint: str, directory: Path, args) -> Registration:
     """What the flags and the export itself say, when the job could not save its registration request."""
-    from jobs.common.registry import TextClassifierModel, classifier_signature, model_kind, seq2seq_signature
+    from jobs.common.registry import model_kind
+    from jobs.kinds import kind_spec
 
     if args.run_id is None:
         raise ValueError(f"no registration.json beside {checkpoint}: give --run-id (the job's message has it)")
     marker = json.loads((directory / COMPLETE_MARKER).read_text())
-    if model_kind(directory / EXPORT_DIR) == "seq2seq":
-        from jobs.common.seq2seq_pyfunc import TransliterationModel, input_example
-
-        model, signature, example = TransliterationModel(), seq2seq_signature(), input_example()
-    else:
-        import pandas as pd
-
-        model, signature, example = TextClassifierModel(), classifier_signature(False), \
-            pd.DataFrame({"text": ["质量很好，物流也快"]})
+    model, signature, example = kind_spec(model_kind(directory / EXPORT_DIR) or "classifier").pyfunc()
     return Registration.of(python_model=model, signature=signature, input_example=example, run_id=args.run_id,
                            run_name="", checkpoint=checkpoint, step=int(marker["step"]),
                            registered_model=args.registered_model, alias=args.alias)

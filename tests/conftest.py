@@ -54,7 +54,7 @@ def mlflow_uri(session_dir: Path) -> str:
 @pytest.fixture(scope="session")
 def tiny_corpus(session_dir: Path) -> Path:
     """A deterministic slice of the real review corpus: 60 texts per label, split 80/10/10."""
-    from jobs.prepare_corpus import PrepareCorpusConfig, SplitSettings, run
+    from jobs.corpus.prepare import PrepareCorpusConfig, SplitSettings, run
 
     out = session_dir / "corpus"
     run(PrepareCorpusConfig(split=SplitSettings(limit_per_label=60), output_dir=str(out), log_to_mlflow=False))

@@ -74,7 +74,7 @@ def char_ngram_predictions(train_texts: Sequence[str], train_labels: Sequence[in
 def baseline_metrics(train_texts: Sequence[str], train_labels: Sequence[int], test_texts: Sequence[str],
                      test_labels: Sequence[int], label_names: Sequence[str], split: str = "test") -> dict[str, float]:
     """``baseline_<name>_<split>_accuracy`` and ``..._macro_f1`` of each reference classifier."""
-    from jobs.evaluation.metrics import class_counts, class_report_from_counts
+    from jobs.common.metrics import class_counts, class_report_from_counts
 
     predictions = {"majority": majority_predictions(train_labels, len(test_labels)),
                    "char_ngram": char_ngram_predictions(train_texts, train_labels, test_texts)}

@@ -182,9 +182,8 @@ def build(cls: type[T], data: dict[str, Any], prefix: str = "", base: T | None =
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
         tp = hints[name]
-        section = getattr(base, name) if base is not None else None
         if isinstance(value, dict) and dataclasses.is_dataclass(tp):
-            section = section if base is not None else _field_default(fields[name])
+            section = getattr(base, name) if base is not None else _field_default(fields[name])
             kwargs[name] = build(tp, value, prefix=key, base=section if isinstance(section, tp) else None)
         else:
             kwargs[name] = _coerce(value, tp, key)

@@ -23,7 +23,7 @@ import pandas as pd
 from data_pipeline.text_limits import cut_texts, max_chars
 from jobs.common.config import ConfigError
 from jobs.common.tracking import TrackingTarget, client_for, filter_literal
-from jobs.scoring.publish import fsync_dir, sync_tree
+from jobs.common.durable import fsync_dir, sync_tree
 
 MODEL_ARTIFACT = "hf_model"
 CACHE_ENV = "TEXT_JOBS_CACHE"  # the cache root; models are kept under <root>/models

@@ -2,7 +2,7 @@
 
 ``prepare_corpus`` writes each output folder whole into ``.<name>.staging-<publish id>`` next to it
 (the same filesystem, so the rename is atomic), fsyncs it, then swaps it in with
-``jobs.scoring.publish.replace_dir``: a reader of ``<name>/`` sees the old folder or the new one, never
+``jobs.common.durable.replace_dir``: a reader of ``<name>/`` sees the old folder or the new one, never
 a mix. A crash before the swap leaves the old folder as it was and a hidden staging folder, removed by
 a later run once a day old (a live run of another process may still be writing a younger one). The
 old folder is deleted after the swap; where the kernel cannot exchange two directories the old one is
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from jobs.common.config import ConfigError
-from jobs.scoring.publish import fsync_dir, replace_dir, sync_tree
+from jobs.common.durable import fsync_dir, replace_dir, sync_tree
 
 _STALE_S = 24 * 3600
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from jobs.evaluation.metrics import Calibration
+from jobs.common.metrics import Calibration
 
 
 def _pyplot():

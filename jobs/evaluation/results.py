@@ -16,7 +16,7 @@ from data_pipeline.corpus import normalise_text
 from data_pipeline.pinyin import ReadingTable, Scores, baseline_scores, score
 from jobs.common.baselines import baseline_metrics, joined
 from jobs.evaluation.inputs import EvalRows
-from jobs.evaluation.metrics import Calibration, ClassReport, calibration, class_report, confusion_matrix
+from jobs.common.metrics import Calibration, ClassReport, calibration, class_report, confusion_matrix
 
 
 def _positions(rows: EvalRows, scored: pa.Table) -> tuple[np.ndarray, np.ndarray]:

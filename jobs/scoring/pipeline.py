@@ -15,12 +15,11 @@ from data_pipeline.paths import ParquetFiles, join_path
 from data_pipeline.quarantine import (TAG_COLUMNS, FileInfo, InputColumns, ScoringGroup, ScoringSource,
                                       UnreadableFile, describe_failure)
 from jobs.common.naming import now_iso
-from jobs.common.registry import (ModelKind, ResolvedModel, check_max_length, materialize_model, model_kind,
-                                  resolve_model_ref)
-from jobs.scoring.predictors import (ClassifierPredictor, PredictorSettings, Seq2SeqPredictor,
-                                     TokenizingClassifierPredictor, tokenize_tagged)
+from jobs.common.registry import ModelKind, ResolvedModel, materialize_model, model_kind, resolve_model_ref
+from jobs.kinds import kind_spec
+from jobs.scoring.predictors import PredictorSettings
 from jobs.scoring.settings import PipelineSettings
-from jobs.scoring.sink import SCORED_SCHEMAS, SplitScoredSink
+from jobs.scoring.sink import SplitScoredSink
 
 
 @dataclass(frozen=True)
@@ -96,39 +95,30 @@ def score_groups(groups: list[ScoringGroup], outputs: dict[str, str], model: Sco
     ``ScoringError`` when the pipeline itself fails. Never writes a manifest: committing is the
     caller's step, so a failed or killed run's output is never mistaken for a complete one.
     """
-    if model.kind == "classifier":  # a seq2seq model's max_length counts generated tokens, capped at its max_len
-        check_max_length(model.local_dir, settings.max_length, "max_length")
+    spec = kind_spec(model.kind)  # jobs.kinds: the kind's checks, stages, predictor and output columns
+    refused = spec.check_scoring(settings, columns, model.local_dir)
+    if refused:
+        raise ScoringError(refused)
     import ray.data
 
-    if model.kind == "seq2seq" and columns.pair is not None:
-        raise ScoringError("text_pair_column: a seq2seq model reads one text per row")
-    if model.kind == "seq2seq" and (settings.predictor.quantize != "none" or settings.predictor.compile
-                                    or settings.predictor.forward_batch_tokens):
-        raise ScoringError("predictor.quantize, predictor.compile and predictor.forward_batch_tokens apply to "
-                           "classifiers; a seq2seq model decodes in fp32 (bf16/fp16 on GPU) in forward_batch_size "
-                           "rows")
     start = time.perf_counter()
     stages, predictor = settings.stages, settings.predictor
     common = {"resolved": model.resolved, "tracking_uri": model.tracking_uri, "local_model_dir": model.local_dir}
-    sink = SplitScoredSink(outputs, compression=settings.sink.compression, scored_schema=SCORED_SCHEMAS[model.kind],
+    sink = SplitScoredSink(outputs, compression=settings.sink.compression, scored_schema=spec.scored_schema,
                            retry=settings.storage)
     try:
         ds = ray.data.read_datasource(ScoringSource(groups, columns, settings.read, settings.storage),
                                       override_num_blocks=max(stages.min_blocks, 1), num_cpus=stages.read_cpus)
         tokenize = {"text_column": columns.text, "max_length": settings.max_length,
-                    "keep_columns": list(TAG_COLUMNS)}
-        pair = {"pair_column": columns.pair}  # classifiers encode a sentence pair
-        if model.kind == "seq2seq":
-            predictor_class, predictor_kwargs, batch_format = Seq2SeqPredictor, tokenize, "pyarrow"
-        elif not settings.tokenize_stage(model.kind):
-            predictor_class, predictor_kwargs, batch_format = TokenizingClassifierPredictor, {**tokenize, **pair}, \
-                "pyarrow"
+                    "keep_columns": list(TAG_COLUMNS), **({"pair_column": columns.pair} if spec.reads_pairs else {})}
+        if not settings.tokenize_stage(model.kind):
+            predictor_class, predictor_kwargs, batch_format = spec.predictor, tokenize, "pyarrow"
         else:
-            ds = ds.map_batches(tokenize_tagged, fn_kwargs={**common, **tokenize, **pair},
+            ds = ds.map_batches(spec.tokenize_stage, fn_kwargs={**common, **tokenize},
                                 batch_format="pyarrow", batch_size=stages.tokenize_batch_rows,
                                 compute=ray.data.TaskPoolStrategy(size=stages.tokenize_concurrency),
                                 num_cpus=stages.tokenize_cpus)
-            predictor_class, predictor_kwargs, batch_format = ClassifierPredictor, {}, "numpy"
+            predictor_class, predictor_kwargs, batch_format = spec.staged_predictor, {}, "numpy"
         ds = ds.map_batches(predictor_class, fn_constructor_kwargs={**common, **predictor_kwargs,
                                                                     "settings": predictor},
                             batch_size=predictor.rows_per_call, batch_format=batch_format,

@@ -21,8 +21,8 @@ import torch
 from data_pipeline.quarantine import GROUP, REJECT_REASON, SCORABLE, SOURCE_FILE
 from data_pipeline.text_limits import cut_texts, max_chars
 from data_pipeline.tokenization import TokenizeBatch, pad_batch
+from jobs.common.precision import autocast_for
 from jobs.common.registry import ResolvedModel, materialize_model, model_kind
-from jobs.train.distributed import autocast_for
 
 PASS_THROUGH = (SOURCE_FILE, REJECT_REASON, GROUP)  # columns carried from the read stage to the sink
 

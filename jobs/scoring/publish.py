@@ -45,6 +45,7 @@ import pyarrow.fs as pafs
 
 from data_pipeline.paths import join_path
 from data_pipeline.storage import DEFAULT_RETRY, Storage, StorageRetry
+from jobs.common.durable import fsync_dir, fsync_up, replace_dir, sync_tree
 
 MANIFEST = "_SUCCESS"
 Existing = Literal["refuse", "replace", "keep"]
@@ -56,50 +57,6 @@ class TargetOccupied(RuntimeError):
 
 class CommitFailed(RuntimeError):
     """An output could not be published and no other attempt published it: fail loudly, naming the paths."""
-
-
-def fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: str) -> None:
-    """Make a directory's entries (creations, renames) durable; some filesystems refuse: ignore them."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def fsync_up(path: str, stop: str) -> None:
-    """fsync ``path`` and each parent up to ``stop``: directories ``makedirs`` may just have created."""
-    stop = os.path.abspath(stop)
-    current = os.path.abspath(path)
-    while True:
-        fsync_dir(current)
-        if current == stop or os.path.dirname(current) == current:
-            return
-        current = os.path.dirname(current)
-
-
-def sync_tree(root: str) -> None:
-    """fsync every file under a local directory, then every directory, deepest first."""
-    directories = []
-    for current, _, files in os.walk(root):
-        directories.append(current)
-        for name in files:
-            fsync_file(os.path.join(current, name))
-    for current in reversed(directories):
-        fsync_dir(current)
 
 
 def listed_files(manifest: dict | None) -> set[str]:
@@ -120,46 +77,6 @@ def remove_unlisted(storage: Storage, base: str, keep: set[str]) -> list[str]:
 
 
 _AT_FDCWD = -100
-_RENAME_EXCHANGE = 2
-
-
-def exchange_dirs(a: str, b: str) -> bool:
-    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``).
-
-    False where the kernel, the C library or the filesystem cannot (the caller falls back);
-    any other failure raises ``OSError``.
-    """
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2  # glibc >= 2.28
-    except (OSError, AttributeError):
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    renameat2.restype = ctypes.c_int
-    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-        return False
-    raise OSError(err, os.strerror(err), a, None, b)
-
-
-def replace_dir(new: str, target: str, aside: str) -> str:
-    """Put directory ``new`` at the existing ``target``; return where the old target now is (to delete).
-
-    Readers of ``target`` see the old directory or the new one, never a mix and never none,
-    where ``exchange_dirs`` works. Elsewhere the old one is renamed to ``aside`` first: between
-    the two renames ``target`` does not exist (a reader finds no output, never a half one).
-    """
-    if exchange_dirs(new, target):
-        return new
-    os.rename(target, aside)
-    os.rename(new, target)
-    return aside
 
 
 def errno_text(exc: OSError) -> str:

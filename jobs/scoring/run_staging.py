@@ -38,7 +38,8 @@ from data_pipeline.paths import filesystem_for, join_path
 from data_pipeline.storage import DEFAULT_RETRY, Storage, StorageRetry
 from jobs.common.naming import now_iso
 from jobs.scoring.pipeline import output_location
-from jobs.scoring.publish import MANIFEST, Publication, TargetOccupied, fsync_dir, fsync_file, remove_unlisted
+from jobs.common.durable import fsync_dir, fsync_file
+from jobs.scoring.publish import MANIFEST, Publication, TargetOccupied, remove_unlisted
 
 STATE, CHUNKS, OUTPUT, INPUT = "state.json", "chunks", "output", "input"
 __all__ = ["Chunk", "RunStaging", "TargetOccupied", "plan_chunks"]

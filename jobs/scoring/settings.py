@@ -9,6 +9,7 @@ from data_pipeline.quarantine import InputColumns, ReadSettings
 from data_pipeline.ray_stages import StageResources
 from data_pipeline.storage import StorageRetry
 from jobs.common.registry import ModelKind
+from jobs.kinds import kind_spec
 from jobs.scoring.predictors import PredictorSettings
 
 
@@ -31,8 +32,9 @@ class PipelineSettings:
     storage: StorageRetry = field(default_factory=StorageRetry)
 
     def tokenize_stage(self, kind: ModelKind) -> bool:
-        """A separate tokenizer stage feeds classifiers; seq2seq predictors tokenize with their own vocabulary."""
-        return kind == "classifier" and not self.predictor.tokenize_in_actor
+        """A separate tokenizer stage feeds the kinds that have one (classifiers; seq2seq predictors tokenize with
+        their own vocabulary), unless ``predictor.tokenize_in_actor``."""
+        return kind_spec(kind).tokenize_stage is not None and not self.predictor.tokenize_in_actor
 
     def cpu_demands(self, kind: ModelKind) -> dict[str, float]:
         stages = self.stages

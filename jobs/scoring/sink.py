@@ -34,7 +34,8 @@ import pyarrow.parquet as pq
 from data_pipeline.paths import filesystem_for, join_path
 from data_pipeline.quarantine import FILE_ERROR, GROUP, ID, REJECT_REASON, SCORABLE, SOURCE_FILE, parse_file_error
 from data_pipeline.storage import DEFAULT_RETRY, Storage, StorageRetry
-from jobs.scoring.publish import MANIFEST, fsync_file
+from jobs.common.durable import fsync_file
+from jobs.scoring.publish import MANIFEST
 
 REJECTED_DIR = "_rejected"
 
@@ -44,7 +45,6 @@ _LINEAGE = [pa.field("truncated", pa.bool_()), pa.field("model_name", pa.string(
 SCORED_SCHEMA = pa.schema([pa.field("id", pa.string()), pa.field("label", pa.int64()),
                            pa.field("label_name", pa.string()), pa.field("probability", pa.float32()), *_LINEAGE])
 GENERATED_SCHEMA = pa.schema([pa.field("id", pa.string()), pa.field("generated", pa.string()), *_LINEAGE])
-SCORED_SCHEMAS = {"classifier": SCORED_SCHEMA, "seq2seq": GENERATED_SCHEMA}  # by model kind
 REJECTED_SCHEMA = pa.schema([pa.field("id", pa.string()), pa.field("reason", pa.string()),
                              pa.field("source_file", pa.string())])
 

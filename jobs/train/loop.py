@@ -21,12 +21,13 @@ from typing import Any
 
 import torch
 
+from jobs.common.precision import autocast_for
 from jobs.common.tracking import TrackingTarget
 from jobs.train.callbacks import callbacks_for, parameter_digest
 from jobs.train.checkpoint import (Progress, checkpoint_dir_name, complete_persisted, load_latest_valid_state,
                                    restore, save_checkpoint)
-from jobs.train.distributed import (all_reduce_sum, autocast_for, compile_in_place, epoch_seed, gather_objects,
-                                   seed_everything, unwrap)
+from jobs.train.distributed import (all_reduce_sum, compile_in_place, epoch_seed, gather_objects, seed_everything,
+                                   unwrap)
 from jobs.train.metric_log import MetricLog
 from jobs.train.optimizer import build_optimizer, total_optimizer_steps
 from jobs.train.settings import OptimSettings, ScalingSettings

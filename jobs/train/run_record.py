@@ -93,4 +93,4 @@ def model_card(intro: str, run_description: str, run_id: str, checkpoint: str, r
     score = SCORE_COMMAND.format(name=registered.name, version=registered.version)
     return "\n".join([intro, "", run_description.strip(), "",
                       f"From MLflow run `{run_id}`, checkpoint `{checkpoint}`.", "",
-                      "Score a Parquet file (columns `id`, `text`) with this version:", "", f"    {score}", ""]).strip()
+                      "Score a Parquet file with this version (docs/jobs.md):", "", f"    {score}", ""]).strip()

@@ -52,7 +52,7 @@ def gpu_overrides(target: Target, corpus: Path, model_dir: Path, storage: Path, 
 
 def finetune(target: Target, corpus: Path, model_dir: Path, storage: Path, name: str, **extra):
     from jobs.common.config import load
-    from jobs.finetune_classifier import FinetuneConfig, run
+    from jobs.train.classifier import FinetuneConfig, run
 
     config = load(FinetuneConfig, TINY, gpu_overrides(target, corpus, model_dir, storage, name, **extra))
     return config, run(config)

@@ -42,7 +42,7 @@ def test_bf16_scoring_with_a_gpu_actor_per_gpu_keeps_every_row_and_agrees_with_f
     import mlflow
     import pyarrow.parquet as pq
 
-    from jobs.batch_infer import BatchInferConfig, run
+    from jobs.scoring.batch import BatchInferConfig, run
     from jobs.common.config import load
     from model.classifier import classify_texts, load_classifier
 

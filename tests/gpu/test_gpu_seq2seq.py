@@ -25,7 +25,7 @@ LOGPROB_TOLERANCE = 1e-3
 @pytest.fixture(scope="module")
 def seq2seq_gpu(ray_gpu, target, mlflow_uri, tiny_corpus: Path, session_dir: Path):
     from jobs.common import config as config_lib
-    from jobs.train_seq2seq import Seq2SeqTrainConfig, run
+    from jobs.train.seq2seq import Seq2SeqTrainConfig, run
 
     pairs = tiny_corpus.parent / "pinyin"  # prepare_corpus writes the pinyin pairs beside the reviews
     config = config_lib.load(Seq2SeqTrainConfig, REPO / "configs/train_seq2seq.tiny.yaml", [

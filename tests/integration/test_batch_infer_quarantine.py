@@ -27,7 +27,7 @@ def mixed_input(tmp_path_factory, tiny_corpus: Path) -> tuple[Path, dict[str, st
 
 def test_batch_infer_quarantines_bad_rows_in_one_pass(ray_local, mlflow_uri, tiny_model_dir: Path, mixed_input,
                                                       tmp_path: Path):
-    from jobs.batch_infer import BatchInferConfig, run
+    from jobs.scoring.batch import BatchInferConfig, run
     from data_pipeline.ray_stages import StageResources
     from jobs.scoring.predictors import PredictorSettings
     from jobs.common.tracking import TrackingConfig
@@ -73,7 +73,7 @@ def test_batch_infer_quarantines_unreadable_files_when_asked(ray_local, mlflow_u
     """``read.on_unreadable_file: quarantine``: the good files are scored, the bad ones listed with their reason
     and the rows they held; the counts still add up (out + rejected + unreadable = in)."""
     from bad_parquet import corrupt_data_page
-    from jobs.batch_infer import BatchInferConfig, run
+    from jobs.scoring.batch import BatchInferConfig, run
     from jobs.common.config import load
 
     folder = tmp_path / "input"

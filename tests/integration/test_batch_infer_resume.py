@@ -37,7 +37,7 @@ def job_config(folder: Path, output_dir: Path, model_dir: Path) -> dict:
 @pytest.mark.slow
 def test_killed_run_resumes_scoring_only_the_rest_and_publishes_every_row_once(
         ray_local, mlflow_uri, tiny_corpus: Path, tiny_model_dir: Path, tmp_path: Path):
-    from jobs.batch_infer import BatchInferConfig, run
+    from jobs.scoring.batch import BatchInferConfig, run
     from jobs.common import config as config_lib
 
     folder, scores = tmp_path / "in", tmp_path / "scores"

@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.common import config as config_lib
-from jobs.evaluate import EvaluateConfig, main, run
+from jobs.evaluate import main
+from jobs.evaluation.runner import EvaluateConfig, run
 
 REPO = Path(__file__).resolve().parents[2]
 REGISTERED = "tiny-eval"

@@ -20,8 +20,8 @@ import mlflow
 import pytest
 
 from jobs.common.config import load
-from jobs.finetune_classifier import FinetuneConfig
-from jobs.finetune_classifier import run as run_finetune
+from jobs.train.classifier import FinetuneConfig
+from jobs.train.classifier import run as run_finetune
 
 from jobs.train.callbacks import STEP_DELAY_ENV
 from tiny_training import TINY, TOLERANCE, tiny_config

@@ -13,11 +13,11 @@ import mlflow
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.batch_infer import BatchInferConfig
-from jobs.batch_infer import run as run_scoring
+from jobs.scoring.batch import BatchInferConfig
+from jobs.scoring.batch import run as run_scoring
 from data_pipeline.ray_stages import StageResources
-from jobs.finetune_classifier import ClassifierData, ClassifierModel, ClassifierOptim, FinetuneConfig
-from jobs.finetune_classifier import run as run_finetune
+from jobs.train.classifier import ClassifierData, ClassifierModel, ClassifierOptim, FinetuneConfig
+from jobs.train.classifier import run as run_finetune
 from jobs.common.tracking import TrackingConfig
 from jobs.train.settings import RunSettings, ScalingSettings
 

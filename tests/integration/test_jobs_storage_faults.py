@@ -79,7 +79,7 @@ def input_ids(tiny_corpus: Path) -> list[str]:
 
 def test_batch_infer_finishes_through_storage_errors_with_every_row_once(faults, mlflow_uri, tiny_model_dir,
                                                                           tiny_corpus):
-    from jobs.batch_infer import BatchInferConfig, run
+    from jobs.scoring.batch import BatchInferConfig, run
 
     injected = [faults.add(Fault(key="scores/nightly/part-", method="PUT", times=4)),  # a write task's upload
                 faults.add(Fault(key="incoming/test.parquet", method="GET", after=2, times=4)),  # a read task, mid-file
@@ -108,7 +108,7 @@ def _partitions(fs: pafs.FileSystem, tiny_corpus: Path) -> dict[str, list[str]]:
 
 def test_score_partitions_through_storage_errors_never_scores_a_partition_twice(faults, mlflow_uri, tiny_model_dir,
                                                                                 tiny_corpus):
-    from jobs.score_partitions import ScorePartitionsConfig, run
+    from jobs.scoring.partitions import ScorePartitionsConfig, run
 
     fs, _ = filesystem_for(f"s3://{BUCKET}")
     ids = _partitions(fs, tiny_corpus)
@@ -150,8 +150,8 @@ def test_training_checkpoints_upload_through_storage_errors(faults, mlflow_uri, 
     """Ray Train uploads each checkpoint itself, and drops the error of a file whose upload failed: the
     checkpoint was recorded complete without its state. Its requests now outlast more 503s than the AWS
     SDK's default three attempts, and what the upload left is checked and completed."""
-    from jobs.finetune_classifier import FinetuneConfig
-    from jobs.finetune_classifier import run as run_finetune
+    from jobs.train.classifier import FinetuneConfig
+    from jobs.train.classifier import run as run_finetune
 
     name = "through-503s"
     # five 503s in a row for one file's upload: the SDK's default three attempts would all meet them

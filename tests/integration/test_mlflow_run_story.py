@@ -18,8 +18,8 @@ import pytest
 from jobs.common import config as config_lib
 from jobs.common.datasets import parquet_summary
 from jobs.common.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND, TrackingConfig, prepare_tracking
-from jobs.finetune_classifier import ClassifierData, ClassifierModel, ClassifierOptim, FinetuneConfig
-from jobs.finetune_classifier import run as run_finetune
+from jobs.train.classifier import ClassifierData, ClassifierModel, ClassifierOptim, FinetuneConfig
+from jobs.train.classifier import run as run_finetune
 from jobs.train.settings import RunSettings, ScalingSettings
 from tools import mlflow_server
 
@@ -135,8 +135,8 @@ def test_experiments_open_in_the_model_training_view(finetuned, server_url):
 
 
 def test_evaluating_on_the_test_split_shows_the_same_digest(finetuned, server_url, tiny_corpus: Path, tmp_path):
-    from jobs.evaluate import EvaluateConfig
-    from jobs.evaluate import run as run_evaluate
+    from jobs.evaluation.runner import EvaluateConfig
+    from jobs.evaluation.runner import run as run_evaluate
 
     _, trained = finetuned
     config = config_lib.load(EvaluateConfig, REPO / "configs/evaluate.local-cpu.yaml", [

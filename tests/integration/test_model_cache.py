@@ -150,7 +150,7 @@ def test_finetune_refuses_a_max_length_beyond_the_models_positions_before_any_co
     import sys
 
     from jobs.common.config import ConfigError, load
-    from jobs.finetune_classifier import FinetuneConfig, prepare
+    from jobs.train.classifier import FinetuneConfig, prepare
 
     monkeypatch.setitem(sys.modules, "ray.data", None)  # refused before any Ray Data work is even set up
     config = load(FinetuneConfig, None, [f"data.{split}={tiny_corpus / f'{split}.parquet'}" for split in

@@ -26,11 +26,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_pipeline.paths import filesystem_for
-from jobs.batch_infer import BatchInferConfig
-from jobs.batch_infer import run as run_scoring
+from jobs.scoring.batch import BatchInferConfig
+from jobs.scoring.batch import run as run_scoring
 from jobs.common.config import load
-from jobs.finetune_classifier import FinetuneConfig
-from jobs.finetune_classifier import run as run_finetune
+from jobs.train.classifier import FinetuneConfig
+from jobs.train.classifier import run as run_finetune
 from jobs.scoring.sink import MANIFEST, committed_files, read_manifest
 
 pytestmark = pytest.mark.slow

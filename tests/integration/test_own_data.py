@@ -29,13 +29,13 @@ def example_csv(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def prepared(example_csv: Path, tmp_path_factory) -> Path:
-    from jobs.prepare_corpus import PrepareCorpusConfig
+    from jobs.corpus.prepare import PrepareCorpusConfig
 
     out = tmp_path_factory.mktemp("corpus")
     config = config_lib.load(PrepareCorpusConfig, REPO / "configs/prepare_corpus.example-csv.yaml", [
         f"source.train={example_csv / 'train.csv'}", f"source.val={example_csv / 'dev.csv'}",
         f"source.test={example_csv / 'test.csv'}", f"output_dir={out}", "log_to_mlflow=false"])
-    from jobs.prepare_corpus import run
+    from jobs.corpus.prepare import run
 
     stats = run(config)
     assert stats.rows_per_split_label["train"] == {"negative": 24, "news": 8, "positive": 48}
@@ -45,7 +45,8 @@ def prepared(example_csv: Path, tmp_path_factory) -> Path:
 
 def test_imbalanced_three_labels_fine_tune_with_class_weights_and_report_per_class(
         ray_local, mlflow_uri, prepared: Path, tiny_model_dir: Path, tmp_path: Path, capsys):
-    from jobs.finetune_classifier import FinetuneConfig, report, run
+    from jobs.finetune_classifier import report
+    from jobs.train.classifier import FinetuneConfig, run
 
     config = config_lib.load(FinetuneConfig, REPO / "configs/finetune_classifier.tiny.yaml", [
         f"data.train={prepared / 'train.parquet'}", f"data.val={prepared / 'val.parquet'}",
@@ -82,7 +83,7 @@ def test_imbalanced_three_labels_fine_tune_with_class_weights_and_report_per_cla
 
 def test_a_csv_export_is_scored_with_its_own_id_column_and_a_title_body_pair(
         ray_local, mlflow_uri, example_csv: Path, tiny_model_dir: Path, tmp_path: Path):
-    from jobs.batch_infer import BatchInferConfig, run
+    from jobs.scoring.batch import BatchInferConfig, run
 
     config = config_lib.load(BatchInferConfig, REPO / "configs/batch_infer.local-cpu.yaml", [
         f"input={example_csv / 'test.csv'}", "input_format.encoding=gb18030", "id_column=doc_id",
@@ -99,7 +100,7 @@ def test_a_csv_export_is_scored_with_its_own_id_column_and_a_title_body_pair(
 @pytest.mark.parametrize("as_directory", [False, True])
 def test_a_zero_row_parquet_input_commits_an_empty_output(ray_local, mlflow_uri, tiny_model_dir: Path,
                                                          tmp_path: Path, as_directory: bool):
-    from jobs.batch_infer import BatchInferConfig, run
+    from jobs.scoring.batch import BatchInferConfig, run
 
     folder = tmp_path / "in"
     folder.mkdir()

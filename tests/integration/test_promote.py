@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.evaluate import file_digest
+from jobs.evaluation.runner import file_digest
 from jobs.promote import main
 from tools import mlflow_server
 

@@ -132,7 +132,7 @@ def job_config(input_root: Path, output_root: Path, model: str = MODEL, **overri
 
 def run_job(config: dict):
     from jobs.common import config as config_lib
-    from jobs.score_partitions import ScorePartitionsConfig, run
+    from jobs.scoring.partitions import ScorePartitionsConfig, run
 
     return run(config_lib.build(ScorePartitionsConfig, config))
 

@@ -25,7 +25,7 @@ def test_batch_infer_scores_with_the_int8_predictor(ray_local, mlflow_uri, tiny_
                                                     tmp_path: Path):
     import mlflow
 
-    from jobs.batch_infer import BatchInferConfig, run
+    from jobs.scoring.batch import BatchInferConfig, run
     from jobs.common.tracking import TrackingConfig
 
     texts = pq.read_table(tiny_corpus / "test.parquet").column("text").to_pylist()

@@ -35,8 +35,8 @@ import pytest
 import yaml
 
 from jobs.common.config import load
-from jobs.finetune_classifier import FinetuneConfig
-from jobs.finetune_classifier import run as run_finetune
+from jobs.train.classifier import FinetuneConfig
+from jobs.train.classifier import run as run_finetune
 from jobs.train.callbacks import STEP_DELAY_ENV
 from jobs.train.run_tracking import TrackingIncomplete
 from mlflow_proxy import FaultProxy
@@ -209,7 +209,8 @@ def test_server_down_past_the_end_the_job_says_how_to_finish_and_that_finishes_i
 
 def test_batch_infer_publishes_and_exits_0_when_the_server_stops_while_it_scores(
         up, ray_local, tiny_corpus, tiny_model_dir, tmp_path, capsys, monkeypatch):
-    from jobs.batch_infer import PAUSE_AFTER_CHUNK_ENV, main
+    from jobs.batch_infer import main
+    from jobs.scoring.batch import PAUSE_AFTER_CHUNK_ENV
     from jobs.scoring.sink import committed_files
 
     folder, scores = tmp_path / "in", tmp_path / "scores"
@@ -250,7 +251,8 @@ def test_batch_infer_publishes_and_exits_0_when_the_server_stops_while_it_scores
 
 def test_score_partitions_commits_and_reports_when_the_server_stops_while_it_scores(
         up, ray_local, tiny_corpus, tiny_model_dir, tmp_path, capsys, monkeypatch):
-    from jobs.score_partitions import PAUSE_BEFORE_COMMIT_ENV, main
+    from jobs.score_partitions import main
+    from jobs.scoring.partitions import PAUSE_BEFORE_COMMIT_ENV
     from jobs.scoring.ledger import committed_outputs
 
     incoming, scored = tmp_path / "incoming", tmp_path / "scored"
@@ -302,7 +304,7 @@ def registered_versions(client, name: str, count: int, model_dir: Path) -> list[
 
 def test_promote_whose_tag_writes_fail_moves_nothing(proxy, tiny_model_dir, tmp_path):
     from jobs.common.tracking import TrackingConfig, prepare_tracking
-    from jobs.promote import Decision, PromoteConfig, Version, record
+    from jobs.evaluation.promotion import Decision, PromoteConfig, Version, record
 
     client = mlflow.MlflowClient(proxy.url)
     old, new = registered_versions(client, "promote-outage", 2, tiny_model_dir)

@@ -9,8 +9,8 @@ import mlflow
 import torch
 
 from jobs.common.config import load
-from jobs.finetune_classifier import FinetuneConfig
-from jobs.finetune_classifier import run as run_finetune
+from jobs.train.classifier import FinetuneConfig
+from jobs.train.classifier import run as run_finetune
 from jobs.train.checkpoint import STATE_FILE
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from jobs.common import config as config_lib
-from jobs.train_seq2seq import Seq2SeqTrainConfig
+from jobs.train.seq2seq import Seq2SeqTrainConfig
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,7 +28,7 @@ def test_tiny_run_logs_metrics_and_registers_a_model_that_transliterates(ray_loc
                                                                                  tmp_path):
     import mlflow
 
-    from jobs.train_seq2seq import report, run
+    from jobs.train.seq2seq import report, run
 
     data_dir, rows = pair_files
     config = config_lib.load(Seq2SeqTrainConfig, ROOT / "configs/train_seq2seq.tiny.yaml", [
@@ -82,8 +82,8 @@ def test_tiny_run_logs_metrics_and_registers_a_model_that_transliterates(ray_loc
 
 
 def _evaluation_matches_the_training_run(outcome, data_dir: Path, mlflow_uri: str, tmp_path: Path) -> None:
-    from jobs.evaluate import EvaluateConfig
-    from jobs.evaluate import run as evaluate
+    from jobs.evaluation.runner import EvaluateConfig
+    from jobs.evaluation.runner import run as evaluate
 
     config = config_lib.load(EvaluateConfig, ROOT / "configs/evaluate.local-cpu.yaml", [
         f"model={outcome.model_uri}", f"data={data_dir / 'test.parquet'}", f"train_data={data_dir / 'train.parquet'}",
@@ -101,8 +101,8 @@ def _batch_generation_matches_the_pyfunc(model_uri, pyfunc_model, test_file: Pat
     import pandas as pd
     import pyarrow as pa
 
-    from jobs.batch_infer import BatchInferConfig
-    from jobs.batch_infer import run as score
+    from jobs.scoring.batch import BatchInferConfig
+    from jobs.scoring.batch import run as score
     from jobs.scoring.sink import committed_files
 
     pairs = pq.read_table(test_file).select(["id", "source"])

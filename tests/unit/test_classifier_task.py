@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.evaluation.metrics import (calibration, class_counts, class_report, class_report_from_counts,
+from jobs.common.metrics import (calibration, class_counts, class_report, class_report_from_counts,
                                     confusion_matrix)
-from jobs.finetune_classifier import ClassifierOptim, ClassifierTask, balanced_class_weights
+from jobs.train.classifier import ClassifierOptim, ClassifierTask, balanced_class_weights
 
 
 class TinyClassifier(torch.nn.Module):
@@ -135,7 +135,7 @@ def tokenizer_dir(tmp_path_factory):
     (None, 4, r"data.train \(.*train.parquet\): 3 row\(s\), fewer than the 4 training workers"),
 ])
 def test_an_empty_split_is_refused_before_anything_trains(tmp_path, tokenizer_dir, empty, workers, message):
-    from jobs.finetune_classifier import ClassifierData, ClassifierModel, FinetuneConfig, prepare
+    from jobs.train.classifier import ClassifierData, ClassifierModel, FinetuneConfig, prepare
     from jobs.train.settings import ScalingSettings
 
     for split in ("train", "val", "test"):
@@ -149,7 +149,7 @@ def test_an_empty_split_is_refused_before_anything_trains(tmp_path, tokenizer_di
 
 
 def test_baselines_over_the_row_limit_run_on_a_sample_and_say_so(tmp_path, tokenizer_dir):
-    from jobs.finetune_classifier import ClassifierData, ClassifierModel, FinetuneConfig, prepare
+    from jobs.train.classifier import ClassifierData, ClassifierModel, FinetuneConfig, prepare
 
     texts = ["很好", "很差", "还行", "很好用", "太差了", "好"] * 2
     for split in ("train", "val", "test"):

@@ -229,13 +229,13 @@ def test_flatten_produces_dotted_string_keys():
 # ---- the real job configs ---------------------------------------------------------------------
 
 def _job_classes():
-    from jobs.batch_infer import BatchInferConfig
-    from jobs.evaluate import EvaluateConfig
-    from jobs.finetune_classifier import FinetuneConfig
+    from jobs.scoring.batch import BatchInferConfig
+    from jobs.evaluation.runner import EvaluateConfig
+    from jobs.train.classifier import FinetuneConfig
     from jobs.init_offline_model import InitOfflineModelConfig
-    from jobs.prepare_corpus import PrepareCorpusConfig
-    from jobs.score_partitions import ScorePartitionsConfig
-    from jobs.train_seq2seq import Seq2SeqTrainConfig
+    from jobs.corpus.prepare import PrepareCorpusConfig
+    from jobs.scoring.partitions import ScorePartitionsConfig
+    from jobs.train.seq2seq import Seq2SeqTrainConfig
 
     return {"finetune_classifier": FinetuneConfig, "prepare_corpus": PrepareCorpusConfig,
             "train_seq2seq": Seq2SeqTrainConfig, "batch_infer": BatchInferConfig,

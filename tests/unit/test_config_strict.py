@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from jobs.batch_infer import BatchInferConfig
+from jobs.scoring.batch import BatchInferConfig
 from jobs.common.config import ConfigError, load, parse_args
 from jobs.common.registry import ResolvedModel, check_max_length, position_limit
-from jobs.finetune_classifier import FinetuneConfig
-from jobs.score_partitions import ScorePartitionsConfig
+from jobs.train.classifier import FinetuneConfig
+from jobs.scoring.partitions import ScorePartitionsConfig
 from jobs.scoring.ledger import LeaseSettings
-from jobs.train_seq2seq import Seq2SeqTrainConfig
+from jobs.train.seq2seq import Seq2SeqTrainConfig
 
 
 def load_text(tmp_path: Path, text: str, cls=FinetuneConfig, overrides=()):
@@ -44,7 +44,7 @@ def test_duplicate_nested_keys_are_named_with_their_dotted_path(tmp_path):
 
 
 def test_duplicates_inside_list_items_are_found(tmp_path):
-    from jobs.prepare_corpus import PrepareCorpusConfig
+    from jobs.corpus.prepare import PrepareCorpusConfig
 
     with pytest.raises(ConfigError, match=r"duplicate key source\.label_names\[0\]\.a"):
         load_text(tmp_path, "source:\n  label_names:\n    - {a: 1, a: 2}\n", PrepareCorpusConfig)
@@ -56,7 +56,7 @@ def test_merge_keys_may_still_be_overridden(tmp_path):
 
 
 def test_an_anchor_used_twice_is_not_a_duplicate(tmp_path):
-    from jobs.prepare_corpus import PrepareCorpusConfig
+    from jobs.corpus.prepare import PrepareCorpusConfig
 
     text = "source:\n  fields: {text_columns: &cols [title, body]}\n  label_names: *cols\n"
     cfg = load_text(tmp_path, text, PrepareCorpusConfig)

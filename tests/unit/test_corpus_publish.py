@@ -23,7 +23,7 @@ from data_pipeline.corpus_manifest import MANIFEST, CorpusManifestError, check_c
 from data_pipeline.paths import resolve_parquet_files
 from jobs.common.config import ConfigError
 from jobs.common.labels import agreed_label_names
-from jobs.prepare_corpus import PAUSE_AFTER_SPLIT_ENV, PrepareCorpusConfig, Seq2SeqCorpusSettings, SourceSettings, run
+from jobs.corpus.prepare import PAUSE_AFTER_SPLIT_ENV, PrepareCorpusConfig, Seq2SeqCorpusSettings, SourceSettings, run
 
 REPO = Path(__file__).resolve().parents[2]
 SPLITS = ("train", "val", "test")
@@ -101,7 +101,7 @@ def test_killed_between_two_splits_the_old_corpus_stays_whole_and_usable_then_a_
 
 
 def test_readers_refuse_a_corpus_folder_without_its_manifest(tmp_path: Path):
-    from jobs.train_seq2seq import Seq2SeqData, Seq2SeqTrainConfig, prepare_data
+    from jobs.train.seq2seq import Seq2SeqData, Seq2SeqTrainConfig, prepare_data
 
     out = tmp_path / "data" / "corpus"
     run(_config(_source(tmp_path, "in.csv", ("neg", "pos")), out, enabled=True))
@@ -118,7 +118,7 @@ def test_readers_refuse_a_corpus_folder_without_its_manifest(tmp_path: Path):
 
 
 def test_splits_of_two_publishes_or_a_file_changed_after_the_publish_are_refused(tmp_path: Path):
-    from jobs.finetune_classifier import ClassifierData, FinetuneConfig, prepare
+    from jobs.train.classifier import ClassifierData, FinetuneConfig, prepare
 
     first, second = tmp_path / "first", tmp_path / "second"
     run(_config(_source(tmp_path, "a.csv", ("neg", "pos")), first))
@@ -134,7 +134,7 @@ def test_splits_of_two_publishes_or_a_file_changed_after_the_publish_are_refused
 
 
 def test_evaluate_refuses_a_file_of_a_corpus_folder_without_its_manifest(tmp_path: Path):
-    from jobs.evaluate import EvaluateConfig, read_rows
+    from jobs.evaluation.runner import EvaluateConfig, read_rows
 
     out = tmp_path / "corpus"
     run(_config(_source(tmp_path, "in.csv", ("neg", "pos")), out))

@@ -62,7 +62,7 @@ def test_every_file_of_a_split_is_checked_and_a_file_without_label_names_is_refu
 
 
 def test_finetune_refuses_disagreeing_splits_before_ray_is_imported(tmp_path: Path, monkeypatch):
-    from jobs.finetune_classifier import ClassifierData, FinetuneConfig, prepare
+    from jobs.train.classifier import ClassifierData, FinetuneConfig, prepare
 
     paths = _splits(tmp_path, test_names=POS_NEG)
     config = FinetuneConfig(data=ClassifierData(train=str(paths["train"]), val=str(paths["val"]),

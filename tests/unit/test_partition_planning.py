@@ -10,8 +10,8 @@ import pytest
 
 from jobs.common import config as config_lib
 from jobs.common.registry import ResolvedModel
-from jobs.score_partitions import (Decision, Partition, ScorePartitionsConfig, _Claimed, _claim, _commit, decide,
-                                   decide_for, discover_partitions)
+from jobs.scoring.partition_plan import Decision, Partition, decide, discover_partitions
+from jobs.scoring.partitions import Claimed, ScorePartitionsConfig, claim, commit, decide_for
 from jobs.scoring.ledger import Attempt, Lease, LeaseSettings, Ledger, OutputVersion, Store, committed_versions
 from jobs.scoring.pipeline import PipelineCounts, ScoringModel
 from jobs.scoring.predictors import PredictorSettings
@@ -98,12 +98,12 @@ def test_a_store_error_on_one_lease_fails_that_partition_only(tmp_path: Path):
     (out / "_leases").mkdir(parents=True)
     (out / "_leases" / "date=2").write_text("not a directory")  # listing this partition's leases fails
     store, config = Store(str(out)), ScorePartitionsConfig(lease=LeaseSettings(ttl_s=60, heartbeat_s=30))
-    failed = _claim(bad, store, V2, config, {})
+    failed = claim(bad, store, V2, config, {})
     assert failed.status == "failed" and failed.reason == "NotADirectoryError"
     assert "_leases" in failed.error
-    claimed = _claim(good, store, V2, config, {})  # the next partition is claimed as usual
+    claimed = claim(good, store, V2, config, {})  # the next partition is claimed as usual
     try:
-        assert isinstance(claimed, _Claimed) and claimed.decision.reason == "new"
+        assert isinstance(claimed, Claimed) and claimed.decision.reason == "new"
     finally:
         claimed.lease.release()
 
@@ -116,7 +116,7 @@ def test_changed_inputs_with_fail_setting_fail_the_partition_under_its_lease(tmp
     version.mkdir(parents=True)
     (version / "_SUCCESS").write_text('{"files": [], "model": {"name": "m", "version": "2"}, "inputs": []}')
     config = config_lib.build(ScorePartitionsConfig, {"on_changed_inputs": "fail"})
-    outcome = _claim(partition, store, V2, config, {})
+    outcome = claim(partition, store, V2, config, {})
     assert outcome.status == "failed" and outcome.reason == "changed_inputs"
     assert Lease.holder(store, "date=1")["released"] is True  # released again
 
@@ -134,7 +134,7 @@ def test_a_failed_commit_is_a_failed_partition_naming_the_paths(tmp_path: Path):
     (Path(attempt.write_uri) / "part-0.parquet").write_bytes(b"rows")
     (out / "date=1" / "v1").mkdir(parents=True)  # a version dir appeared without a manifest (not ours)
     (out / "date=1" / "v1" / "part-9.parquet").write_bytes(b"x")
-    claimed = _Claimed(partition, lease, Decision(True, "new"), attempt, "now")
+    claimed = Claimed(partition, lease, Decision(True, "new"), attempt, "now")
     from data_pipeline.quarantine import ScoringGroup
     from data_pipeline.paths import resolve_parquet_files
 
@@ -143,7 +143,7 @@ def test_a_failed_commit_is_a_failed_partition_naming_the_paths(tmp_path: Path):
                             files=[{"path": "part-0.parquet", "rows": 1, "kind": "scored"}], seconds=0.1)
     model = ScoringModel(V2, None, str(tmp_path), "classifier")
     try:
-        outcome = _commit(claimed, counts, store, Ledger(store), model, PredictorSettings(), "run-1")
+        outcome = commit(claimed, counts, store, Ledger(store), model, PredictorSettings(), "run-1")
     finally:
         lease.release()
     assert outcome.status == "failed" and outcome.reason == "CommitFailed"

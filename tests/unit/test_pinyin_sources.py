@@ -12,8 +12,8 @@ from data_pipeline.pinyin_sources import (SourceError, parse_tagged_line, people
                                           read_peoples_daily)
 from jobs.common import config as config_lib
 from jobs.common.config import ConfigError
-from jobs.prepare_corpus import (PrepareCorpusConfig, Seq2SeqCorpusSettings, Seq2SeqSource, SourceSettings,
-                                 write_seq2seq_corpus)
+from jobs.corpus.prepare import (PrepareCorpusConfig, Seq2SeqCorpusSettings, Seq2SeqSource, SourceSettings,
+                                  write_seq2seq_corpus)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -108,7 +108,7 @@ def test_corpus_from_reviews_news_and_a_parquet_column(tmp_path):
     from data_pipeline.corpus import CleanRows
     from data_pipeline.paths import resolve_parquet_files
     from data_pipeline.validation import validate_files
-    from jobs.train_seq2seq import Seq2SeqData, pairs_spec, read_pairs
+    from jobs.train.seq2seq import Seq2SeqData, pairs_spec, read_pairs
 
     news = tmp_path / "news.txt"
     news.write_text("物流/n  快/a  。/w  经济/n  发展/v\n\n今天/t  下雨/v\n", encoding="utf-8")
@@ -138,7 +138,7 @@ def test_corpus_from_reviews_news_and_a_parquet_column(tmp_path):
 
 
 def test_user_files_get_pairs_from_named_sources_only_when_enabled(tmp_path):
-    from jobs.prepare_corpus import run
+    from jobs.corpus.prepare import run
 
     path = _parquet(tmp_path / "labelled.parquet", text=[f"第{i}条评论很好" for i in range(20)],
                     label=["好"] * 10 + ["差"] * 10)

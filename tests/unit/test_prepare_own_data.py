@@ -12,7 +12,7 @@ import pytest
 
 from data_pipeline.readers import FileFormat, InputFormatError, TextFields
 from data_pipeline.schema import label_names_from_schema
-from jobs.prepare_corpus import PrepareCorpusConfig, SourceSettings, SplitSettings, run
+from jobs.corpus.prepare import PrepareCorpusConfig, SourceSettings, SplitSettings, run
 
 HEADER = ["doc_id", "title", "body", "category"]
 
@@ -103,7 +103,7 @@ def test_one_jsonl_file_with_an_id_column_is_split_by_hash_and_pairs_only_when_a
     assert not (tmp_path / "pinyin").exists()
     from dataclasses import replace
 
-    from jobs.prepare_corpus import Seq2SeqCorpusSettings
+    from jobs.corpus.prepare import Seq2SeqCorpusSettings
     run(replace(config, seq2seq=Seq2SeqCorpusSettings(enabled=True)))
     assert pq.read_table(tmp_path / "pinyin" / "train.parquet").num_rows > 0
 

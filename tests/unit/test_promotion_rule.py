@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from jobs.common.config import ConfigError, load
-from jobs.promote import PromoteConfig, decide
+from jobs.evaluation.promotion import PromoteConfig, decide
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -91,7 +91,7 @@ def test_a_gate_that_cannot_work_is_refused_by_the_config(override, message):
 def _evaluated(role: str, version: str, digest: str, rows=(0, 1, 2), kind="classifier", **metrics):
     import numpy as np
 
-    from jobs.promote import Version
+    from jobs.evaluation.promotion import Version
 
     # Only what the check reads of an evaluation: its metrics, the rows it scored, the model's kind, the run.
     outcome = SimpleNamespace(metrics=metrics or {"accuracy": 0.8, "macro_f1": 0.8}, run_id=f"run-{version}",
@@ -100,7 +100,7 @@ def _evaluated(role: str, version: str, digest: str, rows=(0, 1, 2), kind="class
 
 
 def test_evaluations_of_other_data_or_other_rows_are_not_compared():
-    from jobs.promote import PromotionError, check_comparable
+    from jobs.evaluation.promotion import PromotionError, check_comparable
 
     check_comparable("d1", _evaluated("candidate", "2", "d1"), _evaluated("production", "1", "d1", rows=(2, 0, 1)),
                      "macro_f1")

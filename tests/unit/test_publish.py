@@ -5,7 +5,8 @@ from __future__ import annotations
 import pyarrow.fs as pafs
 
 from data_pipeline.storage import Storage
-from jobs.scoring.publish import listed_files, remove_unlisted, sync_tree
+from jobs.common.durable import sync_tree
+from jobs.scoring.publish import listed_files, remove_unlisted
 
 
 def test_remove_unlisted_deletes_only_files_the_manifest_does_not_list(tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.scoring import publish
+from jobs.common import durable
 from jobs.scoring.run_staging import RunStaging, TargetOccupied, plan_chunks
 
 FINGERPRINT = {"model": {"name": "m", "version": "1"}, "settings": {"max_length": 32}}
@@ -106,13 +106,13 @@ def test_replace_swaps_the_whole_output_and_without_it_publish_refuses(tmp_path:
 def test_replace_dir_swaps_in_one_step_or_falls_back_to_two_renames(tmp_path: Path, monkeypatch):
     for name in ("new", "target"):
         write(tmp_path / name / f"{name}.txt")
-    old = publish.replace_dir(str(tmp_path / "new"), str(tmp_path / "target"), str(tmp_path / "aside"))
+    old = durable.replace_dir(str(tmp_path / "new"), str(tmp_path / "target"), str(tmp_path / "aside"))
     assert tree(tmp_path / "target") == ["new.txt"] and tree(Path(old)) == ["target.txt"]
     assert old == str(tmp_path / "new")  # exchanged in place (renameat2 works on this filesystem)
 
     write(tmp_path / "newer" / "newer.txt")
-    monkeypatch.setattr(publish, "exchange_dirs", lambda a, b: False)  # a kernel or filesystem without it
-    old = publish.replace_dir(str(tmp_path / "newer"), str(tmp_path / "target"), str(tmp_path / "aside"))
+    monkeypatch.setattr(durable, "exchange_dirs", lambda a, b: False)  # a kernel or filesystem without it
+    old = durable.replace_dir(str(tmp_path / "newer"), str(tmp_path / "target"), str(tmp_path / "aside"))
     assert tree(tmp_path / "target") == ["newer.txt"] and old == str(tmp_path / "aside")
     assert tree(Path(old)) == ["new.txt"]
 

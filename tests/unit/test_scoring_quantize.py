@@ -17,10 +17,10 @@ import pyarrow as pa
 import pytest
 import torch
 
-from jobs.batch_infer import BatchInferConfig
+from jobs.scoring.batch import BatchInferConfig
 from jobs.common.config import ConfigError, load
 from jobs.common.registry import ResolvedModel
-from jobs.score_partitions import ScorePartitionsConfig
+from jobs.scoring.partitions import ScorePartitionsConfig
 from jobs.scoring.predictors import PredictorSettings, TokenizingClassifierPredictor, forward_passes
 
 torch.set_num_threads(1)
@@ -153,7 +153,7 @@ def test_the_new_settings_load():
 
 def test_a_resume_under_other_numerics_starts_fresh():
     """int8, compiled or half-precision scores differ slightly from fp32 ones: a run's chunks are not mixed."""
-    from jobs.batch_infer import run_fingerprint
+    from jobs.scoring.batch import run_fingerprint
     from jobs.scoring.pipeline import ScoringModel
 
     model = ScoringModel(ResolvedModel(load_uri="/m", name="m", version="1", run_id="r"), None, "/m", "classifier")

@@ -9,7 +9,7 @@ import torch
 
 from data_pipeline.pinyin import write_pairs
 from jobs.common import config as config_lib
-from jobs.train_seq2seq import Seq2SeqTrainConfig
+from jobs.train.seq2seq import Seq2SeqTrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_invalid_inputs_fail_before_any_compute(tmp_path):
     from data_pipeline.pinyin import Pair
     from data_pipeline.validation import DataValidationError
-    from jobs.train_seq2seq import prepare_data
+    from jobs.train.seq2seq import prepare_data
 
     long_pair = Pair("a-0", "好" * 80, " ".join(["hao3"] * 80))
     for split in ("train", "val", "test"):
@@ -35,7 +35,7 @@ def test_invalid_inputs_fail_before_any_compute(tmp_path):
 def test_a_multi_megabyte_row_is_refused_before_it_is_tokenized(tmp_path):
     from data_pipeline.pinyin import Pair
     from data_pipeline.validation import DataValidationError
-    from jobs.train_seq2seq import prepare_data
+    from jobs.train.seq2seq import prepare_data
 
     huge = Pair("h-0", "好" * 3_000_000, "hao3")
     write_pairs(tmp_path / "train.parquet", [Pair("a-0", "好", "hao3"), huge])
@@ -52,7 +52,7 @@ def test_task_eval_sums_match_the_zero_sums_and_give_metrics():
     """In-process (no Ray): the task's loss, evaluation sums and metrics on one batch of a tiny model."""
     from data_pipeline.pinyin import ReadingTable
     from data_pipeline.seq2seq import collate_pairs, encode, train_source_tokenizer, train_target_tokenizer
-    from jobs.train_seq2seq import Seq2SeqTask
+    from jobs.train.seq2seq import Seq2SeqTask
 
     pairs = [("银行行长", "yin2 hang2 hang2 zhang3"), ("还行", "hai2 xing2"), ("不行了", "bu4 xing2 le5")]
     source = train_source_tokenizer(s for s, _ in pairs)

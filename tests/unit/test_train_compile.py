@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 
 from jobs.common import config as config_lib
-from jobs.finetune_classifier import FinetuneConfig
+from jobs.train.classifier import FinetuneConfig
 from jobs.train.checkpoint import Progress, load_state, restore, save_checkpoint
 from jobs.train.distributed import compile_in_place, unwrap
 from jobs.train.loop import optimizer_step
 from jobs.train.optimizer import build_optimizer
 from jobs.train.settings import OptimSettings
-from jobs.train_seq2seq import Seq2SeqTrainConfig
+from jobs.train.seq2seq import Seq2SeqTrainConfig
 
 CPU = torch.device("cpu")
 TOLERANCE = 1e-5  # inductor fuses and reorders float32 arithmetic: equal up to rounding, not bit for bit
