@@ -3,6 +3,7 @@ was killed, then each trial recorded in MLflow and the best one registered (``jo
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -10,8 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs.sweeps.record import TrialOutcome
-from jobs.sweeps.settings import Dimension, SchedulerSettings
+from jobs.common import config as config_lib
+from jobs.common.ray_runtime import init_ray
+from jobs.common.shared_storage import require_shared
+from jobs.common.tracking import prepare_tracking
+from jobs.sweeps.record import (TrialOutcome, best_trial, finish_parent, open_parent, record_trials,
+                                register_best)
+from jobs.sweeps.settings import Dimension, SchedulerSettings, SweepConfig, TrainingJob
+from jobs.sweeps.space import check_space_keys, param_space
 from jobs.sweeps.trial import EPOCHS_DONE, TrialSpec, run_trial
 
 log = logging.getLogger(__name__)
@@ -94,3 +101,69 @@ def outcomes_of(results, metric: str, space: dict[str, Dimension]) -> list[Trial
             epochs=int(metrics.get(EPOCHS_DONE, 0) or 0), run_id=None,
             error=None if result.error is None else str(result.error)))
     return sorted(outcomes, key=lambda o: o.trial_id)
+
+
+def training_job(name: str) -> TrainingJob:
+    """The training jobs a sweep can run (imported when asked: each pulls in its model code)."""
+    if name == "finetune_classifier":
+        from jobs.train import classifier
+
+        return TrainingJob(name, classifier.FinetuneConfig, classifier.prepare)
+    from jobs.train import seq2seq
+
+    return TrainingJob(name, seq2seq.Seq2SeqTrainConfig, seq2seq.prepare)
+
+
+def trial_resources(job_config) -> dict[str, float]:
+    """What one trial reserves: its training workers, and its Ray Data read and tokenize stages."""
+    stages, scaling = job_config.data.stages, job_config.scaling
+    workers = max(scaling.num_workers, 1)
+    data_cpus = stages.read_cpus + stages.tokenize_cpus * stages.tokenize_concurrency
+    return {"CPU": workers * scaling.cpus_per_worker + data_cpus,
+            "GPU": workers * scaling.gpus_per_worker if scaling.use_gpu else 0.0}
+
+
+def run_sweep(config: SweepConfig) -> SweepOutcome:
+    import ray
+
+    if not config.space:
+        raise config_lib.ConfigError("space: name at least one key to search, e.g. "
+                                     "--set 'space={optim.lr: {kind: loguniform, low: 1.0e-4, high: 1.0e-3}}'")
+    job = training_job(config.job)
+    job_config_path = str(Path(config.job_config).resolve()) if config.job_config else None
+    base = config_lib.load(job.config_class, job_config_path, config.job_overrides)  # the job's own checks
+    check_space_keys(job.config_class, config.space, lambda cls, path, overrides: config_lib.load(
+        cls, job_config_path, [*config.job_overrides, *overrides]))
+    metric = config.metric or base.run.checkpoint_metric
+    mode = config.mode or base.run.checkpoint_mode
+    storage = config.storage_path if "://" in config.storage_path else str(Path(config.storage_path).resolve())
+    target = prepare_tracking(config.tracking)
+    require_shared(config.ray, {"storage_path": storage, **base.node_read_paths()}, target.tracking_uri)
+    init_ray(config.ray)
+    concurrency = concurrent_trials(ray.cluster_resources(), trial_resources(base), config.max_concurrent)
+    name = config.sweep_name()
+    grid = any(d.kind == "grid" for d in config.space.values())
+    params = {"job": config.job, "job_config": config.job_config or "", "metric": metric, "mode": mode,
+              "num_samples": config.num_samples, "max_concurrent": concurrency, "seed": config.seed,
+              "search": "grid + random" if grid else "random", "scheduler": config.scheduler.kind,
+              "scheduler_grace_epochs": config.scheduler.grace_epochs,
+              "scheduler_reduction_factor": config.scheduler.reduction_factor, "max_epochs": base.optim.epochs,
+              **{f"space.{k}": json.dumps(config_lib.to_dict(v)) for k, v in config.space.items()}}
+    parent, resumed = open_parent(target, name, params, {k: config_lib.to_dict(v) for k, v in config.space.items()})
+    print(f"sweep {name}: MLflow run {parent}{' (resumed)' if resumed else ''}; {concurrency} trial(s) at once",
+          flush=True)
+    spec = TrialSpec(job=job, config_path=job_config_path, overrides=list(config.job_overrides), sweep_name=name,
+                     storage_path=storage, tracking_uri=target.tracking_uri, experiment=config.tracking.experiment,
+                     parent_run_id=parent)
+    results = tune_sweep(spec, param_space(config.space), metric, mode, config.num_samples, concurrency,
+                         scheduler_for(config.scheduler, base.optim.epochs), config.seed)
+    outcomes = outcomes_of(results, metric, config.space)
+    outcomes = record_trials(target, parent, outcomes, {o.trial_id: spec.trial_run_name(o.trial_id) for o in outcomes})
+    best = best_trial(outcomes, mode)
+    registered_name = config.tracking.registered_model or base.tracking.registered_model
+    registered = register_best(target, best, parent, registered_name, config.tracking.alias) \
+        if best is not None and registered_name else None
+    header = (f"**sweep** `{name}` over `{config.job}` (`{config.job_config}`): {metric} ({mode}), "
+              f"{config.scheduler.kind} scheduler, {concurrency} trial(s) at once.")
+    finish_parent(target, parent, outcomes, config.space, metric, mode, best, registered, header)
+    return SweepOutcome(parent, outcomes, best, registered, resumed)

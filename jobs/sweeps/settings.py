@@ -1,11 +1,17 @@
-"""The typed sections of a sweep's config: the search space, the early-stopping scheduler, the job to train."""
+"""A sweep's typed config: the job to train, the search space, the early-stopping scheduler, the budget."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from jobs.common import config as config_lib
+from jobs.common.ray_runtime import RayConfig
+from jobs.common.tracking import TrackingConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,3 +66,35 @@ class TrainingJob:
     config_class: type
     prepare: Callable[..., Any]
 
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepConfig:
+    """A search over one training job's config."""
+    EXAMPLE_OVERRIDE: ClassVar[str] = "num_samples=4"  # --help's --set example (a unit test loads it)
+    job: Literal["finetune_classifier", "train_seq2seq"] = "finetune_classifier"  # the training job each trial runs
+    job_config: str | None = "configs/finetune_classifier.local-cpu.yaml"  # its YAML (null: its defaults)
+    job_overrides: list[str] = field(default_factory=list)  # key=value items for every trial, as its --set
+    space: dict[str, Dimension] = field(default_factory=dict)  # dotted job-config key -> its range
+    metric: str | None = None  # what a trial is judged by; null: the job's run.checkpoint_metric
+    mode: Literal["min", "max"] | None = None  # null: the job's run.checkpoint_mode
+    num_samples: int = 8  # trials drawn at random (with grid dimensions: per point of the grid)
+    max_concurrent: int | None = None  # trials at once; null: as many as the cluster's CPUs hold
+    seed: int = 0  # the random draws of the space
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    # The sweep's name: its Tune experiment and parent run. null: one derived from this config, so the
+    # same command resumes a killed sweep; name a sweep to run the same config afresh.
+    name: str | None = None
+    storage_path: str = "runs/sweeps"  # Tune's state and the trials' checkpoints (shared storage on a cluster)
+    tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(experiment="sweeps"))
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 1 or (self.max_concurrent is not None and self.max_concurrent < 1):
+            raise ValueError("num_samples and max_concurrent must be >= 1")
+
+    def sweep_name(self) -> str:
+        if self.name:
+            return self.name
+        digest = hashlib.sha1(json.dumps(config_lib.to_dict(self), sort_keys=True, default=str).encode())
+        return f"sweep-{self.job}-{digest.hexdigest()[:8]}"
