@@ -23,6 +23,7 @@ from jobs.sweeps.trial import EPOCHS_DONE, TrialSpec, run_trial
 
 log = logging.getLogger(__name__)
 STATE_INTERVAL_S = 10
+TRIAL_DRIVER_CPUS = 0.01  # each trial's Tune actor, which runs the training job's driver
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,9 @@ def tune_sweep(spec: TrialSpec, param_space: dict[str, Any], metric: str, mode: 
     # (a trial it had not yet recorded as done would run again), for one small file write.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(STATE_INTERVAL_S))
     trainable = ray.tune.with_parameters(run_trial, spec=spec)
-    # The trial's function is a driver: its training workers and data stages reserve the CPUs.
-    trainable = ray.tune.with_resources(trainable, {"CPU": 0})
+    # The trial's function is a driver: its training workers and data stages reserve the CPUs (Tune
+    # refuses an empty request, and would reserve a whole CPU by default).
+    trainable = ray.tune.with_resources(trainable, {"CPU": TRIAL_DRIVER_CPUS})
     path = str(Path(spec.storage_path) / spec.sweep_name) if "://" not in spec.storage_path \
         else f"{spec.storage_path.rstrip('/')}/{spec.sweep_name}"
     if ray.tune.Tuner.can_restore(path):
@@ -119,7 +121,7 @@ def trial_resources(job_config) -> dict[str, float]:
     stages, scaling = job_config.data.stages, job_config.scaling
     workers = max(scaling.num_workers, 1)
     data_cpus = stages.read_cpus + stages.tokenize_cpus * stages.tokenize_concurrency
-    return {"CPU": workers * scaling.cpus_per_worker + data_cpus,
+    return {"CPU": workers * scaling.cpus_per_worker + data_cpus + TRIAL_DRIVER_CPUS,
             "GPU": workers * scaling.gpus_per_worker if scaling.use_gpu else 0.0}
 
 

@@ -85,7 +85,8 @@ def swept(sweep_config):
         time.sleep(12)
         assert first.poll() is None, (root / "first.log").read_text()[-3000:]
     finally:
-        os.killpg(first.pid, signal.SIGKILL)
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
         first.wait()
     client, runs = _runs(uri)
     trained_before = {r.info.run_id: r.info.end_time for r in runs if r.info.status == "FINISHED"}
