@@ -76,6 +76,7 @@ def _children(uri: str, status: str | None = None) -> int:
 def swept(sweep_config):
     """The sweep killed (SIGKILL, its whole process group: its Ray too) once a trial finished, then resumed."""
     config, uri, root = sweep_config
+    mlflow.MlflowClient(uri).search_experiments()  # the store's tables, before two processes race to make them
     first = _start(config, root / "first.log")
     try:
         # the second trial's run exists: Tune has moved past the first, which it records as done within
