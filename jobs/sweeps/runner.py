@@ -78,9 +78,10 @@ def tune_sweep(spec: TrialSpec, param_space: dict[str, Any], metric: str, mode: 
 
         tuner = ray.tune.Tuner(
             trainable, param_space=param_space,
-            tune_config=ray.tune.TuneConfig(metric=metric, mode=mode, num_samples=num_samples,
-                                            max_concurrent_trials=concurrency, scheduler=scheduler,
-                                            search_alg=BasicVariantGenerator(random_state=seed)),
+            # The generator itself caps the trials at once: Tune ignores max_concurrent_trials beside it.
+            tune_config=ray.tune.TuneConfig(metric=metric, mode=mode, num_samples=num_samples, scheduler=scheduler,
+                                            search_alg=BasicVariantGenerator(random_state=seed,
+                                                                             max_concurrent=concurrency)),
             run_config=ray.tune.RunConfig(name=spec.sweep_name, storage_path=spec.storage_path,
                                           failure_config=ray.tune.FailureConfig(max_failures=0),
                                           verbose=1))
