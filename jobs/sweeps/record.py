@@ -19,10 +19,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from jobs.common.registry import RegisteredModel, describe_version, register_version
+from jobs.common.registry import SOURCE_CHECKPOINT_TAG, RegisteredModel, describe_version, register_version
 from jobs.common.tracking import (DESCRIPTION_TAG, PARENT_RUN_TAG, TrackingTarget, client_for, filter_literal,
                                   log_params)
 from jobs.sweeps.settings import Dimension
+from jobs.train.run_record import model_card
 
 SWEEP_TAG = "sweep_name"  # on the parent run: the sweep it records (the same name resumes it)
 TRIAL_STATE_TAG = "sweep_trial_state"  # on each child: finished | early_stopped | failed
@@ -204,8 +205,9 @@ def register_best(target: TrackingTarget, best: TrialOutcome, parent_run_id: str
         raise RuntimeError(f"the best trial's run {best.run_id} logged no model to register")
     registered = register_version(target, f"models:/{models[0].model_id}", registered_name, alias,
                                   {"sweep_run_id": parent_run_id, "sweep_trial_id": best.trial_id}, client)
-    card = client.get_run(best.run_id).data.tags.get(DESCRIPTION_TAG, "")
-    describe_version(client, registered, f"Best trial `{best.trial_id}` of sweep run `{parent_run_id}`.\n\n{card}",
-                     "")
+    card = model_card(f"The best of sweep run `{parent_run_id}`: trial `{best.trial_id}` ({best.params}).",
+                      client.get_run(best.run_id).data.tags.get(DESCRIPTION_TAG, ""), best.run_id,
+                      models[0].tags.get(SOURCE_CHECKPOINT_TAG, "?"), registered)
+    describe_version(client, registered, card, "")
     client.set_tag(parent_run_id, "registered_version", registered.version)
     return registered

@@ -145,6 +145,8 @@ def test_the_best_finished_trial_is_registered_with_the_alias_and_compared_on_th
     version = client.get_model_version_by_alias(REGISTERED, "candidate")
     assert version.run_id == best.info.run_id and version.tags["sweep_run_id"] == parent.info.run_id
     assert len(client.search_model_versions(f"name = '{REGISTERED}'")) == 1  # once, across the kill
+    assert f"sweep run `{parent.info.run_id}`" in version.description  # its model card
+    assert f"--set model=models:/{REGISTERED}/{version.version}" in version.description
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"trials.csv", "trials.json", "search_space.json", "val_loss_by_hyperparameter.png"} <= artifacts
     stopped = sum(r.data.tags.get(TRIAL_STATE_TAG) == EARLY_STOPPED for r in runs)
