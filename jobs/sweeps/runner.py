@@ -51,7 +51,9 @@ def scheduler_for(settings: SchedulerSettings, max_epochs: int):
 
     if settings.kind == "fifo":
         return FIFOScheduler()
-    return ASHAScheduler(time_attr=EPOCHS_DONE, max_t=max_epochs, grace_period=settings.grace_epochs,
+    # max_t one past the last epoch: ASHA stops a trial that reaches max_t, and a trial at its last epoch
+    # must end as the job ends it (model logged, run FINISHED), not be killed by the scheduler.
+    return ASHAScheduler(time_attr=EPOCHS_DONE, max_t=max_epochs + 1, grace_period=settings.grace_epochs,
                          reduction_factor=settings.reduction_factor)
 
 
