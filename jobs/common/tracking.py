@@ -31,6 +31,7 @@ DEFAULT_ARTIFACTS = "mlartifacts"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"
 DESCRIPTION_TAG = "mlflow.note.content"  # a run's description (markdown) on its page
+PARENT_RUN_TAG = "mlflow.parentRunId"  # nests a run under another (the UI shows it as a child)
 # Seconds between system metric samples (MLflow's own default; MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL
 # overrides it). A run shorter than one interval records none.
 SYSTEM_METRICS_INTERVAL_S = 10
@@ -49,6 +50,8 @@ class TrackingConfig:
     experiment: str = "text-jobs"  # MLflow experiment of the job's runs, created when missing
     registered_model: str | None = None  # register the trained model under this name
     alias: str = "candidate"  # alias given to the newly registered version
+    # Nest the job's run under this MLflow run (its parentRunId): a sweep's trials under the sweep's run.
+    parent_run_id: str | None = None
     # Artifact root of an experiment this job creates (e.g. s3://bucket/mlflow; endpoint from
     # AWS_ENDPOINT_URL). None: beside a sqlite store, or the tracking server's own default.
     # An existing experiment keeps the location it was created with.

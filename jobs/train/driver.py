@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,7 +25,7 @@ from jobs.common.naming import unique_run_name
 from jobs.common.ray_runtime import check_cpu_budget, init_ray
 from jobs.common.shared_storage import require_shared
 from jobs.common.redaction import redact_text
-from jobs.common.tracking import (TrackingTarget, environment_tags, prepare_tracking, start_system_metrics,
+from jobs.common.tracking import (PARENT_RUN_TAG, TrackingTarget, environment_tags, prepare_tracking, start_system_metrics,
                                   stop_system_metrics, tracking_env)
 from jobs.train.callbacks import FAULT_ENVS
 from jobs.train.checkpoint import EXPORT_DIR
@@ -123,7 +123,7 @@ def monitored_train_worker(spec: WorkerSpec) -> None:
 
 
 def make_trainer(spec: WorkerSpec, scaling: ScalingSettings, run: RunSettings, training_run: TrainingRun,
-                 datasets: dict[str, Any]):
+                 datasets: dict[str, Any], callbacks: Sequence[Any] = ()):
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -144,7 +144,7 @@ def make_trainer(spec: WorkerSpec, scaling: ScalingSettings, run: RunSettings, t
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=run.keep_checkpoints, checkpoint_score_attribute=run.checkpoint_metric,
                 checkpoint_score_order=run.checkpoint_mode),
-            worker_runtime_env={"env_vars": worker_env()}),
+            worker_runtime_env={"env_vars": worker_env()}, callbacks=list(callbacks) or None),
         datasets=datasets,
         dataset_config=EvalShardingDataConfig(EVAL_SPLITS, deterministic_train=run.deterministic),
     )
@@ -168,8 +168,12 @@ class TrainingOutcome:
         return f"{self.checkpoint_path}/{EXPORT_DIR}"
 
 
-def run_training_job(config: ConfigT, prepare: Callable[[ConfigT, TrackingTarget], TrainingPlan]) -> TrainingOutcome:
-    """Train, register and alias a model: the orchestration every training job shares."""
+def run_training_job(config: ConfigT, prepare: Callable[[ConfigT, TrackingTarget], TrainingPlan],
+                     callbacks: Sequence[Any] = ()) -> TrainingOutcome:
+    """Train, register and alias a model: the orchestration every training job shares.
+
+    ``callbacks``: Ray Train ``UserCallback``s for the fit (a sweep's trial passes the one that reports to Tune).
+    """
     target = prepare_tracking(config.tracking)
     require_shared(config.ray, config.node_read_paths(), target.tracking_uri)  # a cluster of several nodes
     plan = prepare(config, target)  # everything that can be wrong with the inputs fails here
@@ -182,7 +186,9 @@ def run_training_job(config: ConfigT, prepare: Callable[[ConfigT, TrackingTarget
     tracker = RunTracker(target, config.tracking.outage_tolerance_s)
     training_run = open_training_run(
         target, config.run, plan.run_prefix,
-        tags={"num_workers": str(scaling.world_size), "job": plan.job, **plan.tags}, config_dict=config_dict,
+        tags={"num_workers": str(scaling.world_size), "job": plan.job, **plan.tags,
+              **({PARENT_RUN_TAG: config.tracking.parent_run_id} if config.tracking.parent_run_id else {})},
+        config_dict=config_dict,
         params={**{f"rows_{k}": v for k, v in plan.rows.items()}, **plan.params}, dicts=plan.dicts,
         baselines=plan.baselines, datasets=datasets, tracker=tracker)
     try:
@@ -190,7 +196,7 @@ def run_training_job(config: ConfigT, prepare: Callable[[ConfigT, TrackingTarget
                           context=training_run.loop_context(target, config.run, plan.micro_batches_per_epoch))
         monitor = start_system_metrics(target, training_run.mlflow_run_id, node_id="driver")
         try:
-            result = make_trainer(spec, scaling, config.run, training_run, plan.make_datasets()).fit()
+            result = make_trainer(spec, scaling, config.run, training_run, plan.make_datasets(), callbacks).fit()
         finally:
             stop_system_metrics(monitor)
     except BaseException as exc:

@@ -22,7 +22,7 @@ def test_docs_configuration_md_agrees_with_the_config_classes():
 
 def test_every_job_with_a_typed_config_is_found():
     assert set(job_configs()) == {"batch_infer", "evaluate", "finetune_classifier", "init_offline_model",
-                                  "prepare_corpus", "promote", "score_partitions", "train_seq2seq"}
+                                  "prepare_corpus", "promote", "score_partitions", "sweep", "train_seq2seq"}
 
 
 def test_every_key_of_every_job_has_a_description():
