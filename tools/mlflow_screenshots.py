@@ -49,8 +49,9 @@ def _wait_healthy(url: str, server: subprocess.Popen, timeout_s: float = 120) ->
     raise TimeoutError(f"mlflow server at {url} did not answer /health within {timeout_s:.0f} s")
 
 
-def pages(url: str, experiment: str, registered_model: str | None) -> dict[str, str]:
-    """File name -> the UI address to photograph, from what the store holds."""
+def pages(url: str, experiment: str, registered_model: str | None, run_id: str | None = None,
+          prefix: str = "mlflow-") -> dict[str, str]:
+    """File name -> the UI address to photograph, from what the store holds (the latest run, or ``run_id``)."""
     import mlflow
 
     client = mlflow.MlflowClient(url, registry_uri=url)
@@ -60,17 +61,17 @@ def pages(url: str, experiment: str, registered_model: str | None) -> dict[str, 
     runs = client.search_runs([found.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
         raise SystemExit(f"experiment {experiment!r} has no runs")
-    run = runs[0].info.run_id
+    run = run_id or runs[0].info.run_id
     base = f"{url}/#/experiments/{found.experiment_id}"
-    out = {"mlflow-runs.png": f"{base}?viewStateShareKey=&compareRunsMode=TABLE",
-           "mlflow-run-overview.png": f"{base}/runs/{run}",
-           "mlflow-run-metrics.png": f"{base}/runs/{run}/model-metrics"}
+    out = {f"{prefix}runs.png": f"{base}?viewStateShareKey=&compareRunsMode=TABLE",
+           f"{prefix}run-overview.png": f"{base}/runs/{run}",
+           f"{prefix}run-metrics.png": f"{base}/runs/{run}/model-metrics"}
     if registered_model:
         versions = client.search_model_versions(f"name = '{registered_model}'")
         if versions:
             newest = max(int(v.version) for v in versions)
-            out["mlflow-registered-model.png"] = f"{url}/#/models/{registered_model}"
-            out["mlflow-model-version.png"] = f"{url}/#/models/{registered_model}/versions/{newest}"
+            out[f"{prefix}registered-model.png"] = f"{url}/#/models/{registered_model}"
+            out[f"{prefix}model-version.png"] = f"{url}/#/models/{registered_model}/versions/{newest}"
     return out
 
 
@@ -108,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--artifacts", type=Path, default=Path.cwd() / "mlartifacts")
     parser.add_argument("--experiment", default="finetune-classifier")
     parser.add_argument("--registered-model", default="review-sentiment")
+    parser.add_argument("--run", default=None, help="the run to open (default: the experiment's latest)")
+    parser.add_argument("--prefix", default="mlflow-", help="file names start with it")
     parser.add_argument("--out", type=Path, default=Path("docs/images"))
     parser.add_argument("--chromium", default="/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None,
                         help="a Chromium binary (default: Debian's, else Playwright's own)")
@@ -120,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     server = _serve(args.store, args.artifacts, port)
     try:
         _wait_healthy(url, server)
-        for path in photograph(pages(url, args.experiment, args.registered_model), args.out, args.chromium,
+        addresses = pages(url, args.experiment, args.registered_model, args.run, args.prefix)
+        for path in photograph(addresses, args.out, args.chromium,
                                width, height, args.settle_s):
             print(path)
     finally:
