@@ -61,7 +61,7 @@ class CorpusStats:
     cross_split: list[dict] = field(default_factory=list)
     cross_split_removed: int = 0
     labels_stripped: int = 0  # rows whose label lost surrounding whitespace ("positive " -> "positive")
-    labels_lowered: int = 0  # rows whose label was folded to lower case (source.label_case: lower)
+    labels_lowered: int = 0  # rows whose label was folded to lower case (input.label_case: lower)
 
     def add_cleaning(self, other: CorpusStats) -> None:
         """Sum the cleaning counts of another file's ``clean`` (given splits are cleaned file by file)."""
@@ -72,8 +72,8 @@ class CorpusStats:
     def lines(self) -> list[str]:
         out = [f"read {self.read} rows",
                *([f"stripped surrounding whitespace from the labels of {self.labels_stripped} rows "
-                  "(source.label_strip)"] if self.labels_stripped else []),
-               *([f"folded the labels of {self.labels_lowered} rows to lower case (source.label_case: lower)"]
+                  "(input.label_strip)"] if self.labels_stripped else []),
+               *([f"folded the labels of {self.labels_lowered} rows to lower case (input.label_case: lower)"]
                  if self.labels_lowered else []),
                f"removed {self.empty_removed} empty texts",
                f"removed {self.duplicates_removed} exact duplicates",

@@ -181,7 +181,7 @@ def _raise_bad_line(path: str, encoding: str, decoder: codecs.IncrementalDecoder
 
 def _not_text(path: str, encoding: str, line: int) -> InputFormatError:
     return InputFormatError(path, f"not valid {encoding} text at line {line} "
-                                  f"(set source.encoding to the file's encoding)")
+                                  f"(set input.format.encoding to the file's encoding)")
 
 
 def _is_utf8(encoding: str) -> bool:

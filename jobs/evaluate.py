@@ -1,7 +1,7 @@
 """Measure a model on a labelled file: score it through the batch pipeline, compare with the truth.
 
     python -m jobs.evaluate --config configs/evaluate.local-cpu.yaml \
-        --set model=models:/review-sentiment@candidate --set data=data/corpus/test.parquet
+        --set model=models:/review-sentiment@candidate --set input.path=data/corpus/test.parquet
 
 The file may be any form ``prepare_corpus`` reads (``input.*``). ``jobs.evaluation.runner`` says
 what is measured (per model kind: ``jobs.kinds``) and what goes to the one MLflow run, linked to
@@ -25,7 +25,7 @@ def report(outcome: EvaluationOutcome, config: EvaluateConfig) -> None:
     print("\n=== evaluation finished ===")
     print(f"model           : {resolved.name} version {resolved.version} ({outcome.model.kind})")
     reasons = ", ".join(f"{k} {v}" for k, v in counts.rejected_by_reason.items())
-    print(f"data            : {config.data}: {counts.rows_in} rows, {counts.rows_out} scored, "
+    print(f"data            : {config.input.path}: {counts.rows_in} rows, {counts.rows_out} scored, "
           f"{counts.rows_rejected} rejected" + (f" ({reasons})" if reasons else ""))
     for row in outcome.rejected[:10]:
         print(f"  rejected {row['id']}: {row['reason']}")
@@ -33,8 +33,8 @@ def report(outcome: EvaluationOutcome, config: EvaluateConfig) -> None:
         print(f"  ... {len(outcome.rejected) - 10} more (MLflow artifact rejected_rows.json)")
     print(f"MLflow run      : {outcome.run_id} (experiment '{config.tracking.experiment}')")
     if m.get("rows_also_in_train_data"):
-        print(f"WARNING: {m['rows_also_in_train_data']:.0f} evaluated row(s) also appear in train_data: the model "
-              "has seen them (prepare_corpus with given splits removes such rows from the later split)")
+        print(f"WARNING: {m['rows_also_in_train_data']:.0f} evaluated row(s) also appear in input.train_path: the "
+              "model has seen them (prepare_corpus with given splits removes such rows from the later split)")
     print("\n".join(kind_spec(outcome.model.kind).report_lines(m, outcome.result)))
 
 

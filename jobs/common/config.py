@@ -6,6 +6,9 @@ config never silently falls back to a default. One generic override flag,
 reads otherwise than meant (``*``, ``[a``, an id ``007`` read as the number 7) is an error that
 names the key, the value and the rule, with the quoting that passes it as text. ``--print-config`` prints
 what a command line resolves to, as YAML that ``--config`` reads back, secrets masked.
+
+A key that moved is refused by its old name, with the new one: a config class lists them in
+``RENAMED_KEYS`` (old dotted key -> new dotted key; ``renamed_keys`` says how they match).
 """
 
 from __future__ import annotations
@@ -164,6 +167,55 @@ def _field_default(f: dataclasses.Field) -> Any:
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
 
 
+def _is_section(cls: type, dotted: str) -> bool:
+    """Whether ``dotted`` names a nested dataclass section of ``cls`` (``input``, ``input.format``)."""
+    tp: Any = cls
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(tp) or part not in {f.name for f in dataclasses.fields(tp)}:
+            return False
+        tp = get_type_hints(tp)[part]
+    return dataclasses.is_dataclass(tp)
+
+
+def _leaves(value: Any, dotted: str) -> typing.Iterator[tuple[str, bool]]:
+    """The dotted keys under ``dotted`` that hold a value, each with whether the value is a mapping."""
+    if isinstance(value, dict) and value:
+        for key, item in value.items():
+            yield from _leaves(item, f"{dotted}.{key}")
+    else:
+        yield dotted, isinstance(value, dict)
+
+
+def renamed_keys(cls: type, data: dict[str, Any]) -> list[tuple[str, str]]:
+    """(old key, new key) for each key of ``data`` that ``cls.RENAMED_KEYS`` says has moved.
+
+    ``RENAMED_KEYS`` maps an old dotted key to its new dotted key; an old key that was a section renames
+    every key below it (``input_format: input.format`` turns ``input_format.encoding`` into
+    ``input.format.encoding``), and the longest old key that matches wins (``source: input`` beside
+    ``source.train: input.splits.train``). An old key that is also a section of the new schema (a scalar
+    ``input: x.parquet`` that became the section ``input``) matches only a value that is not a mapping.
+    """
+    table: typing.Mapping[str, str] = getattr(cls, "RENAMED_KEYS", {})
+    found = []
+    for leaf, is_mapping in (item for key, value in data.items() for item in _leaves(value, str(key))):
+        parts = leaf.split(".")
+        for k in range(len(parts), 0, -1):
+            old = ".".join(parts[:k])
+            if old in table and not ((k < len(parts) or is_mapping) and _is_section(cls, old)):
+                found.append((leaf, ".".join([table[old], *parts[k:]])))
+                break
+    return found
+
+
+def _renamed_message(found: typing.Sequence[tuple[str, str, str]]) -> str:
+    """One message for every old key found: ``(where, old, new)``, grouped by where it was written."""
+    groups: dict[str, list[str]] = {}
+    for where, old, new in found:
+        groups.setdefault(where, []).append(f"`{old}` was renamed to `{new}`")
+    return "; ".join(f"{where}: {', '.join(items)}" for where, items in groups.items()) + \
+        " (docs/configuration.md lists every key)"
+
+
 def build(cls: type[T], data: dict[str, Any], prefix: str = "", base: T | None = None) -> T:
     """Construct dataclass ``cls`` from ``data``, rejecting unknown keys by name.
 
@@ -173,6 +225,9 @@ def build(cls: type[T], data: dict[str, Any], prefix: str = "", base: T | None =
     """
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    renamed = renamed_keys(cls, data) if not prefix else []
+    if renamed:  # a config built from a mapping, not read by ``load`` (which names the file or --set)
+        raise ConfigError(_renamed_message([(cls.__name__, old, new) for old, new in renamed]))
     unknown = sorted(set(data) - set(fields))
     if unknown:
         where = f" in {prefix}" if prefix else ""
@@ -250,13 +305,18 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         raise ConfigError(f"--set expects key=value, got {assignment!r}")
     dotted, raw = assignment.split("=", 1)
     dotted = dotted.strip()
+    apply_value(data, dotted, _override_value(dotted, raw))
+
+
+def apply_value(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``data[a][b][c] = value`` for ``dotted`` ``a.b.c``, making the sections it lacks."""
     parts = dotted.split(".")
     node = data
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"--set {dotted}: {part} is not a section")
-    node[parts[-1]] = _override_value(dotted, raw)
+    node[parts[-1]] = value
 
 
 def _typed_override(exc: ConfigError, overrides: typing.Sequence[str]) -> ConfigError | None:
@@ -268,6 +328,25 @@ def _typed_override(exc: ConfigError, overrides: typing.Sequence[str]) -> Config
         return None
     return ConfigError(f"--set {exc.key}={raw}: expected a string, but YAML reads {raw.strip()} as the "
                        f"{type(exc.read_as).__name__} {exc.read_as!r}: {_quoted(exc.key, raw)}")
+
+
+def _refuse_renamed(cls: type, path: str | Path | None, data: dict[str, Any],
+                    overrides: typing.Sequence[str]) -> None:
+    """A ConfigError naming every old key of the file and of the overrides, each with its new name."""
+    found = [(str(path), old, new) for old, new in renamed_keys(cls, data)]
+    for assignment in overrides:
+        if "=" not in assignment:
+            continue  # apply_override says what is wrong with it
+        dotted, raw = assignment.split("=", 1)
+        try:
+            value = _override_value(dotted.strip(), raw)
+        except ConfigError:  # a value YAML cannot read: the key alone (apply_override names the value's fault)
+            value = None
+        nested: dict[str, Any] = {}
+        apply_value(nested, dotted.strip(), value)
+        found += [("--set", old, new) for old, new in renamed_keys(cls, nested)]
+    if found:
+        raise ConfigError(_renamed_message(found))
 
 
 def load(cls: type[T], path: str | Path | None, overrides: typing.Sequence[str] = ()) -> T:
@@ -285,6 +364,7 @@ def load(cls: type[T], path: str | Path | None, overrides: typing.Sequence[str] 
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
         data = loaded
+    _refuse_renamed(cls, path, data, overrides)
     for assignment in overrides:
         apply_override(data, assignment)
     try:

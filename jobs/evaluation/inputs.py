@@ -9,32 +9,30 @@ labels and references stay on the driver and are joined back by id.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_pipeline.paths import filesystem_for, join_path
 from data_pipeline.quarantine import InputColumns
-from data_pipeline.readers import (FileFormat, InputFormatError, LabelCase, LabelRules, TextFields, file_format,
-                                   read_labelled, read_table)
+from data_pipeline.readers import FileFormat, InputFormatError, TextFields, file_format, read_labelled, read_table
 from data_pipeline.schema import label_names_from_schema
+from jobs.common.inputs import LabelledInput
 
 ID, TEXT, PAIR = "id", "text", "text_pair"
 
 
 @dataclass(frozen=True, kw_only=True)
-class LabelledInput:
-    """How to read a labelled file (ignored for a corpus written by prepare_corpus)."""
-    format: FileFormat = field(default_factory=FileFormat)
-    fields: TextFields = field(default_factory=TextFields)  # classifiers: the text columns (and pair)
-    label_column: str = "label"  # classifiers: string or integer class labels
+class EvaluationInput(LabelledInput):
+    """The labelled file to measure on and how to read it (the reading settings are ignored for a corpus
+    written by prepare_corpus)."""
+    path: str = "data/corpus/test.parquet"  # the labelled file to measure the model on
+    id_column: str | None = None  # None: rows are numbered (row-1, row-2, ...)
+    # The model's training file, read the same way: baselines fitted on it, measured on the same rows
+    train_path: str | None = None
     source_column: str = "source"  # seq2seq: the input text
     target_column: str = "target"  # seq2seq: the reference output (space-separated tokens)
-    id_column: str | None = None  # None: rows are numbered (row-1, row-2, ...)
-    max_labels: int = 1000  # classifiers: more distinct labels is an error (an id column passed as the label...)
-    label_strip: bool = True  # classifiers: "positive " is "positive" (prepare_corpus's source.label_strip)
-    label_case: LabelCase = "error"  # labels equal up to case: error, lower (one class) or keep
 
 
 @dataclass(frozen=True)
@@ -81,16 +79,15 @@ def _prepared_corpus_names(path: str, fmt: FileFormat) -> list[str] | None:
     return label_names_from_schema(pq.read_schema(path))
 
 
-def read_classification_rows(path: str, settings: LabelledInput, model_labels: list[str]) -> EvalRows:
+def read_classification_rows(path: str, settings: EvaluationInput, model_labels: list[str]) -> EvalRows:
     corpus_names = _prepared_corpus_names(path, settings.format)
     if corpus_names is not None:  # prepare_corpus's layout: integer labels named in the metadata
         pair = PAIR if PAIR in pq.read_schema(path).names else None
         data = read_labelled(path, settings.format, TextFields(text_columns=(TEXT,), pair_column=pair), "label",
                              ID, tuple(corpus_names))
     else:
-        rules = LabelRules(strip=settings.label_strip, case=settings.label_case)
         data = read_labelled(path, settings.format, settings.fields, settings.label_column, settings.id_column,
-                             None, settings.max_labels, rules)
+                             None, settings.max_labels, settings.label_rules)
     # Labels are matched by name, so another order is fine; a class the model does not have is not.
     unknown = sorted(set(data.label_names) - set(model_labels))
     if unknown:
@@ -104,7 +101,7 @@ def read_classification_rows(path: str, settings: LabelledInput, model_labels: l
                     text_pairs=data.text_pairs, labels=labels)
 
 
-def read_seq2seq_rows(path: str, settings: LabelledInput) -> EvalRows:
+def read_seq2seq_rows(path: str, settings: EvaluationInput) -> EvalRows:
     id_column = settings.id_column or (ID if _prepared_corpus_layout(path, settings.format) else None)
     columns = [settings.source_column, settings.target_column, *([id_column] if id_column else [])]
     table = read_table(path, settings.format, columns)

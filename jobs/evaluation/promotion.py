@@ -2,7 +2,7 @@
 
 Both versions go through evaluation's run (``jobs.evaluation.runner``: the batch-scoring pipeline, one
 MLflow run each) on the same labelled file, and the char n-gram baseline is fitted on
-``train_data`` and measured on the same rows. The candidate is promoted only when its ``metric``
+``input.train_path`` and measured on the same rows. The candidate is promoted only when its ``metric``
 beats production's by more than ``margin`` and (``require_beat_baseline``) beats the baseline;
 with no @production yet, the baseline alone is the bar. Only then does @production move.
 Either way one MLflow run (experiment ``promote``) records the decision, the reason, both
@@ -31,7 +31,7 @@ from jobs.common.redaction import redact_text
 from jobs.common.tracking import (TrackingConfig, TrackingTarget, client_for, environment_tags, log_params,
                                   prepare_tracking)
 from jobs.common.tracking_retry import OutageRetry
-from jobs.evaluation.inputs import LabelledInput
+from jobs.evaluation.inputs import EvaluationInput
 from jobs.evaluation.runner import EvaluateConfig, EvaluationOutcome, file_digest
 from jobs.evaluation.runner import run as evaluate
 from jobs.scoring.settings import PipelineSettings
@@ -47,10 +47,11 @@ class PromoteConfig(PipelineSettings):
     registered_model: str = "review-sentiment"  # the registered model whose versions are compared
     candidate_alias: str = "candidate"  # the version tried against production
     production_alias: str = "production"  # what the scheduled scorer follows
-    data: str = "data/corpus/test.parquet"  # the labelled file both versions are measured on
-    train_data: str | None = "data/corpus/train.parquet"  # the baseline is fitted on it
-    input: LabelledInput = field(default_factory=LabelledInput)  # how to read data and train_data
-    metric: Metric = "macro_f1"  # what both versions are compared on, measured on data
+    # Keys that moved to the input section every data-reading job shares (jobs.common.inputs): refused by name
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {"data": "input.path", "train_data": "input.train_path"}
+    # The labelled file both versions are measured on (input.path), the baseline's training file (input.train_path)
+    input: EvaluationInput = field(default_factory=lambda: EvaluationInput(train_path="data/corpus/train.parquet"))
+    metric: Metric = "macro_f1"  # what both versions are compared on, measured on input.path
     margin: float = 0.0  # the candidate must beat production by more than this
     require_beat_baseline: bool = True  # ... and beat the char n-gram baseline
     output_dir: str = "runs/promotions"  # the evaluations' staged rows and scores
@@ -62,8 +63,8 @@ class PromoteConfig(PipelineSettings):
     def __post_init__(self) -> None:
         if not self.margin >= 0:
             raise ValueError(f"margin: {self.margin} must be >= 0 (a negative margin promotes a worse model)")
-        if self.require_beat_baseline and not self.train_data:
-            raise ValueError("require_beat_baseline needs train_data (the baseline is fitted on it)")
+        if self.require_beat_baseline and not self.input.train_path:
+            raise ValueError("require_beat_baseline needs input.train_path (the baseline is fitted on it)")
         if self.candidate_alias == self.production_alias:
             raise ValueError(f"candidate_alias and production_alias are both {self.candidate_alias!r}")
 
@@ -145,8 +146,8 @@ def current_aliases(config: PromoteConfig, target: TrackingTarget) -> tuple[str,
 def evaluation_config(config: PromoteConfig, version: str, role: str, with_baseline: bool) -> EvaluateConfig:
     """The evaluation job's config for one version, pinned by number (an alias may move meanwhile)."""
     pipeline = {f.name: getattr(config, f.name) for f in dataclasses.fields(PipelineSettings)}
-    return EvaluateConfig(**pipeline, model=f"models:/{config.registered_model}/{version}", data=config.data,
-                          train_data=config.train_data if with_baseline else None, input=config.input,
+    return EvaluateConfig(**pipeline, model=f"models:/{config.registered_model}/{version}",
+                          input=config.input if with_baseline else dataclasses.replace(config.input, train_path=None),
                           output_dir=config.output_dir, ray=config.ray,
                           tracking=dataclasses.replace(config.tracking, experiment=config.evaluation_experiment),
                           run_name=unique_run_name(f"promote-{role}-v{version}"))
@@ -186,12 +187,12 @@ def run(config: PromoteConfig) -> PromotionOutcome:
     candidate = Version("candidate", config.candidate_alias, candidate_version)
     production = (Version("production", config.production_alias, production_version)
                   if production_version is not None else None)
-    digest = file_digest(config.data)
+    digest = file_digest(config.input.path)
     if candidate_version == production_version:
         decision = Decision("no_change", f"version {candidate_version} is already @{config.production_alias}")
         return record(config, target, decision, candidate, production, digest, {})
     # The candidate's evaluation fits the baseline (once) on the rows it scored; production's is the same rows.
-    candidate = evaluated(candidate, config, target, with_baseline=config.train_data is not None)
+    candidate = evaluated(candidate, config, target, with_baseline=config.input.train_path is not None)
     if production is not None:
         production = evaluated(production, config, target, with_baseline=False)
     check_comparable(digest, candidate, production, config.metric)
@@ -228,7 +229,8 @@ def record(config: PromoteConfig, target: TrackingTarget, decision: Decision, ca
               "production_alias": config.production_alias, "candidate_version": candidate.version,
               "production_version": production.version if production else "none", "metric": config.metric,
               "margin": config.margin, "require_beat_baseline": config.require_beat_baseline,
-              "data": str(Path(config.data).resolve()), "data_digest": digest, "train_data": config.train_data or ""}
+              "data": str(Path(config.input.path).resolve()), "data_digest": digest,
+              "train_data": config.input.train_path or ""}
     metrics = {f"baseline_{BASELINE}_{m}": v for m, v in baseline.items()}
     for version in filter(None, (candidate, production)):
         if version.evaluation is not None:
@@ -319,7 +321,7 @@ def summary_lines(outcome: PromotionOutcome, config: PromoteConfig) -> list[str]
     scored = outcome.candidate.evaluation
     rows_note = f", {scored.counts.rows_out} rows scored" if scored is not None else ""
     return [f"model      : {config.registered_model}, metric {config.metric}, margin {config.margin:g}",
-            f"data       : {config.data} (digest {outcome.data_digest}{rows_note})",
+            f"data       : {config.input.path} (digest {outcome.data_digest}{rows_note})",
             *(f"  {a:<{width}}  {b:>8}  {c:>8}" for a, b, c in rows),
             f"decision   : {outcome.decision.outcome}: {outcome.decision.reason}",
             f"@{config.production_alias:<10}: {after}"]

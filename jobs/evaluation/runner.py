@@ -5,9 +5,9 @@ several text columns or a sentence pair: ``input.*``). Its rows go through the s
 pipeline as ``batch_infer`` (rejected rows are counted and listed, never silently dropped),
 then are joined back to their labels by id. Classifiers: accuracy, macro-F1, per-class
 precision/recall/F1, the confusion matrix (table and picture), calibration (expected calibration
-error, reliability plot) and, given ``train_data``, the majority and char n-gram baselines on the
+error, reliability plot) and, given ``input.train_path``, the majority and char n-gram baselines on the
 same rows. Seq2seq models: token and syllable accuracy, polyphonic accuracy, exact match and,
-given ``train_data``, the per-character baseline. Everything goes to one MLflow run, linked to
+given ``input.train_path``, the per-character baseline. Everything goes to one MLflow run, linked to
 the model version (tags on both sides).
 """
 
@@ -29,7 +29,7 @@ from jobs.common.datasets import file_sha256, input_summary, log_datasets
 from jobs.common.shared_storage import local_model_dir, require_shared
 from jobs.common.tracking import (TrackingConfig, TrackingTarget, client_for, environment_tags, metrics_table,
                                   prepare_tracking, set_description)
-from jobs.evaluation.inputs import EvalRows, LabelledInput
+from jobs.evaluation.inputs import EvalRows, EvaluationInput
 from jobs.evaluation.results import ClassifierResult, Seq2SeqResult, rows_also_in_training
 from jobs.kinds import kind_spec
 from jobs.scoring.pipeline import (PipelineCounts, ScoringError, ScoringModel, manifest_for, output_location,
@@ -44,10 +44,10 @@ SCORES = "scores"  # <output_dir>/<run name>/scores/: the scored and rejected ro
 @dataclass(frozen=True, kw_only=True)
 class EvaluateConfig(PipelineSettings):
     EXAMPLE_OVERRIDE: ClassVar[str] = "input.label_column=sentiment"  # --help's --set example (a unit test loads it)
+    # Keys that moved to the input section every data-reading job shares (jobs.common.inputs): refused by name
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {"data": "input.path", "train_data": "input.train_path"}
     model: str = "models:/review-sentiment@candidate"  # models:/name@alias, models:/name/version, run id, dir
-    data: str = "data/corpus/test.parquet"  # the labelled file to measure the model on
-    train_data: str | None = None  # the model's training file: baselines fitted on it, measured on the same rows
-    input: LabelledInput = field(default_factory=LabelledInput)  # how to read data and train_data
+    input: EvaluationInput = field(default_factory=EvaluationInput)  # the labelled file, how to read it
     output_dir: str = "runs/evaluations"  # each run writes <output_dir>/<run name>/ (staged rows, scores)
     tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(experiment="evaluate"))
     ray: RayConfig = field(default_factory=RayConfig)
@@ -72,12 +72,13 @@ def file_digest(path: str) -> str:
 
 def read_rows(config: EvaluateConfig, model: ScoringModel) -> tuple[EvalRows, EvalRows | None, list[str] | None]:
     """The evaluation rows, the training rows (for baselines) and the model's label names."""
-    for path in filter(None, (config.data, config.train_data)):  # a prepare_corpus folder: as it was published
+    settings = config.input
+    for path in filter(None, (settings.path, settings.train_path)):  # a prepare_corpus folder: as it was published
         check_corpus_file(*filesystem_for(path), path)
     spec = kind_spec(model.kind)
     names = spec.label_names(model.local_dir)
-    rows = spec.read_rows(config.data, config.input, names)
-    train = spec.read_rows(config.train_data, config.input, names) if config.train_data else None
+    rows = spec.read_rows(settings.path, settings, names)
+    train = spec.read_rows(settings.train_path, settings, names) if settings.train_path else None
     return rows, train, names
 
 
@@ -158,22 +159,22 @@ def run(config: EvaluateConfig) -> EvaluationOutcome:
     run_name = config.run_name or unique_run_name("evaluate")
     output = output_location(config.output_dir, run_name)
     resolved = model.resolved
-    digest = file_digest(config.data)
+    digest = file_digest(config.input.path)
     with mlflow.start_run(experiment_id=target.experiment_id, run_name=run_name, log_system_metrics=True,
                           tags={**environment_tags(), "job": "evaluate", "model_name": resolved.name,
                                 "model_version": resolved.version, "model_run_id": resolved.run_id,
                                 "model_uri": resolved.load_uri, "data_digest": digest}) as active:
         mlflow.log_params(redact_mapping({"model_ref": config.model, "rows": len(rows.ids),
                                           **config_lib.flatten(config_lib.to_dict(config))}))
-        # what the model was measured on ("test") and, given train_data, what the baselines were fitted on
-        log_datasets([(input_summary(config.data, len(rows.ids)), "test")]
-                     + ([(input_summary(config.train_data, len(train.ids)), "training")] if train else []))
+        # what the model was measured on ("test") and, given input.train_path, what the baselines were fitted on
+        log_datasets([(input_summary(config.input.path, len(rows.ids)), "test")]
+                     + ([(input_summary(config.input.train_path, len(train.ids)), "training")] if train else []))
         counts = score_rows(rows, model, config, output)
         result, metrics = measure(rows, train, names, model, output)
         outcome = EvaluationOutcome(run_id=active.info.run_id, model=model, counts=counts, metrics=metrics,
                                     result=result, label_names=names, rejected=_rejected_rows(output),
                                     output_path=output)
-        summary = {"data": str(Path(config.data).resolve()), "data_digest": digest, "model_kind": model.kind,
+        summary = {"data": str(Path(config.input.path).resolve()), "data_digest": digest, "model_kind": model.kind,
                    "rows_in": counts.rows_in, "rows_scored": counts.rows_out, "rows_rejected": counts.rows_rejected,
                    "rejected_by_reason": counts.rejected_by_reason, "label_names": names}
         log_evaluation(outcome, summary)
@@ -193,8 +194,9 @@ def evaluation_description(outcome: EvaluationOutcome, config: EvaluateConfig) -
         if values:
             rows[f"baseline: {title}"] = values
     lines = [f"**evaluate**: `{resolved.name}` version {resolved.version} ({outcome.model.kind}) on "
-             f"`{redact_text(config.data)}`: {counts.rows_in:,} rows, {counts.rows_out:,} scored, "
+             f"`{redact_text(config.input.path)}`: {counts.rows_in:,} rows, {counts.rows_out:,} scored, "
              f"{counts.rows_rejected:,} rejected.", "", metrics_table(rows, columns)]
     if m.get("rows_also_in_train_data"):
-        lines += ["", f"**Warning**: {m['rows_also_in_train_data']:.0f} evaluated row(s) also appear in train_data."]
+        lines += ["", f"**Warning**: {m['rows_also_in_train_data']:.0f} evaluated row(s) also appear in the training "
+                      "file (input.train_path)."]
     return "\n".join(lines)

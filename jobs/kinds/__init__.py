@@ -28,7 +28,7 @@ class KindSpec:
     predictor: type
     tokenize_stage: Callable | None = None
     staged_predictor: type | None = None
-    reads_pairs: bool = False  # encodes a sentence pair (text_pair_column)
+    reads_pairs: bool = False  # encodes a sentence pair (input.fields.pair_column)
     # (settings, columns, model_dir) -> why the pipeline must not start, or None; a ConfigError may be raised
     check_scoring: Callable[[Any, Any, str], str | None] = _nothing
     # (model_dir, model_ref, readable input files): batch_infer's check of a labelled input against the model

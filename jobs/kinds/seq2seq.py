@@ -12,7 +12,7 @@ from jobs.scoring.sink import GENERATED_SCHEMA
 def check_scoring(settings, columns, model_dir: str) -> str | None:
     # its max_length counts generated tokens, capped at the model's own max_len: nothing to check against positions
     if columns.pair is not None:
-        return "text_pair_column: a seq2seq model reads one text per row"
+        return "input.fields.pair_column: a seq2seq model reads one text per row"
     if settings.predictor.quantize != "none" or settings.predictor.compile or settings.predictor.forward_batch_tokens:
         return ("predictor.quantize, predictor.compile and predictor.forward_batch_tokens apply to classifiers; a "
                 "seq2seq model decodes in fp32 (bf16/fp16 on GPU) in forward_batch_size rows")

@@ -33,7 +33,6 @@ from typing import ClassVar
 
 from data_pipeline.paths import ParquetFiles
 from data_pipeline.quarantine import UnreadableFile, inspect_inputs
-from data_pipeline.readers import FileFormat
 from jobs.common import config as config_lib
 from jobs.common.naming import unique_run_name
 from jobs.common.ray_runtime import RayConfig, check_cpu_budget, init_ray
@@ -47,7 +46,7 @@ from jobs.scoring.inputs import needs_staging, scoring_input, source_fingerprint
 from jobs.scoring.pipeline import PipelineCounts, ScoringError, ScoringModel, manifest_for, score_files
 from jobs.scoring.recording import record_published
 from jobs.scoring.run_staging import Chunk, RunStaging, plan_chunks
-from jobs.scoring.settings import ScoringSettings
+from jobs.scoring.settings import RENAMED_COLUMNS, PipelineSettings, ScoringInput
 from jobs.scoring.sink import REJECTED_DIR
 
 # Fault injection for tests: seconds to wait after each chunk is committed to the staging area,
@@ -56,11 +55,19 @@ PAUSE_AFTER_CHUNK_ENV = "BATCH_INFER_PAUSE_AFTER_CHUNK_S"
 
 
 @dataclass(frozen=True, kw_only=True)
-class BatchInferConfig(ScoringSettings):
+class BatchInput(ScoringInput):
+    """The rows to score: Parquet as it is, or a user's CSV / JSON Lines file read with ``format``."""
+    # Parquet: a file, a directory or a glob, local or s3://; or a local .csv / .tsv / .jsonl file (read with
+    # format, then staged as Parquet for the pipeline)
+    path: str = "data/corpus/test.parquet"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchInferConfig(PipelineSettings):
     EXAMPLE_OVERRIDE: ClassVar[str] = "predictor.concurrency=4"  # --help's --set example (a unit test loads it)
-    input: str = "data/corpus/test.parquet"  # Parquet: a file, a directory or a glob, local or s3://; or a
-    # local .csv / .tsv / .jsonl file (read with input_format, then staged as Parquet for the pipeline)
-    input_format: FileFormat = field(default_factory=FileFormat)  # how a .csv / .tsv / .jsonl input is read
+    # Keys that moved to the input section every data-reading job shares (jobs.common.inputs): refused by name
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {"input": "input.path", "input_format": "input.format", **RENAMED_COLUMNS}
+    input: BatchInput = field(default_factory=BatchInput)  # what to score and how to read it
     output_dir: str = "runs/scores"  # each run writes <output_dir>/<run name>/
     model: str = "models:/review-sentiment@candidate"  # models:/name@alias, models:/name/version, run id, dir
     tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(experiment="batch-infer"))
@@ -106,7 +113,8 @@ class ScoringOutcome:
 
 def run(config: BatchInferConfig) -> ScoringOutcome:
     # a local CSV / JSON Lines input is read by the driver alone (staged beside the outputs for the workers)
-    require_shared(config.ray, {"input": None if needs_staging(config.input, config.input_format) else config.input,
+    data = config.input
+    require_shared(config.ray, {"input.path": None if needs_staging(data.path, data.format) else data.path,
                                 "output_dir": config.output_dir, "model": local_model_dir(config.model)},
                    resolve_tracking_uri(config.tracking))
     run_name = config.run_name or unique_run_name("score")
@@ -129,19 +137,21 @@ def run(config: BatchInferConfig) -> ScoringOutcome:
 
 def run_fingerprint(config: BatchInferConfig, model: ScoringModel) -> dict:
     """What the scored rows depend on besides the input files: a resume with anything else starts fresh."""
-    resolved = model.resolved
+    resolved, columns = model.resolved, config.input.columns
+    # the settings keep their names of before the input section, so a crashed run still resumes across that change
     return {"model": {"load_uri": resolved.load_uri, "name": resolved.name, "version": resolved.version,
                       "run_id": resolved.run_id, "kind": model.kind},
-            "settings": {"max_length": config.max_length, "text_column": config.text_column,
-                         "text_pair_column": config.text_pair_column, "id_column": config.id_column,
+            "settings": {"max_length": config.max_length, "text_column": columns.text,
+                         "text_pair_column": columns.pair, "id_column": columns.id,
                          **config.predictor.numerics()}}
 
 
 def _run(config: BatchInferConfig, run_name: str, staging: RunStaging) -> ScoringOutcome:
-    files = scoring_input(config.input, config.input_format, config.input_columns, staging.input_uri)
+    data = config.input
+    files = scoring_input(data.path, data.format, data.columns, staging.input_uri)
     # footers only: a corrupt file fails here, by name, or is quarantined (read.on_unreadable_file)
-    infos, unreadable = inspect_inputs(files, config.input_columns, config.read.on_unreadable_file, config.storage)
-    sources = source_fingerprints(config.input, config.input_format, infos)
+    infos, unreadable = inspect_inputs(files, data.columns, config.read.on_unreadable_file, config.storage)
+    sources = source_fingerprints(data.path, data.format, infos)
     target = prepare_tracking(config.tracking)
     model = ScoringModel.load(config.model, target)
     kind_spec(model.kind).check_input(model.local_dir, config.model, _readable(files, infos))
@@ -166,13 +176,14 @@ def _run(config: BatchInferConfig, run_name: str, staging: RunStaging) -> Scorin
     monitor = start_system_metrics(target, run_id, node_id=None, resume=False)
     try:
         log_params(client, run_id, redact_mapping({
-            "input": config.input, "output": output, "model_ref": config.model, "model_name": resolved.name,
+            "input": data.path, "output": output, "model_ref": config.model, "model_name": resolved.name,
             "model_version": resolved.version, "model_run_id": resolved.run_id,
             **config_lib.flatten(config_lib.to_dict(config))}))
         # the user's file for a CSV / JSON Lines input (its staged Parquet copy is rewritten by every run)
-        log_datasets([(file_summary(config.input, sum(i.num_rows for i in infos), list(config.input_columns.names))
-                       if needs_staging(config.input, config.input_format)
-                       else parquet_summary(config.input, _readable(files, infos)), "scoring")], client=client, run_id=run_id)
+        log_datasets([(file_summary(data.path, sum(i.num_rows for i in infos), list(data.columns.names))
+                       if needs_staging(data.path, data.format)
+                       else parquet_summary(data.path, _readable(files, infos)), "scoring")],
+                     client=client, run_id=run_id)
         chunks = list(resumed)
         attempt = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
         pause = float(os.environ.get(PAUSE_AFTER_CHUNK_ENV, "0") or 0)
@@ -185,7 +196,7 @@ def _run(config: BatchInferConfig, run_name: str, staging: RunStaging) -> Scorin
                 time.sleep(pause)
         counts = _total(chunks, infos, unreadable)
         manifest = manifest_for(counts, infos, model, config.predictor, mlflow_run_id=run_id,
-                                source=config.input, inputs=sources, chunks=[_chunk_summary(c) for c in chunks])
+                                source=data.path, inputs=sources, chunks=[_chunk_summary(c) for c in chunks])
         staging.publish(manifest)  # atomic: nothing at the target before, all of it after
     except BaseException:
         stop_system_metrics(monitor)
@@ -215,7 +226,7 @@ def _score_chunk(name: str, infos: list, sources: list[dict], files: ParquetFile
                  model: ScoringModel, config: BatchInferConfig, mlflow_run_id: str) -> Chunk:
     """Score some whole files into the staging area and commit them as one chunk."""
     if sum(info.num_rows for info in infos):
-        counts = score_files(_readable(files, infos), infos, staging.write_uri, model, config, config.input_columns)
+        counts = score_files(_readable(files, infos), infos, staging.write_uri, model, config, config.input.columns)
     else:  # nothing to read: no pipeline
         counts = PipelineCounts(rows_in=0, rows_out=0, rows_rejected=0, rejected_by_reason={}, files=[], seconds=0.0)
     return staging.commit_chunk(name, {

@@ -21,7 +21,7 @@ from jobs.scoring.ledger import OutputVersion
 
 @dataclass(frozen=True)
 class Partition:
-    name: str  # relative to input_root, e.g. "date=2026-11-25"
+    name: str  # relative to the root (score_partitions' input.path), e.g. "date=2026-11-25"
     uri: str
 
 

@@ -4,7 +4,7 @@
 Kubernetes CronJob that creates KubeRay RayJobs) runs it. Each run:
 
 1. resolves the model reference (``models:/name@alias``) to its current version, once;
-2. lists the partitions under ``input_root`` matching ``partitions`` (e.g. ``date=*``) and, from
+2. lists the partitions under ``input.path`` matching ``input.partitions`` (e.g. ``date=*``) and, from
    the committed outputs under ``output_root``, decides for each: score it (new; its input files
    changed since it was scored, by default: ``on_changed_inputs``; scored by an older model
    version, when ``on_new_model_version`` is ``rescore``), skip it (done by this version; stale;
@@ -51,7 +51,7 @@ from jobs.scoring.partition_plan import (Decision, Partition, PartitionOutcome, 
 from jobs.scoring.partition_tracking import record_run
 from jobs.scoring.pipeline import PipelineCounts, ScoringError, ScoringModel, manifest_for, score_groups
 from jobs.scoring.predictors import PredictorSettings
-from jobs.scoring.settings import ScoringSettings
+from jobs.scoring.settings import RENAMED_COLUMNS, PipelineSettings, ScoringInput
 
 # Fault injection for tests: seconds to wait after a partition's rows are written and before it
 # is committed, so a test can kill the job at the worst moment.
@@ -60,10 +60,24 @@ PAUSE_BEFORE_COMMIT_ENV = "SCORE_PARTITIONS_PAUSE_BEFORE_COMMIT_S"
 
 
 @dataclass(frozen=True, kw_only=True)
-class ScorePartitionsConfig(ScoringSettings):
+class PartitionsInput(ScoringInput):
+    """The partitions to score: Parquet folders under one root (``format`` auto or parquet)."""
+    path: str = "data/incoming"  # the root of the partitions: a local path or s3://...
+    partitions: str = "date=*"  # glob of partition directories under path; "/" separates levels
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.format.format not in ("auto", "parquet"):
+            raise ValueError(f"format.format: partitions are read as Parquet, got {self.format.format!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScorePartitionsConfig(PipelineSettings):
     EXAMPLE_OVERRIDE: ClassVar[str] = "max_partitions=2"  # --help's --set example (a unit test loads it)
-    input_root: str = "data/incoming"  # local path or s3://...
-    partitions: str = "date=*"  # glob of partition directories under input_root; "/" separates levels
+    # Keys that moved to the input section every data-reading job shares (jobs.common.inputs): refused by name
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {"input_root": "input.path", "partitions": "input.partitions",
+                                              **RENAMED_COLUMNS}
+    input: PartitionsInput = field(default_factory=PartitionsInput)  # the partitions and how to read them
     output_root: str = "runs/scored"  # outputs, ledger and leases; local path or s3://...
     model: str = "models:/review-sentiment@production"  # resolved to one version at the start of each run
     # A partition whose input files changed (size, mtime, names) since it was scored: score it again into a
@@ -132,7 +146,7 @@ def claim(partition: Partition, store: Store, resolved: ResolvedModel, config: S
         attempt.prepare()
         claimed = Claimed(partition, lease, decision, attempt, now_iso())
         files = resolve_parquet_files(partition.uri)
-        infos, unreadable = inspect_inputs(files, config.input_columns, config.read.on_unreadable_file, config.storage)
+        infos, unreadable = inspect_inputs(files, config.input.columns, config.read.on_unreadable_file, config.storage)
         claimed.group = ScoringGroup(partition.name, files, tuple(infos), tuple(unreadable))
         return claimed
     except Exception as exc:  # noqa: BLE001 - footers are read here: a corrupt file fails its partition only
@@ -195,7 +209,7 @@ def score_chunk(partitions: list[Partition], store: Store, ledger: Ledger, model
         print(f"scoring {', '.join(c.partition.name for c in claimed)} ...", flush=True)
         try:
             results = score_groups([c.group for c in claimed], {c.partition.name: c.attempt.write_uri for c in claimed},
-                                   model, config, config.input_columns)
+                                   model, config, config.input.columns)
         except ScoringError as exc:  # the pipeline itself failed: every partition in it failed
             results = {c.partition.name: str(exc) for c in claimed}
         pause = float(os.environ.get(PAUSE_BEFORE_COMMIT_ENV, "0") or 0)
@@ -245,11 +259,11 @@ class RunOutcome:
 def run(config: ScorePartitionsConfig) -> RunOutcome:
     start = time.perf_counter()
     target = prepare_tracking(config.tracking)
-    require_shared(config.ray, {"input_root": config.input_root, "output_root": config.output_root,
+    require_shared(config.ray, {"input.path": config.input.path, "output_root": config.output_root,
                                 "model": local_model_dir(config.model)}, target.tracking_uri)
     resolved = resolve_model_ref(config.model, target)  # the alias's current version, fixed for this run
     store = Store(config.output_root, config.storage)
-    partitions = discover_partitions(config.input_root, config.partitions, config.storage)
+    partitions = discover_partitions(config.input.path, config.input.partitions, config.storage)
     ledger = Ledger(store)
     run_name = config.run_name or unique_run_name("score-partitions")
     client = client_for(target)  # the run's client, not the fluent API's active run (see jobs.scoring.batch)

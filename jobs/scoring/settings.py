@@ -7,7 +7,9 @@ from typing import Literal
 
 from data_pipeline.quarantine import InputColumns, ReadSettings
 from data_pipeline.ray_stages import StageResources
+from data_pipeline.readers import TextFields
 from data_pipeline.storage import StorageRetry
+from jobs.common.inputs import DataInput
 from jobs.common.registry import ModelKind
 from jobs.kinds import kind_spec
 from jobs.scoring.predictors import PredictorSettings
@@ -44,14 +46,24 @@ class PipelineSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ScoringSettings(PipelineSettings):
-    """A Parquet input's columns beside the pipeline's knobs (``batch_infer``, ``score_partitions``)."""
-    text_column: str = "text"  # the input's text column
-    # A second text per row (e.g. a body beside a title), encoded as a BERT sentence pair
-    # [CLS] text [SEP] pair [SEP]; truncation keeps the start of each. Classifiers only.
-    text_pair_column: str | None = None
+class ScoringInput(DataInput):
+    """What a scoring job reads: one text column per row (and a sentence pair's second), the id column."""
+    # One text column (text_columns: [name]; several are refused: prepare_corpus joins them) and pair_column
+    fields: TextFields = field(default_factory=TextFields)
     id_column: str | None = "id"  # written as `id` in the output; None: ids derived from the content
 
+    def __post_init__(self) -> None:
+        if len(self.fields.text_columns) != 1:
+            raise ValueError(f"fields.text_columns: a scoring job reads one text column per row, got "
+                             f"{list(self.fields.text_columns)} (a second text per row is fields.pair_column; "
+                             "prepare_corpus joins several columns into one)")
+
     @property
-    def input_columns(self) -> InputColumns:
-        return InputColumns(text=self.text_column, id=self.id_column, pair=self.text_pair_column)
+    def columns(self) -> InputColumns:
+        # A pair column is encoded as a BERT sentence pair [CLS] text [SEP] pair [SEP]; classifiers only
+        return InputColumns(text=self.fields.text_columns[0], id=self.id_column, pair=self.fields.pair_column)
+
+
+# The columns a scoring job read at the top level before they moved into its input section (jobs.common.inputs)
+RENAMED_COLUMNS = {"text_column": "input.fields.text_columns", "text_pair_column": "input.fields.pair_column",
+                   "id_column": "input.id_column"}

@@ -27,15 +27,15 @@ def mixed_input(tmp_path_factory, tiny_corpus: Path) -> tuple[Path, dict[str, st
 
 def test_batch_infer_quarantines_bad_rows_in_one_pass(ray_local, mlflow_uri, tiny_model_dir: Path, mixed_input,
                                                       tmp_path: Path):
-    from jobs.scoring.batch import BatchInferConfig, run
+    from jobs.scoring.batch import BatchInferConfig, BatchInput, run
     from data_pipeline.ray_stages import StageResources
     from jobs.scoring.predictors import PredictorSettings
     from jobs.common.tracking import TrackingConfig
 
     folder, expected = mixed_input
     # The default layout (a tokenizer actor feeding the predictor actors), with one predictor to save a start-up.
-    outcome = run(BatchInferConfig(input=str(folder), output_dir=str(tmp_path / "scores"), model=str(tiny_model_dir),
-                                   max_length=32, stages=StageResources(min_blocks=2),
+    outcome = run(BatchInferConfig(input=BatchInput(path=str(folder)), output_dir=str(tmp_path / "scores"),
+                                   model=str(tiny_model_dir), max_length=32, stages=StageResources(min_blocks=2),
                                    predictor=PredictorSettings(concurrency=1, rows_per_call=16),
                                    tracking=TrackingConfig(experiment="test-quarantine")))
     scored = pq.read_table(outcome.output_path)  # pyarrow skips _rejected/ and _SUCCESS, as readers should
@@ -62,7 +62,7 @@ def test_batch_infer_fails_naming_a_corrupt_file(mlflow_uri, tiny_model_dir: Pat
 
     pq.write_table(pa.table({"id": ["a"], "text": ["好"]}), tmp_path / "fine.parquet")
     (tmp_path / "broken.parquet").write_bytes(b"PAR1" + b"\x00" * 64)
-    code = main(["--set", f"input={tmp_path}", "--set", f"output_dir={tmp_path / 'out'}",
+    code = main(["--set", f"input.path={tmp_path}", "--set", f"output_dir={tmp_path / 'out'}",
                  "--set", f"model={tiny_model_dir}"])
     assert code == 65  # the data is at fault (jobs/common/cli.py)
     assert f"{tmp_path / 'broken.parquet'}: unreadable as Parquet" in capsys.readouterr().err
@@ -85,7 +85,7 @@ def test_batch_infer_quarantines_unreadable_files_when_asked(ray_local, mlflow_u
     pq.write_table(good.slice(10, 6), folder / "b-page.parquet")
     corrupt_data_page(folder / "b-page.parquet")  # its footer reads: found only when its data is read
     (folder / "c-broken.parquet").write_bytes(b"PAR1" + b"\x00" * 64)  # not even a footer
-    overrides = [f"input={folder}", f"output_dir={tmp_path / 'out'}", f"model={tiny_model_dir}", "max_length=32",
+    overrides = [f"input.path={folder}", f"output_dir={tmp_path / 'out'}", f"model={tiny_model_dir}", "max_length=32",
                  "stages.min_blocks=1", "predictor.concurrency=1", "predictor.tokenize_in_actor=true",
                  "read.on_unreadable_file=quarantine", "tracking.experiment=test-quarantine-files"]
     outcome = run(load(BatchInferConfig, None, overrides))

@@ -28,7 +28,7 @@ RUN = "resumable"
 
 
 def job_config(folder: Path, output_dir: Path, model_dir: Path) -> dict:
-    return {"input": str(folder), "output_dir": str(output_dir), "model": str(model_dir), "run_name": RUN,
+    return {"input": {"path": str(folder)}, "output_dir": str(output_dir), "model": str(model_dir), "run_name": RUN,
             "chunk_rows": 12, "max_length": 32, "stages": {"min_blocks": 1, "tokenize_batch_rows": 64},
             "predictor": {"concurrency": 1, "num_cpus": 0.5, "rows_per_call": 32, "tokenize_in_actor": True},
             "tracking": {"experiment": "test-batch-infer-resume"}}

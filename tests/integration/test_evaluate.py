@@ -39,7 +39,7 @@ def registered(mlflow_uri, tiny_model_dir: Path) -> str:
 
 def _config(tmp_path: Path, mlflow_uri: str, model: str, data: Path, *overrides: str) -> EvaluateConfig:
     return config_lib.load(EvaluateConfig, REPO / "configs/evaluate.local-cpu.yaml", [
-        f"model={model}", f"data={data}", f"output_dir={tmp_path / 'evaluations'}",
+        f"model={model}", f"input.path={data}", f"output_dir={tmp_path / 'evaluations'}",
         f"tracking.tracking_uri={mlflow_uri}", "predictor.concurrency=1", *overrides])
 
 
@@ -53,7 +53,7 @@ def _in_process_predictions(model_dir: Path, texts: list[str], pairs: list[str] 
 def test_a_prepared_split_is_measured_logged_and_linked_to_the_model_version(
         ray_local, mlflow_uri, registered, tiny_corpus: Path, tiny_model_dir: Path, tmp_path: Path, capsys):
     test_file = tiny_corpus / "test.parquet"
-    config = _config(tmp_path, mlflow_uri, registered, test_file, f"train_data={tiny_corpus / 'train.parquet'}")
+    config = _config(tmp_path, mlflow_uri, registered, test_file, f"input.train_path={tiny_corpus / 'train.parquet'}")
     outcome = run(config)
 
     truth = pq.read_table(test_file).to_pandas()
@@ -105,11 +105,11 @@ def test_a_csv_with_a_title_and_a_body_as_a_pair_and_a_bad_row(ray_local, mlflow
             writer.writerow([f"d{i:03d}", text[:6], f"{text}\n第二行, \"引号\"", names[label]])
         writer.writerow(["d999", "", "", "positive"])  # no text at all: rejected, counted, listed
     code = main(["--config", str(REPO / "configs/evaluate.local-cpu.yaml"), "--set", f"model={registered}",
-                 "--set", f"data={path}", "--set", f"output_dir={tmp_path / 'evaluations'}",
+                 "--set", f"input.path={path}", "--set", f"output_dir={tmp_path / 'evaluations'}",
                  "--set", f"tracking.tracking_uri={mlflow_uri}", "--set", "predictor.concurrency=1",
                  "--set", "input.format.encoding=gb18030", "--set", "input.fields.text_columns=[title]",
                  "--set", "input.fields.pair_column=body", "--set", "input.label_column=sentiment",
-                 "--set", "input.id_column=doc_id", "--set", "train_data=null"])
+                 "--set", "input.id_column=doc_id", "--set", "input.train_path=null"])
     captured = capsys.readouterr()
     printed = captured.out
     assert code == 0, captured.err
@@ -129,7 +129,7 @@ def test_a_csv_with_a_title_and_a_body_as_a_pair_and_a_bad_row(ray_local, mlflow
 def test_labels_the_model_does_not_know_fail_before_any_compute(mlflow_uri, registered, tmp_path: Path, capsys):
     path = tmp_path / "other.jsonl"
     path.write_text('{"text": "好", "label": "sports"}\n{"text": "差", "label": "negative"}\n', encoding="utf-8")
-    code = main(["--set", f"model={registered}", "--set", f"data={path}",
+    code = main(["--set", f"model={registered}", "--set", f"input.path={path}",
                  "--set", f"tracking.tracking_uri={mlflow_uri}",
                  "--set", f"output_dir={tmp_path / 'evaluations'}"])
     assert code == 65  # the data is at fault (jobs/common/cli.py)

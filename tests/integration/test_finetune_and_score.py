@@ -13,7 +13,7 @@ import mlflow
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.scoring.batch import BatchInferConfig
+from jobs.scoring.batch import BatchInferConfig, BatchInput
 from jobs.scoring.batch import run as run_scoring
 from data_pipeline.ray_stages import StageResources
 from jobs.train.classifier import ClassifierData, ClassifierModel, ClassifierOptim, FinetuneConfig
@@ -103,8 +103,9 @@ def test_registered_model_loads_back_and_predicts(finetuned):
 
 def test_batch_scoring_keeps_every_row_with_lineage(finetuned, tiny_corpus: Path, session_dir: Path):
     _, trained = finetuned
-    config = BatchInferConfig(input=str(tiny_corpus / "*.parquet"), output_dir=str(session_dir / "scores"),
-                              model=f"models:/{REGISTERED}@candidate", max_length=64,
+    config = BatchInferConfig(input=BatchInput(path=str(tiny_corpus / "*.parquet")),
+                              output_dir=str(session_dir / "scores"), model=f"models:/{REGISTERED}@candidate",
+                              max_length=64,
                               stages=StageResources(min_blocks=2),
                               tracking=TrackingConfig(experiment="test-batch-infer"))
     outcome = run_scoring(config)

@@ -207,7 +207,7 @@ def submitted(services, work: Path) -> Submitted:
                 "--set", "optim.epochs=1", "--set", f"run.storage_path={work}/ray-runs",
                 "--set", f"tracking.registered_model={REGISTERED}")
     jobs.submit("batch_infer", "--config", "configs/batch_infer.local-cpu.yaml",
-                "--set", f"input={corpus}/test.parquet", "--set", f"output_dir={work}/scores",
+                "--set", f"input.path={corpus}/test.parquet", "--set", f"output_dir={work}/scores",
                 "--set", f"model=models:/{REGISTERED}@candidate", "--set", "max_length=64",
                 "--set", "stages.min_blocks=2")
     return jobs

@@ -86,7 +86,7 @@ def test_batch_infer_finishes_through_storage_errors_with_every_row_once(faults,
                 faults.add(Fault(key="scores/_staging/nightly/chunks/", method="PUT", times=4)),  # a chunk's commit
                 faults.add(Fault(key=f"scores/nightly/{MANIFEST}", method="HEAD", times=4))]  # publish's check
     config = load(BatchInferConfig, REPO / "configs/batch_infer.local-cpu.yaml", SMALL + RETRY + [
-        f"input=s3://{BUCKET}/incoming/", f"output_dir=s3://{BUCKET}/scores", f"model={tiny_model_dir}",
+        f"input.path=s3://{BUCKET}/incoming/", f"output_dir=s3://{BUCKET}/scores", f"model={tiny_model_dir}",
         "run_name=nightly", "tracking.experiment=test-storage-faults"])
     outcome = run(config)
     assert [len(f.hits) for f in injected] == [f.times for f in injected], "a fault was never met"
@@ -112,7 +112,7 @@ def test_score_partitions_through_storage_errors_never_scores_a_partition_twice(
 
     fs, _ = filesystem_for(f"s3://{BUCKET}")
     ids = _partitions(fs, tiny_corpus)
-    overrides = SMALL + RETRY + [f"input_root=s3://{BUCKET}/daily", f"output_root=s3://{BUCKET}/scored",
+    overrides = SMALL + RETRY + [f"input.path=s3://{BUCKET}/daily", f"output_root=s3://{BUCKET}/scored",
                                  f"model={tiny_model_dir}", "lease.heartbeat_s=0.5", "lease.ttl_s=60",
                                  "tracking.experiment=test-storage-faults-partitions"]
     config = load(ScorePartitionsConfig, REPO / "configs/score_partitions.local-cpu.yaml", overrides)

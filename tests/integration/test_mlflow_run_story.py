@@ -131,8 +131,8 @@ def test_evaluating_on_the_test_split_shows_the_same_digest(finetuned, server_ur
 
     _, trained = finetuned
     config = config_lib.load(EvaluateConfig, REPO / "configs/evaluate.local-cpu.yaml", [
-        f"model=models:/{REGISTERED}@candidate", f"data={tiny_corpus / 'test.parquet'}",
-        f"train_data={tiny_corpus / 'train.parquet'}",
+        f"model=models:/{REGISTERED}@candidate", f"input.path={tiny_corpus / 'test.parquet'}",
+        f"input.train_path={tiny_corpus / 'train.parquet'}",
         f"output_dir={tmp_path / 'evaluations'}", f"tracking.tracking_uri={server_url}",
         "tracking.experiment=story-evaluate", "predictor.concurrency=1"])
     outcome = run_evaluate(config)

@@ -325,7 +325,7 @@ def test_a_lost_node_during_batch_infer_scores_every_row_once(cluster, s3, track
                                                                tiny_corpus):
     fs, _ = filesystem_for(f"s3://{BUCKET}")
     expected = _scoring_input(fs, tiny_corpus, "incoming")
-    overrides = SCORING + [f"input=s3://{BUCKET}/incoming/", f"output_dir=s3://{BUCKET}/scores",
+    overrides = SCORING + [f"input.path=s3://{BUCKET}/incoming/", f"output_dir=s3://{BUCKET}/scores",
                            f"model={tiny_model_dir}", f"ray.shared_paths=[{tiny_model_dir.parent}]",
                            "run_name=nightly", "tracking.experiment=multi-node-scoring"]
     config = REPO / "configs/batch_infer.local-cpu.yaml"
@@ -349,7 +349,7 @@ def test_a_lost_node_during_score_partitions_scores_every_partition_once(cluster
         expected[f"date={n}"] = _scoring_input(fs, tiny_corpus, f"daily/date={n}", files=2, tag=f"d{n}")
         with fs.open_output_stream(f"{BUCKET}/daily/date={n}/_SUCCESS") as marker:
             marker.write(b"")
-    overrides = SCORING + [f"input_root=s3://{BUCKET}/daily", f"output_root=s3://{BUCKET}/scored",
+    overrides = SCORING + [f"input.path=s3://{BUCKET}/daily", f"output_root=s3://{BUCKET}/scored",
                            f"model={tiny_model_dir}", f"ray.shared_paths=[{tiny_model_dir.parent}]",
                            "lease.heartbeat_s=0.5", "lease.ttl_s=60", "tracking.experiment=multi-node-partitions"]
     config = REPO / "configs/score_partitions.local-cpu.yaml"

@@ -167,7 +167,7 @@ def test_batch_scoring_reads_and_writes_s3(s3, trained, tiny_corpus: Path):
     bad = pa.table({"id": ["ok-1", "empty-1", "null-1", "ok-2"], "text": ["很好", "  ", None, "太差了"]})
     pq.write_table(bad, f"{BUCKET}/incoming/extra.parquet", filesystem=s3)
 
-    overrides = [f"input=s3://{BUCKET}/incoming/", f"output_dir=s3://{BUCKET}/scores",
+    overrides = [f"input.path=s3://{BUCKET}/incoming/", f"output_dir=s3://{BUCKET}/scores",
                  f"model=models:/{REGISTERED}@candidate", "max_length=64", "stages.min_blocks=2",
                  "tracking.experiment=test-s3-batch-infer", "run_name=s3-scores"]
     outcome = run_scoring(load(BatchInferConfig, REPO / "configs/batch_infer.local-cpu.yaml", overrides))
@@ -204,15 +204,15 @@ def test_batch_scoring_on_s3_refuses_a_published_output_and_replaces_it_on_reque
                  "predictor.concurrency=1", "predictor.tokenize_in_actor=true", "run_name=today",
                  "tracking.experiment=test-s3-replace"]
     config = REPO / "configs/batch_infer.local-cpu.yaml"
-    first = run_scoring(load(BatchInferConfig, config, overrides + [f"input=s3://{BUCKET}/corpus/val.parquet"]))
+    first = run_scoring(load(BatchInferConfig, config, overrides + [f"input.path=s3://{BUCKET}/corpus/val.parquet"]))
     old = read_manifest(first.output_path)
     with pytest.raises(TargetOccupied, match="replace=true"):
-        run_scoring(load(BatchInferConfig, config, overrides + [f"input=s3://{BUCKET}/corpus/test.parquet"]))
+        run_scoring(load(BatchInferConfig, config, overrides + [f"input.path=s3://{BUCKET}/corpus/test.parquet"]))
     assert read_manifest(first.output_path) == old  # untouched
     # A killed attempt's file beside the published ones: listed by no manifest, it must go.
     pq.write_table(pa.table({"id": ["ghost"]}), f"{BUCKET}/daily/today/part-99999-ghost.parquet", filesystem=s3)
 
-    second = run_scoring(load(BatchInferConfig, config, overrides + [f"input=s3://{BUCKET}/corpus/test.parquet",
+    second = run_scoring(load(BatchInferConfig, config, overrides + [f"input.path=s3://{BUCKET}/corpus/test.parquet",
                                                                        "replace=true"]))
 
     manifest = read_manifest(second.output_path)

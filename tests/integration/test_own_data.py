@@ -33,8 +33,8 @@ def prepared(example_csv: Path, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("corpus")
     config = config_lib.load(PrepareCorpusConfig, REPO / "configs/prepare_corpus.example-csv.yaml", [
-        f"source.train={example_csv / 'train.csv'}", f"source.val={example_csv / 'dev.csv'}",
-        f"source.test={example_csv / 'test.csv'}", f"output_dir={out}", "log_to_mlflow=false"])
+        f"input.splits.train={example_csv / 'train.csv'}", f"input.splits.val={example_csv / 'dev.csv'}",
+        f"input.splits.test={example_csv / 'test.csv'}", f"output_dir={out}", "log_to_mlflow=false"])
     from jobs.corpus.prepare import run
 
     stats = run(config)
@@ -86,8 +86,8 @@ def test_a_csv_export_is_scored_with_its_own_id_column_and_a_title_body_pair(
     from jobs.scoring.batch import BatchInferConfig, run
 
     config = config_lib.load(BatchInferConfig, REPO / "configs/batch_infer.local-cpu.yaml", [
-        f"input={example_csv / 'test.csv'}", "input_format.encoding=gb18030", "id_column=doc_id",
-        "text_column=title", "text_pair_column=body", f"output_dir={tmp_path / 'scores'}",
+        f"input.path={example_csv / 'test.csv'}", "input.format.encoding=gb18030", "input.id_column=doc_id",
+        "input.fields.text_columns=[title]", "input.fields.pair_column=body", f"output_dir={tmp_path / 'scores'}",
         f"model={tiny_model_dir}", f"tracking.tracking_uri={mlflow_uri}", "predictor.concurrency=1"])
     outcome = run(config)
     scored = pq.read_table(committed_files(outcome.output_path))
@@ -107,7 +107,7 @@ def test_a_zero_row_parquet_input_commits_an_empty_output(ray_local, mlflow_uri,
     pq.write_table(pa.table({"id": pa.array([], pa.string()), "text": pa.array([], pa.string())}),
                    folder / "empty.parquet")
     config = config_lib.load(BatchInferConfig, REPO / "configs/batch_infer.local-cpu.yaml", [
-        f"input={folder if as_directory else folder / 'empty.parquet'}", f"output_dir={tmp_path / 'scores'}",
+        f"input.path={folder if as_directory else folder / 'empty.parquet'}", f"output_dir={tmp_path / 'scores'}",
         f"model={tiny_model_dir}", f"tracking.tracking_uri={mlflow_uri}", "predictor.concurrency=1"])
     outcome = run(config)
     manifest = read_manifest(outcome.output_path)

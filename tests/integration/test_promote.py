@@ -83,7 +83,7 @@ def _register(server: str, name: str, model_dir: Path, alias: str | None) -> str
 
 def _promote(server: str, name: str, data: Path, tiny_corpus: Path, tmp_path: Path, capsys, *overrides: str):
     code = main(["--config", str(REPO / "configs/promote.local-cpu.yaml"), "--set", f"registered_model={name}",
-                 "--set", f"data={data}", "--set", f"train_data={tiny_corpus / 'train.parquet'}",
+                 "--set", f"input.path={data}", "--set", f"input.train_path={tiny_corpus / 'train.parquet'}",
                  "--set", f"output_dir={tmp_path / 'promotions'}", "--set", f"tracking.tracking_uri={server}",
                  "--set", "predictor.concurrency=1", *[item for o in overrides for item in ("--set", o)]])
     captured = capsys.readouterr()

@@ -122,7 +122,8 @@ def write_partition(root: Path, date: str, texts: list[str], rows: int, files: i
 
 
 def job_config(input_root: Path, output_root: Path, model: str = MODEL, **overrides) -> dict:
-    config = {"input_root": str(input_root), "output_root": str(output_root), "model": f"models:/{model}@production",
+    config = {"input": {"path": str(input_root)}, "output_root": str(output_root),
+              "model": f"models:/{model}@production",
               "max_length": 32, "stages": {"min_blocks": 2, "tokenize_batch_rows": 64},
               "predictor": {"concurrency": 1, "num_cpus": 0.5, "rows_per_call": 32, "tokenize_in_actor": True},
               "lease": {"ttl_s": 120, "heartbeat_s": 5}, "tracking": {"experiment": "test-score-partitions"}}

@@ -25,12 +25,12 @@ def test_batch_infer_scores_with_the_int8_predictor(ray_local, mlflow_uri, tiny_
                                                     tmp_path: Path):
     import mlflow
 
-    from jobs.scoring.batch import BatchInferConfig, run
+    from jobs.scoring.batch import BatchInferConfig, BatchInput, run
     from jobs.common.tracking import TrackingConfig
 
     texts = pq.read_table(tiny_corpus / "test.parquet").column("text").to_pylist()
-    outcome = run(BatchInferConfig(input=str(tiny_corpus / "test.parquet"), output_dir=str(tmp_path / "scores"),
-                                   model=str(tiny_model_dir), max_length=32,
+    outcome = run(BatchInferConfig(input=BatchInput(path=str(tiny_corpus / "test.parquet")),
+                                   output_dir=str(tmp_path / "scores"), model=str(tiny_model_dir), max_length=32,
                                    predictor=PredictorSettings(concurrency=1, rows_per_call=64,
                                                                quantize="dynamic_int8"),
                                    tracking=TrackingConfig(experiment="test-int8")))

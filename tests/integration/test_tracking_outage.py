@@ -20,6 +20,7 @@ go through ``tests/mlflow_proxy.py`` in front of the same server.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -220,7 +221,7 @@ def test_batch_infer_publishes_and_exits_0_when_the_server_stops_while_it_scores
         pq.write_table(table.slice(12 * k, 12), folder / f"part-{k}.parquet")
     config = tmp_path / "job.yaml"
     config.write_text(yaml.safe_dump({
-        "input": str(folder), "output_dir": str(scores), "model": str(tiny_model_dir), "run_name": "outage",
+        "input": {"path": str(folder)}, "output_dir": str(scores), "model": str(tiny_model_dir), "run_name": "outage",
         "chunk_rows": 12, "max_length": 32, "stages": {"min_blocks": 1, "tokenize_batch_rows": 64},
         "predictor": {"concurrency": 1, "num_cpus": 0.5, "rows_per_call": 32, "tokenize_in_actor": True},
         "tracking": {"tracking_uri": up.url, "experiment": "outage-batch-infer", "outage_tolerance_s": 2}}))
@@ -263,7 +264,7 @@ def test_score_partitions_commits_and_reports_when_the_server_stops_while_it_sco
     (folder / "_SUCCESS").touch()
     config = tmp_path / "job.yaml"
     config.write_text(yaml.safe_dump({
-        "input_root": str(incoming), "output_root": str(scored), "model": str(tiny_model_dir), "max_length": 32,
+        "input": {"path": str(incoming)}, "output_root": str(scored), "model": str(tiny_model_dir), "max_length": 32,
         "stages": {"min_blocks": 1, "tokenize_batch_rows": 64},
         "predictor": {"concurrency": 1, "num_cpus": 0.5, "rows_per_call": 32, "tokenize_in_actor": True},
         "tracking": {"tracking_uri": up.url, "experiment": "outage-score-partitions", "outage_tolerance_s": 2}}))
@@ -312,7 +313,8 @@ def test_promote_whose_tag_writes_fail_moves_nothing(proxy, tiny_model_dir, tmp_
     client.set_registered_model_alias("promote-outage", "candidate", new)
     data = tmp_path / "labelled.csv"
     data.write_text("id,text,label\n1,好,positive\n")
-    config = PromoteConfig(registered_model="promote-outage", data=str(data), require_beat_baseline=False,
+    labelled = dataclasses.replace(PromoteConfig().input, path=str(data))  # input.train_path: the default
+    config = PromoteConfig(registered_model="promote-outage", input=labelled, require_beat_baseline=False,
                            tracking=TrackingConfig(tracking_uri=proxy.url, experiment="promote-outage",
                                                    outage_tolerance_s=1))
     target = prepare_tracking(config.tracking)

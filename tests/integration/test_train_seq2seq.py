@@ -86,7 +86,8 @@ def _evaluation_matches_the_training_run(outcome, data_dir: Path, mlflow_uri: st
     from jobs.evaluation.runner import run as evaluate
 
     config = config_lib.load(EvaluateConfig, ROOT / "configs/evaluate.local-cpu.yaml", [
-        f"model={outcome.model_uri}", f"data={data_dir / 'test.parquet'}", f"train_data={data_dir / 'train.parquet'}",
+        f"model={outcome.model_uri}", f"input.path={data_dir / 'test.parquet'}",
+        f"input.train_path={data_dir / 'train.parquet'}",
         f"output_dir={tmp_path / 'evaluations'}", f"tracking.tracking_uri={mlflow_uri}", "predictor.concurrency=1"])
     result = evaluate(config)
     trained = outcome.metrics
@@ -109,8 +110,8 @@ def _batch_generation_matches_the_pyfunc(model_uri, pyfunc_model, test_file: Pat
     bad = pa.table({"id": ["empty-1"], "source": ["   "]}, schema=pairs.schema)
     pq.write_table(pa.concat_tables([pairs, bad]), tmp_path / "to-score.parquet")
     config = config_lib.load(BatchInferConfig, ROOT / "configs/batch_infer.local-cpu.yaml", [
-        f"input={tmp_path / 'to-score.parquet'}", f"output_dir={tmp_path / 'scores'}", f"model={model_uri}",
-        "text_column=source", f"tracking.tracking_uri={mlflow_uri}", "predictor.concurrency=1"])
+        f"input.path={tmp_path / 'to-score.parquet'}", f"output_dir={tmp_path / 'scores'}", f"model={model_uri}",
+        "input.fields.text_columns=[source]", f"tracking.tracking_uri={mlflow_uri}", "predictor.concurrency=1"])
     outcome = score(config)
     assert (outcome.rows_in, outcome.rows_out, outcome.rows_rejected) == (pairs.num_rows + 1, pairs.num_rows, 1)
     scored = pq.read_table(committed_files(outcome.output_path)).to_pandas().set_index("id")

@@ -46,18 +46,19 @@ def test_prepare_corpus_input_errors_are_one_line_and_exit_65(tmp_path: Path, ca
     from jobs.prepare_corpus import main
 
     settings = ["--set", "log_to_mlflow=false", "--set", f"output_dir={tmp_path / 'corpus'}",
-                "--set", "source.kind=file"]
+                "--set", "input.kind=file"]
     if case == "test_label_absent_from_train":
         train = _csv(tmp_path / "train.csv", "text,label\n好,pos\n差,neg\n")
         test = _csv(tmp_path / "test.csv", "text,label\n一般,neutral\n")
-        settings += ["--set", f"source.train={train}", "--set", f"source.val={train}", "--set", f"source.test={test}"]
+        settings += ["--set", f"input.splits.train={train}", "--set", f"input.splits.val={train}",
+                     "--set", f"input.splits.test={test}"]
         bad = test
     else:
         bad = {"gbk_read_as_utf8": lambda: _csv(tmp_path / "in.csv", "text,label\n质量很好,pos\n", "gbk"),
                "float_labels": lambda: _csv(tmp_path / "in.csv", "text,label\n好,1.0\n差,0.0\n"),
                "huge_integer_labels": lambda: _csv(tmp_path / "in.csv", "text,label\n好,123456789012\n差,0\n"),
                "null_ids": lambda: _csv(tmp_path / "in.csv", "id,text,label\na,好,pos\n,差,neg\n")}[case]()
-        settings += ["--set", f"source.path={bad}"] + (["--set", "source.id_column=id"] if case == "null_ids" else [])
+        settings += ["--set", f"input.path={bad}"] + (["--set", "input.id_column=id"] if case == "null_ids" else [])
     assert main(settings) == cli.EXIT_DATAERR
     _one_line_failure(capsys, "corpus preparation", f"{bad}: ", needle)
     assert not (tmp_path / "corpus").exists()
@@ -69,8 +70,8 @@ def test_verbose_adds_the_traceback_and_keeps_the_status(tmp_path: Path, capsys,
 
     monkeypatch.setenv(VERBOSE_ENV, "0")  # restored after the test: --verbose sets it for the process
     bad = _csv(tmp_path / "in.csv", "text,label\n好,1.5\n")
-    assert main(["--verbose", "--set", "log_to_mlflow=false", "--set", "source.kind=file",
-                 "--set", f"source.path={bad}", "--set", f"output_dir={tmp_path / 'out'}"]) == 65
+    assert main(["--verbose", "--set", "log_to_mlflow=false", "--set", "input.kind=file",
+                 "--set", f"input.path={bad}", "--set", f"output_dir={tmp_path / 'out'}"]) == 65
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "InputFormatError" in err
     assert "corpus preparation failed: " in err
@@ -111,7 +112,7 @@ def test_batch_infer_with_a_model_whose_labels_are_in_another_order_is_refused(t
     (model / "config.json").write_text(json.dumps({"id2label": {"0": "positive", "1": "negative"}}))
     data = tmp_path / "test.parquet"
     write_split(data, ["a", "b"], ["好", "差"], [0, 1], [0, 1], NEG_POS)
-    code = main(["--set", f"input={data}", "--set", f"model={model}", "--set", f"output_dir={tmp_path / 'scores'}",
+    code = main(["--set", f"input.path={data}", "--set", f"model={model}", "--set", f"output_dir={tmp_path / 'scores'}",
                  "--set", tracking])
     assert code == 65
     _one_line_failure(capsys, "batch scoring", "names its classes ['positive', 'negative']",

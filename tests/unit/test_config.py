@@ -261,12 +261,12 @@ def test_real_config_validation_is_reported_as_config_error():
         load(classes["finetune_classifier"], None, ["optim.precision=bf16"])
     with pytest.raises(ConfigError, match="optim.precision"):
         load(classes["finetune_classifier"], None, ["optim.precision=fp8"])
-    with pytest.raises(ConfigError, match="source.path .one file. or source.train, source.val and source.test"):
-        load(classes["prepare_corpus"], None, ["source.kind=file"])
+    with pytest.raises(ConfigError, match=r"input.path .one file. or input.splits.train, .val and .test"):
+        load(classes["prepare_corpus"], None, ["input.kind=file"])
     with pytest.raises(ConfigError, match="sum to 1"):
         load(classes["prepare_corpus"], None, ["split.train=0.9"])
-    cfg = load(classes["prepare_corpus"], None, ["source.label_names=[neg, pos]", "split.limit_per_label=10"])
-    assert cfg.source.label_names == ("neg", "pos") and cfg.split.limit_per_label == 10
+    cfg = load(classes["prepare_corpus"], None, ["input.label_names=[neg, pos]", "split.limit_per_label=10"])
+    assert cfg.input.label_names == ("neg", "pos") and cfg.split.limit_per_label == 10
 
 
 def _shipped_yaml_configs() -> list[tuple[Path, str]]:
@@ -294,10 +294,10 @@ def test_parse_args_reads_config_and_repeated_overrides(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("output_dir: out/x\nlog_to_mlflow: false\n")
     cfg, args = parse_args(cls, "test", ["--config", str(path), "--set", "split.limit_per_label=5",
-                                          "--set", "source.label_column=y"])
+                                          "--set", "input.label_column=y"])
     assert cfg.output_dir == "out/x" and cfg.log_to_mlflow is False
-    assert cfg.split.limit_per_label == 5 and cfg.source.label_column == "y"
-    assert args.overrides == ["split.limit_per_label=5", "source.label_column=y"]
+    assert cfg.split.limit_per_label == 5 and cfg.input.label_column == "y"
+    assert args.overrides == ["split.limit_per_label=5", "input.label_column=y"]
 
 
 def test_parse_args_exits_with_a_message_naming_a_bad_key(capsys):

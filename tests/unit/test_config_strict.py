@@ -46,8 +46,8 @@ def test_duplicate_nested_keys_are_named_with_their_dotted_path(tmp_path):
 def test_duplicates_inside_list_items_are_found(tmp_path):
     from jobs.corpus.prepare import PrepareCorpusConfig
 
-    with pytest.raises(ConfigError, match=r"duplicate key source\.label_names\[0\]\.a"):
-        load_text(tmp_path, "source:\n  label_names:\n    - {a: 1, a: 2}\n", PrepareCorpusConfig)
+    with pytest.raises(ConfigError, match=r"duplicate key input\.label_names\[0\]\.a"):
+        load_text(tmp_path, "input:\n  label_names:\n    - {a: 1, a: 2}\n", PrepareCorpusConfig)
 
 
 def test_merge_keys_may_still_be_overridden(tmp_path):
@@ -58,9 +58,9 @@ def test_merge_keys_may_still_be_overridden(tmp_path):
 def test_an_anchor_used_twice_is_not_a_duplicate(tmp_path):
     from jobs.corpus.prepare import PrepareCorpusConfig
 
-    text = "source:\n  fields: {text_columns: &cols [title, body]}\n  label_names: *cols\n"
+    text = "input:\n  fields: {text_columns: &cols [title, body]}\n  label_names: *cols\n"
     cfg = load_text(tmp_path, text, PrepareCorpusConfig)
-    assert cfg.source.label_names == ("title", "body") == cfg.source.fields.text_columns
+    assert cfg.input.label_names == ("title", "body") == cfg.input.fields.text_columns
 
 
 def test_a_duplicate_inside_an_override_value_is_named(capsys):
@@ -80,16 +80,17 @@ def test_a_duplicate_inside_an_override_value_is_named(capsys):
     (FinetuneConfig, "optim.class_weights", "inverse", ("none", "balanced")),
     (BatchInferConfig, "sink.compression", "lzma", ("zstd", "snappy", "gzip", "brotli", "lz4", "none")),
     (BatchInferConfig, "predictor.precision", "half", ("fp32", "bf16", "fp16")),
-    (BatchInferConfig, "input_format.format", "xlsx", ("auto", "csv", "jsonl", "parquet")),
+    (BatchInferConfig, "input.format.format", "xlsx", ("auto", "csv", "jsonl", "parquet")),
     (ScorePartitionsConfig, "predictor.precision", "int8", ("fp32", "bf16", "fp16")),
 ])
 def test_fixed_value_settings_name_the_key_and_the_allowed_values(tmp_path, cls, key, bad, allowed):
-    section, name = key.split(".")
+    *sections, name = key.split(".")
+    nested = "".join(f"{'  ' * depth}{section}:\n" for depth, section in enumerate(sections))
     messages = []
     for how in ("file", "override"):
         with pytest.raises(ConfigError) as info:
             if how == "file":
-                load_text(tmp_path, f"{section}:\n  {name}: {bad}\n", cls)
+                load_text(tmp_path, f"{nested}{'  ' * len(sections)}{name}: {bad}\n", cls)
             else:
                 load(cls, None, [f"{key}={bad}"])
         messages.append(str(info.value))
@@ -148,4 +149,4 @@ def test_scoring_refuses_a_max_length_the_classifier_cannot_take_before_any_work
                          str(model_dir), "classifier")
     config = load(BatchInferConfig, None, ["max_length=128"])
     with pytest.raises(ConfigError, match=r"max_length: 128 exceeds the model's position limit, 64"):
-        score_groups([], {}, model, config, config.input_columns)
+        score_groups([], {}, model, config, config.input.columns)

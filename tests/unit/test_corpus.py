@@ -219,14 +219,14 @@ def test_read_user_file_with_integer_labels(tmp_path):
 
 
 def test_user_table_converts_end_to_end(tmp_path):
-    from jobs.corpus.prepare import PrepareCorpusConfig, SourceSettings, run
+    from jobs.corpus.prepare import CorpusInput, PrepareCorpusConfig, run
 
     path = tmp_path / "in.csv"
     lines = ["text,label"] + [f"好评{i},pos" for i in range(30)] + [f"差评{i},neg" for i in range(20)]
     lines += ["好评0,pos", "矛盾,pos", "矛盾,neg"]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = tmp_path / "out"
-    stats = run(PrepareCorpusConfig(source=SourceSettings(kind="file", path=str(path)), output_dir=str(out),
+    stats = run(PrepareCorpusConfig(input=CorpusInput(kind="file", path=str(path)), output_dir=str(out),
                                     log_to_mlflow=False))
     assert sum(stats.rows_per_split.values()) == 50
     assert stats.duplicates_removed == 1 and stats.contradictions_removed == 2

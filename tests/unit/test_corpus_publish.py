@@ -23,7 +23,7 @@ from data_pipeline.corpus_manifest import MANIFEST, CorpusManifestError, check_c
 from data_pipeline.paths import resolve_parquet_files
 from jobs.common.config import ConfigError
 from jobs.common.labels import agreed_label_names
-from jobs.corpus.prepare import PAUSE_AFTER_SPLIT_ENV, PrepareCorpusConfig, Seq2SeqCorpusSettings, SourceSettings, run
+from jobs.corpus.prepare import PAUSE_AFTER_SPLIT_ENV, CorpusInput, PrepareCorpusConfig, Seq2SeqCorpusSettings, run
 
 REPO = Path(__file__).resolve().parents[2]
 SPLITS = ("train", "val", "test")
@@ -37,7 +37,7 @@ def _source(tmp_path: Path, name: str, labels: tuple[str, ...], rows_per_label: 
 
 
 def _config(source: Path, out: Path, **seq2seq) -> PrepareCorpusConfig:
-    return PrepareCorpusConfig(source=SourceSettings(kind="file", path=str(source)), output_dir=str(out),
+    return PrepareCorpusConfig(input=CorpusInput(kind="file", path=str(source)), output_dir=str(out),
                                log_to_mlflow=False, seq2seq=Seq2SeqCorpusSettings(**seq2seq))
 
 
@@ -73,8 +73,8 @@ def test_killed_between_two_splits_the_old_corpus_stays_whole_and_usable_then_a_
     run(_config(_source(tmp_path, "old.csv", ("neg", "pos")), out))
     before = _digests(out)
     new = _source(tmp_path, "new.csv", ("bad", "good", "okay"))
-    command = [sys.executable, "-m", "jobs.prepare_corpus", "--set", "log_to_mlflow=false", "--set", "source.kind=file",
-               "--set", f"source.path={new}", "--set", f"output_dir={out}"]
+    command = [sys.executable, "-m", "jobs.prepare_corpus", "--set", "log_to_mlflow=false", "--set", "input.kind=file",
+               "--set", f"input.path={new}", "--set", f"output_dir={out}"]
     job = subprocess.Popen(command, cwd=REPO, env={**os.environ, PAUSE_AFTER_SPLIT_ENV: "60"},
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -134,13 +134,14 @@ def test_splits_of_two_publishes_or_a_file_changed_after_the_publish_are_refused
 
 
 def test_evaluate_refuses_a_file_of_a_corpus_folder_without_its_manifest(tmp_path: Path):
+    from jobs.evaluation.inputs import EvaluationInput
     from jobs.evaluation.runner import EvaluateConfig, read_rows
 
     out = tmp_path / "corpus"
     run(_config(_source(tmp_path, "in.csv", ("neg", "pos")), out))
     (out / MANIFEST).unlink()
     with pytest.raises(CorpusManifestError, match="no _CORPUS.json"):
-        read_rows(EvaluateConfig(data=str(out / "test.parquet")), model=None)
+        read_rows(EvaluateConfig(input=EvaluationInput(path=str(out / "test.parquet"))), model=None)
 
 
 def test_user_parquet_outside_a_corpus_folder_is_read_as_it_is(tmp_path: Path):

@@ -12,7 +12,7 @@ from data_pipeline.pinyin_sources import (SourceError, parse_tagged_line, people
                                           read_peoples_daily)
 from jobs.common import config as config_lib
 from jobs.common.config import ConfigError
-from jobs.corpus.prepare import (PrepareCorpusConfig, Seq2SeqCorpusSettings, Seq2SeqSource, SourceSettings,
+from jobs.corpus.prepare import (CorpusInput, PrepareCorpusConfig, Seq2SeqCorpusSettings, Seq2SeqSource,
                                   write_seq2seq_corpus)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -142,7 +142,7 @@ def test_user_files_get_pairs_from_named_sources_only_when_enabled(tmp_path):
 
     path = _parquet(tmp_path / "labelled.parquet", text=[f"第{i}条评论很好" for i in range(20)],
                     label=["好"] * 10 + ["差"] * 10)
-    config = PrepareCorpusConfig(source=SourceSettings(kind="file", path=str(path)), output_dir=str(tmp_path / "c"),
+    config = PrepareCorpusConfig(input=CorpusInput(kind="file", path=str(path)), output_dir=str(tmp_path / "c"),
                                  log_to_mlflow=False)
     run(config)
     assert not (tmp_path / "pinyin").exists()

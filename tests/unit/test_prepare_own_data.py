@@ -12,7 +12,7 @@ import pytest
 
 from data_pipeline.readers import FileFormat, InputFormatError, TextFields
 from data_pipeline.schema import label_names_from_schema
-from jobs.corpus.prepare import PrepareCorpusConfig, SourceSettings, SplitSettings, run
+from jobs.corpus.prepare import CorpusInput, GivenSplits, PrepareCorpusConfig, SplitSettings, run
 
 HEADER = ["doc_id", "title", "body", "category"]
 
@@ -40,10 +40,11 @@ def _given_split_files(tmp_path: Path) -> dict[str, Path]:
 def test_given_splits_are_kept_deduplicated_and_cleared_of_cross_split_copies(tmp_path: Path):
     files = _given_split_files(tmp_path)
     out = tmp_path / "corpus"
-    source = SourceSettings(kind="file", train=str(files["train"]), val=str(files["val"]), test=str(files["test"]),
-                            format=FileFormat(encoding="gb18030"), id_column="doc_id", label_column="category",
-                            fields=TextFields(text_columns=("title",), pair_column="body"))
-    stats = run(PrepareCorpusConfig(source=source, output_dir=str(out), log_to_mlflow=False))
+    source = CorpusInput(kind="file", splits=GivenSplits(train=str(files["train"]), val=str(files["val"]),
+                                                     test=str(files["test"])),
+                         format=FileFormat(encoding="gb18030"), id_column="doc_id", label_column="category",
+                         fields=TextFields(text_columns=("title",), pair_column="body"))
+    stats = run(PrepareCorpusConfig(input=source, output_dir=str(out), log_to_mlflow=False))
 
     tables = {name: pq.read_table(out / f"{name}.parquet") for name in ("train", "val", "test")}
     assert tables["train"].column_names == ["id", "text", "text_pair", "label"]
@@ -66,10 +67,11 @@ def test_given_splits_are_kept_deduplicated_and_cleared_of_cross_split_copies(tm
 
 def test_keep_reports_cross_split_copies_without_removing_them(tmp_path: Path):
     files = _given_split_files(tmp_path)
-    source = SourceSettings(kind="file", train=str(files["train"]), val=str(files["val"]), test=str(files["test"]),
-                            format=FileFormat(encoding="gb18030"), label_column="category",
-                            fields=TextFields(text_columns=("title", "body"), separator=" | "))
-    stats = run(PrepareCorpusConfig(source=source, split=SplitSettings(cross_split_duplicates="keep"),
+    source = CorpusInput(kind="file", splits=GivenSplits(train=str(files["train"]), val=str(files["val"]),
+                                                     test=str(files["test"])),
+                         format=FileFormat(encoding="gb18030"), label_column="category",
+                         fields=TextFields(text_columns=("title", "body"), separator=" | "))
+    stats = run(PrepareCorpusConfig(input=source, split=SplitSettings(cross_split_duplicates="keep"),
                                     output_dir=str(tmp_path / "corpus"), log_to_mlflow=False))
     test = pq.read_table(tmp_path / "corpus" / "test.parquet")
     assert test.num_rows == 4 and "text_pair" not in test.column_names
@@ -80,11 +82,12 @@ def test_keep_reports_cross_split_copies_without_removing_them(tmp_path: Path):
 def test_a_label_the_training_file_lacks_is_an_error_naming_the_file(tmp_path: Path):
     files = _given_split_files(tmp_path)
     _write_csv(files["val"], [["v9", "天气", "晴", "weather"]])
-    source = SourceSettings(kind="file", train=str(files["train"]), val=str(files["val"]), test=str(files["test"]),
-                            format=FileFormat(encoding="gb18030"), label_column="category",
-                            fields=TextFields(text_columns=("title",)))
+    source = CorpusInput(kind="file", splits=GivenSplits(train=str(files["train"]), val=str(files["val"]),
+                                                     test=str(files["test"])),
+                         format=FileFormat(encoding="gb18030"), label_column="category",
+                         fields=TextFields(text_columns=("title",)))
     with pytest.raises(InputFormatError, match=r"val\.csv.*category.*1 row"):
-        run(PrepareCorpusConfig(source=source, output_dir=str(tmp_path / "corpus"), log_to_mlflow=False))
+        run(PrepareCorpusConfig(input=source, output_dir=str(tmp_path / "corpus"), log_to_mlflow=False))
 
 
 def test_one_jsonl_file_with_an_id_column_is_split_by_hash_and_pairs_only_when_asked(tmp_path: Path):
@@ -92,9 +95,9 @@ def test_one_jsonl_file_with_an_id_column_is_split_by_hash_and_pairs_only_when_a
     rows = [{"rid": f"r{i}", "review": f"{'很好' if i % 3 else '很差'}的商品{i}号", "stars": "好" if i % 3 else "差"}
             for i in range(60)]
     path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
-    source = SourceSettings(kind="file", path=str(path), id_column="rid", label_column="stars",
-                            fields=TextFields(text_columns=("review",)))
-    config = PrepareCorpusConfig(source=source, output_dir=str(tmp_path / "corpus"), log_to_mlflow=False)
+    source = CorpusInput(kind="file", path=str(path), id_column="rid", label_column="stars",
+                         fields=TextFields(text_columns=("review",)))
+    config = PrepareCorpusConfig(input=source, output_dir=str(tmp_path / "corpus"), log_to_mlflow=False)
     stats = run(config)
     assert sum(stats.rows_per_split.values()) == 60
     ids = {i for split in ("train", "val", "test")
@@ -113,23 +116,24 @@ def test_labels_with_stray_spaces_are_one_class_and_the_summary_says_so(tmp_path
     rows = [f"好评{i},positive" for i in range(10)] + [f"好评x{i},Positive " for i in range(3)]
     rows += [f"差评{i}, negative" for i in range(10)]
     path.write_text("text,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
-    source = SourceSettings(kind="file", path=str(path))
+    source = CorpusInput(kind="file", path=str(path))
     with pytest.raises(InputFormatError, match=r"equal up to case: 'Positive' \(3 row\(s\)\) and 'positive'"):
-        run(PrepareCorpusConfig(source=source, output_dir=str(tmp_path / "refused"), log_to_mlflow=False))
+        run(PrepareCorpusConfig(input=source, output_dir=str(tmp_path / "refused"), log_to_mlflow=False))
     assert not (tmp_path / "refused").exists()  # refused before anything is written
     out = tmp_path / "corpus"
-    stats = run(PrepareCorpusConfig(source=dataclasses.replace(source, label_case="lower"), output_dir=str(out),
+    stats = run(PrepareCorpusConfig(input=dataclasses.replace(source, label_case="lower"), output_dir=str(out),
                                     log_to_mlflow=False))
     assert json.loads((out / "labels.json").read_text()) == ["negative", "positive"]  # two classes, not three
     assert stats.labels_stripped == 13 and stats.labels_lowered == 3
-    assert "stripped surrounding whitespace from the labels of 13 rows (source.label_strip)" in stats.lines()
+    assert "stripped surrounding whitespace from the labels of 13 rows (input.label_strip)" in stats.lines()
     assert json.loads((out / "stats.json").read_text())["labels_stripped"] == 13
 
 
 def test_given_splits_whose_labels_differ_by_case_are_refused_naming_both(tmp_path: Path):
     (tmp_path / "train.csv").write_text("text,label\n好,positive\n差,negative\n", encoding="utf-8")
     (tmp_path / "val.csv").write_text("text,label\n很好,Positive\n很差,negative \n", encoding="utf-8")
-    source = SourceSettings(kind="file", train=str(tmp_path / "train.csv"), val=str(tmp_path / "val.csv"),
-                            test=str(tmp_path / "train.csv"))
+    splits = GivenSplits(train=str(tmp_path / "train.csv"), val=str(tmp_path / "val.csv"),
+                         test=str(tmp_path / "train.csv"))
+    source = CorpusInput(kind="file", splits=splits)
     with pytest.raises(InputFormatError, match=r"val\.csv.*'Positive' differs from 'positive' only by case"):
-        run(PrepareCorpusConfig(source=source, output_dir=str(tmp_path / "out"), log_to_mlflow=False))
+        run(PrepareCorpusConfig(input=source, output_dir=str(tmp_path / "out"), log_to_mlflow=False))

@@ -69,7 +69,7 @@ def test_shipped_config_loads_and_defaults_are_the_gate_the_issue_asks_for():
     assert (config.registered_model, config.candidate_alias, config.production_alias) == (
         "review-sentiment", "candidate", "production")
     assert config.metric == "macro_f1" and config.margin == 0.0 and config.require_beat_baseline
-    assert config.data == "data/corpus/test.parquet" and config.train_data == "data/corpus/train.parquet"
+    assert config.input.path == "data/corpus/test.parquet" and config.input.train_path == "data/corpus/train.parquet"
     assert config.tracking.experiment == "promote"
     assert load(PromoteConfig, None) == PromoteConfig()
     shipped = sorted((REPO / "configs").glob("promote.*.yaml"))
@@ -79,13 +79,13 @@ def test_shipped_config_loads_and_defaults_are_the_gate_the_issue_asks_for():
 @pytest.mark.parametrize("override, message", [
     ("metric=f1", "metric"),
     ("margin=-0.01", "margin"),
-    ("train_data=null", "require_beat_baseline needs train_data"),
+    ("input.train_path=null", "require_beat_baseline needs input.train_path"),
     ("production_alias=candidate", "both 'candidate'"),
 ])
 def test_a_gate_that_cannot_work_is_refused_by_the_config(override, message):
     with pytest.raises(ConfigError, match=message):
         load(PromoteConfig, REPO / "configs/promote.local-cpu.yaml", [override])
-    assert load(PromoteConfig, None, ["train_data=null", "require_beat_baseline=false"]).train_data is None
+    assert load(PromoteConfig, None, ["input.train_path=null", "require_beat_baseline=false"]).input.train_path is None
 
 
 def _evaluated(role: str, version: str, digest: str, rows=(0, 1, 2), kind="classifier", **metrics):

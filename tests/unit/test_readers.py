@@ -97,8 +97,8 @@ def test_gb18030_file_read_with_its_encoding(tmp_path):
 
 def test_gb18030_file_read_as_utf8_names_file_encoding_and_line(tmp_path):
     path = write(tmp_path, "news.csv", GB_ROWS, "gb18030")
-    message = refused(lambda: labelled(path), path, "utf-8", "line 3", "source.encoding")
-    assert message == f"{path}: not valid utf-8 text at line 3 (set source.encoding to the file's encoding)"
+    message = refused(lambda: labelled(path), path, "utf-8", "line 3", "input.format.encoding")
+    assert message == f"{path}: not valid utf-8 text at line 3 (set input.format.encoding to the file's encoding)"
 
 
 def test_bad_byte_far_into_a_big_file_is_found_on_its_line(tmp_path):

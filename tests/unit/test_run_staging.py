@@ -58,7 +58,7 @@ def test_a_non_empty_target_is_refused_before_any_work(tmp_path: Path, capsys):
     (tmp_path / "scores" / "empty").mkdir()
     RunStaging(str(tmp_path / "scores"), "empty").check_target()  # an empty directory is no output
 
-    code = main(["--set", f"input={tmp_path / 'missing.parquet'}", "--set", f"output_dir={tmp_path / 'scores'}",
+    code = main(["--set", f"input.path={tmp_path / 'missing.parquet'}", "--set", f"output_dir={tmp_path / 'scores'}",
                  "--set", "run_name=daily", "--set", f"model={tmp_path / 'no-model'}"])
     err = capsys.readouterr().err
     assert code == 1
