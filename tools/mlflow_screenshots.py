@@ -63,7 +63,7 @@ def pages(url: str, experiment: str, registered_model: str | None, run_id: str |
         raise SystemExit(f"experiment {experiment!r} has no runs")
     run = run_id or runs[0].info.run_id
     base = f"{url}/#/experiments/{found.experiment_id}"
-    out = {f"{prefix}runs.png": f"{base}?viewStateShareKey=&compareRunsMode=TABLE",
+    out = {f"{prefix}runs.png": f"{base}/runs",
            f"{prefix}run-overview.png": f"{base}/runs/{run}",
            f"{prefix}run-metrics.png": f"{base}/runs/{run}/model-metrics"}
     if registered_model:
