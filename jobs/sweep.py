@@ -17,11 +17,12 @@ import sys
 
 from jobs.common import cli
 from jobs.common import config as config_lib
-from jobs.sweeps.runner import SweepOutcome, run_sweep, training_job
+from jobs.sweeps.runner import SweepOutcome, run_sweep
 from jobs.sweeps.settings import SweepConfig
 
 
-def report(outcome: SweepOutcome, metric: str) -> None:
+def report(outcome: SweepOutcome) -> None:
+    metric = outcome.metric
     print(f"\n=== sweep: MLflow run {outcome.parent_run_id} ===")
     for trial in outcome.trials:
         value = "-" if trial.metric is None else f"{trial.metric:.4f}"
@@ -39,8 +40,7 @@ def report(outcome: SweepOutcome, metric: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     config, _ = config_lib.parse_args(SweepConfig, __doc__.splitlines()[0], argv)
     outcome = run_sweep(config)
-    job_config = config_lib.load(training_job(config.job).config_class, config.job_config, config.job_overrides)
-    report(outcome, config.metric or job_config.run.checkpoint_metric)
+    report(outcome)
     return 0 if outcome.best is not None else 1
 
 

@@ -33,6 +33,7 @@ class SweepOutcome:
     best: TrialOutcome | None
     registered: Any  # jobs.common.registry.RegisteredModel | None
     resumed: bool
+    metric: str  # what the trials were judged by (the config's, else the job's checkpoint metric)
 
 
 def concurrent_trials(cluster: dict[str, float], trial: dict[str, float], configured: int | None) -> int:
@@ -171,4 +172,4 @@ def run_sweep(config: SweepConfig) -> SweepOutcome:
     header = (f"**sweep** `{name}` over `{config.job}` (`{config.job_config}`): {metric} ({mode}), "
               f"{config.scheduler.kind} scheduler, {concurrency} trial(s) at once.")
     finish_parent(target, parent, outcomes, config.space, metric, mode, best, registered, header)
-    return SweepOutcome(parent, outcomes, best, registered, resumed)
+    return SweepOutcome(parent, outcomes, best, registered, resumed, metric)
