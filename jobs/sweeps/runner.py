@@ -23,6 +23,7 @@ from jobs.sweeps.trial import EPOCHS_DONE, TrialSpec, run_trial
 
 log = logging.getLogger(__name__)
 STATE_INTERVAL_S = 10
+RAY_CHDIR_TO_TRIAL_DIR = "RAY_CHDIR_TO_TRIAL_DIR"  # ray.train.constants; read by Tune in each trial
 TRIAL_DRIVER_CPUS = 0.01  # each trial's Tune actor, which runs the training job's driver
 
 
@@ -66,6 +67,10 @@ def tune_sweep(spec: TrialSpec, param_space: dict[str, Any], metric: str, mode: 
     # Tune saves its state every few seconds at most: a killed sweep loses at most that much of its record
     # (a trial it had not yet recorded as done would run again), for one small file write.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(STATE_INTERVAL_S))
+    # A trial runs where the sweep was started (or the submitted job's working dir), as a plain run of the
+    # job does: Tune would chdir each trial into its own directory, where the job config's relative paths
+    # (data/corpus/..., artifacts/...) name nothing. Tune copies this variable into every trial's actor.
+    os.environ[RAY_CHDIR_TO_TRIAL_DIR] = "0"
     trainable = ray.tune.with_parameters(run_trial, spec=spec)
     # The trial's function is a driver: its training workers and data stages reserve the CPUs (Tune
     # refuses an empty request, and would reserve a whole CPU by default).

@@ -37,15 +37,18 @@ LEARNING_RATES = [3e-3, 1.0, -1.0, 2e-3]  # 1.0 diverges: ASHA stops it; -1: Ada
 def sweep_config(tmp_path_factory, tiny_corpus: Path, tiny_model_dir: Path) -> tuple[Path, str, Path]:
     root = tmp_path_factory.mktemp("sweep")
     uri = f"sqlite:///{root / 'mlflow.db'}"
+    # Relative paths, as a user's config has them: the sweep runs in `root` (see _start), and so must its trials.
+    (root / "corpus").symlink_to(tiny_corpus)
+    (root / "model").symlink_to(tiny_model_dir)
     config = {
         "job": "finetune_classifier", "job_config": str(TINY),
-        "job_overrides": [f"data.train={tiny_corpus / 'train.parquet'}", f"data.val={tiny_corpus / 'val.parquet'}",
-                          f"data.test={tiny_corpus / 'test.parquet'}", f"model.name_or_path={tiny_model_dir}",
+        "job_overrides": ["data.train=corpus/train.parquet", "data.val=corpus/val.parquet",
+                          "data.test=corpus/test.parquet", "model.name_or_path=model",
                           "run.max_failures=0", "scaling.num_workers=1"],
         "space": {"optim.lr": {"kind": "grid", "values": LEARNING_RATES}},
         "metric": "val_loss", "mode": "min", "num_samples": 1, "max_concurrent": 1,
         "scheduler": {"kind": "asha", "grace_epochs": 1, "reduction_factor": 2.0},
-        "name": "tiny-sweep", "storage_path": str(root / "sweeps"),
+        "name": "tiny-sweep", "storage_path": "sweeps",
         "tracking": {"tracking_uri": uri, "experiment": "sweep-tiny", "registered_model": REGISTERED,
                      "alias": "candidate"},
         "ray": {"num_cpus": 2},
@@ -55,10 +58,16 @@ def sweep_config(tmp_path_factory, tiny_corpus: Path, tiny_model_dir: Path) -> t
     return path, uri, root
 
 
-def _start(config: Path, log: Path) -> subprocess.Popen:
+def _sweep_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "MLFLOW_TRACKING"))}
-    return subprocess.Popen([sys.executable, "-m", "jobs.sweep", "--config", str(config)], cwd=REPO, env=env,
-                            stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    return {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))}
+
+
+def _start(config: Path, log: Path) -> subprocess.Popen:
+    """The sweep command, run from the config's folder (not the repository): its relative paths are from there."""
+    return subprocess.Popen([sys.executable, "-m", "jobs.sweep", "--config", str(config)], cwd=config.parent,
+                            env=_sweep_env(), stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
 
 
 def _runs(uri: str):
@@ -91,9 +100,8 @@ def swept(sweep_config):
         first.wait()
     client, runs = _runs(uri)
     trained_before = {r.info.run_id: r.info.end_time for r in runs if r.info.status == "FINISHED"}
-    second = subprocess.run([sys.executable, "-m", "jobs.sweep", "--config", str(config)], cwd=REPO,
-                            capture_output=True, text=True, timeout=900,
-                            env={k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")})
+    second = subprocess.run([sys.executable, "-m", "jobs.sweep", "--config", str(config)], cwd=config.parent,
+                            capture_output=True, text=True, timeout=900, env=_sweep_env())
     return second, uri, trained_before
 
 
