@@ -23,7 +23,6 @@ from jobs.sweeps.trial import EPOCHS_DONE, TrialSpec, run_trial
 
 log = logging.getLogger(__name__)
 STATE_INTERVAL_S = 10
-RAY_CHDIR_TO_TRIAL_DIR = "RAY_CHDIR_TO_TRIAL_DIR"  # ray.train.constants; read by Tune in each trial
 TRIAL_DRIVER_CPUS = 0.01  # each trial's Tune actor, which runs the training job's driver
 
 
@@ -63,6 +62,7 @@ def tune_sweep(spec: TrialSpec, param_space: dict[str, Any], metric: str, mode: 
                concurrency: int, scheduler, seed: int):
     """Tune's ResultGrid; a sweep of this name that was killed is restored, its finished trials kept."""
     import ray.tune
+    from ray.train.constants import RAY_CHDIR_TO_TRIAL_DIR
 
     # Tune saves its state every few seconds at most: a killed sweep loses at most that much of its record
     # (a trial it had not yet recorded as done would run again), for one small file write.

@@ -60,7 +60,7 @@ def sweep_config(tmp_path_factory, tiny_corpus: Path, tiny_model_dir: Path) -> t
 
 def _sweep_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "MLFLOW_TRACKING"))}
-    return {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))}
+    return {**env, "PYTHONPATH": str(REPO)}
 
 
 def _start(config: Path, log: Path) -> subprocess.Popen:
