@@ -8,7 +8,8 @@ checkpoints, validation, MLflow. An ASHA scheduler stops trials that trail the o
 epoch. MLflow gets one parent run for the sweep and a nested child run per trial; the finished trial
 with the best last validation metric is registered with ``tracking.alias``. Killed, the same command
 resumes the sweep: finished trials are kept, unfinished ones resume from their own checkpoints.
-Exit status: 0 when a trial finished and the best was recorded, 1 when none finished, 2 for a config error.
+Exit status: 0 when a trial finished and the best was recorded, 1 when none finished, 2 for a config error,
+130 when interrupted (Ctrl-C) before its trials ended: nothing registered, and the same command resumes it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 
 from jobs.common import cli
 from jobs.common import config as config_lib
-from jobs.sweeps.runner import SweepOutcome, run_sweep
+from jobs.sweeps.runner import SweepInterrupted, SweepOutcome, run_sweep
 from jobs.sweeps.settings import SweepConfig
 
 
@@ -39,7 +40,11 @@ def report(outcome: SweepOutcome) -> None:
 @cli.entry_point("sweep")  # a bad space key or job config: exit 2 before any trial
 def main(argv: list[str] | None = None) -> int:
     config, _ = config_lib.parse_args(SweepConfig, __doc__.splitlines()[0], argv)
-    outcome = run_sweep(config)
+    try:
+        outcome = run_sweep(config)
+    except SweepInterrupted as interrupted:
+        print(f"\nsweep: {interrupted}", file=sys.stderr)
+        return cli.EXIT_INTERRUPTED
     report(outcome)
     return 0 if outcome.best is not None else 1
 

@@ -15,6 +15,7 @@ Exit status of every job (``python -m jobs.<job>``):
 75    the work is done and safe, but a service did not answer for what follows it (``EX_TEMPFAIL``): a
       training run whose checkpoint is complete while MLflow stayed down past ``tracking.outage_tolerance_s``;
       the message names the one command that finishes the run once MLflow answers
+130   interrupted (Ctrl-C); a sweep so stopped registered nothing, and the same command resumes it
 ====  ===================================================================================================
 
 The known errors are told apart by type, never by message: ``ConfigError`` (2);
@@ -41,6 +42,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_DATAERR = 65
 EXIT_TEMPFAIL = 75
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a job stopped by Ctrl-C
 
 INPUT_ERRORS = (InputDataError, InputFileError, FileNotFoundError)
 

@@ -14,6 +14,12 @@ anywhere). Workers of a cluster the job connects to are pinned to its address (`
 a second Ray on a node never becomes "the latest cluster" they find by themselves. A job that starts
 its own Ray starts a new one even where ``ray start`` recorded another cluster's address for the
 machine (a bare ``ray.init()`` joins that cluster, or waits on it when it is gone).
+
+A sweep's local Ray serves its State API (its dashboard, on a free port): there the driver outlives
+its trials, and a trial Tune stops ends its Train controller, whose workers' placement group (by Ray's
+rules scoped to the driver) only the cleaner removes once the State API tells it the controller is
+dead. Without one, a stopped trial's CPUs stay reserved until the sweep ends and the next trial waits
+for them forever. A single job does not need it: its placement group goes with it.
 """
 
 from __future__ import annotations
@@ -81,21 +87,43 @@ def _environment(**values: str):
                 os.environ[key] = value
 
 
+def free_local_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def start_local_ray(num_cpus: int | None, num_gpus: int | None = None, runtime_env: dict | None = None,
-                    log_to_driver: bool = True, **init_kwargs) -> None:
+                    log_to_driver: bool = True, serve_state_api: bool = False, **init_kwargs) -> None:
     """``ray.init`` of a new local instance whose workers ask only their own Ray's State API.
 
-    The driver's own environment is restored afterwards: a ``ray job submit`` it runs later must not
-    inherit the address (the variable overrides ``--address`` there).
+    ``serve_state_api``: start its dashboard (on a free port of 127.0.0.1), which serves that API;
+    else the workers are pointed at an address nothing answers. The driver's own environment is
+    restored afterwards: a ``ray job submit`` it runs later must not inherit the address (the
+    variable overrides ``--address`` there).
     """
     import ray
 
-    state_api = os.environ.get(STATE_API_ENV) or unserved_local_address()
-    with _environment(**{STATE_API_ENV: state_api}):
+    dashboard: dict = {"include_dashboard": False}
+    state_api = os.environ.get(STATE_API_ENV)
+    if serve_state_api and not state_api:
+        port = free_local_port()
+        dashboard = {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port}
+        state_api = f"http://127.0.0.1:{port}"
+    with _environment(**{STATE_API_ENV: state_api or unserved_local_address()}):
         # "local": a new instance even where `ray start` (or a test's simulated cluster) left its address
         # in /tmp/ray/ray_current_cluster, which a bare ray.init() would join (or wait on, when it is gone)
-        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
-                 log_to_driver=log_to_driver, runtime_env=runtime_env, **init_kwargs)
+        context = ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, log_to_driver=log_to_driver,
+                           runtime_env=runtime_env, **dashboard, **init_kwargs)
+    if dashboard["include_dashboard"]:
+        served = context.dashboard_url
+        if not served:
+            log.warning("the local Ray's dashboard did not start: a stopped trial's placement group is not "
+                        "removed until the sweep ends")
+        elif served.rsplit(":", 1)[-1] != str(dashboard["dashboard_port"]):
+            ray.shutdown()  # its workers would ask a port another process holds: not ours to trust
+            raise RuntimeError(f"the local Ray's dashboard took {served}, not {state_api} (taken meanwhile); "
+                               "run again")
 
 
 def _pinned_cluster_env(address: str) -> dict[str, str]:
@@ -110,8 +138,11 @@ def _pinned_cluster_env(address: str) -> dict[str, str]:
     return {} if RAY_ADDRESS_ENV in (job_env or {}) else {RAY_ADDRESS_ENV: address}
 
 
-def init_ray(config: RayConfig) -> None:
-    """Idempotent: a job run inside a test session or a Ray job reuses the running instance."""
+def init_ray(config: RayConfig, serve_state_api: bool = False) -> None:
+    """Idempotent: a job run inside a test session or a Ray job reuses the running instance.
+
+    ``serve_state_api``: a local Ray started here serves its State API (see the module's note).
+    """
     import ray
 
     console.install()
@@ -127,7 +158,8 @@ def init_ray(config: RayConfig) -> None:
             runtime_env["env_vars"] = pinned
         ray.init(address=address, log_to_driver=True, runtime_env=runtime_env or None)
     else:
-        start_local_ray(config.num_cpus, config.num_gpus, runtime_env=runtime_env or None)
+        start_local_ray(config.num_cpus, config.num_gpus, runtime_env=runtime_env or None,
+                        serve_state_api=serve_state_api)
         log.info("started a local Ray: %s", ray.cluster_resources())
     console.quiet_ray_driver()
 
@@ -137,7 +169,8 @@ def _job_sets_setup_hook() -> bool:
     return "worker_process_setup_hook" in os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "").lower()
 
 
-def check_cpu_budget(demands: dict[str, float]) -> None:
+def check_cpu_budget(demands: dict[str, float], remedy: str = "lower scaling.cpus_per_worker or the data stages' "
+                     "CPUs, or use fewer workers") -> None:
     """Fail before any compute when the job's own stages cannot all run at once on this Ray.
 
     Training workers, read tasks and tokenizer actors run concurrently; if their CPU
@@ -152,5 +185,4 @@ def check_cpu_budget(demands: dict[str, float]) -> None:
     need = sum(demands.values())
     if need > total + 1e-9:
         parts = ", ".join(f"{name} {cpus:g}" for name, cpus in demands.items())
-        raise ValueError(f"the job reserves {need:g} CPUs ({parts}) but this Ray has {total:g}: lower "
-                         "scaling.cpus_per_worker or the data stages' CPUs, or use fewer workers")
+        raise ValueError(f"the job reserves {need:g} CPUs ({parts}) but this Ray has {total:g}: {remedy}")

@@ -191,6 +191,14 @@ def finish_parent(target: TrackingTarget, parent_run_id: str, outcomes: list[Tri
     client.set_terminated(parent_run_id, status="FINISHED" if best is not None else "FAILED")
 
 
+def mark_interrupted(target: TrackingTarget, parent_run_id: str, unended: list[str]) -> None:
+    """The parent of a sweep stopped before its trials ended (Ctrl-C): KILLED, the unended trials named;
+    its children stay as their jobs left them, for the resumed sweep to end."""
+    client = client_for(target)
+    client.set_tag(parent_run_id, "sweep_interrupted_trials", ",".join(unended)[:4000])
+    client.set_terminated(parent_run_id, status="KILLED")
+
+
 def register_best(target: TrackingTarget, best: TrialOutcome, parent_run_id: str, registered_name: str,
                   alias: str | None) -> RegisteredModel:
     """The best trial's logged model as a new version with ``alias``, tagged with the sweep; once per sweep."""

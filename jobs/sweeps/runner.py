@@ -15,15 +15,23 @@ from jobs.common import config as config_lib
 from jobs.common.ray_runtime import init_ray
 from jobs.common.shared_storage import require_shared
 from jobs.common.tracking import prepare_tracking
-from jobs.sweeps.record import (TrialOutcome, best_trial, finish_parent, open_parent, record_trials,
-                                register_best)
+from jobs.sweeps.record import (TrialOutcome, best_trial, finish_parent, mark_interrupted, open_parent,
+                                record_trials, register_best)
 from jobs.sweeps.settings import Dimension, SchedulerSettings, SweepConfig, TrainingJob
 from jobs.sweeps.space import check_space_keys, param_space
 from jobs.sweeps.trial import EPOCHS_DONE, TrialSpec, run_trial
 
 log = logging.getLogger(__name__)
 STATE_INTERVAL_S = 10
-TRIAL_DRIVER_CPUS = 0.01  # each trial's Tune actor, which runs the training job's driver
+# Each trial's Tune actor runs the training job's driver, which waits on its workers: it reserves memory, not
+# CPU. Even 0.01 CPU would leave the job's own CPUs one short: a trial whose workers take all but one CPU
+# (2 x 0.5 on 2 cores) then waits forever for the 1-CPU tasks Ray Data splits its deterministic shards with.
+TRIAL_DRIVER_RESOURCES = {"memory": 256 * 2**20}
+
+
+class SweepInterrupted(Exception):
+    """Tune returned before every trial ended (Ctrl-C, SIGUSR1): nothing is recorded as ended, nothing
+    registered; the same command resumes the sweep."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +82,7 @@ def tune_sweep(spec: TrialSpec, param_space: dict[str, Any], metric: str, mode: 
     trainable = ray.tune.with_parameters(run_trial, spec=spec)
     # The trial's function is a driver: its training workers and data stages reserve the CPUs (Tune
     # refuses an empty request, and would reserve a whole CPU by default).
-    trainable = ray.tune.with_resources(trainable, {"CPU": TRIAL_DRIVER_CPUS})
+    trainable = ray.tune.with_resources(trainable, TRIAL_DRIVER_RESOURCES)
     path = str(Path(spec.storage_path) / spec.sweep_name) if "://" not in spec.storage_path \
         else f"{spec.storage_path.rstrip('/')}/{spec.sweep_name}"
     if ray.tune.Tuner.can_restore(path):
@@ -94,6 +102,19 @@ def tune_sweep(spec: TrialSpec, param_space: dict[str, Any], metric: str, mode: 
                                           failure_config=ray.tune.FailureConfig(max_failures=0),
                                           verbose=1))
     return tuner.fit()
+
+
+def unended_trials(results) -> list[str]:
+    """Trials an interrupted Tune left running or pending, as its state saved at the interruption says.
+
+    A sweep that ran through ends each trial TERMINATED (finished, or stopped by the scheduler) or
+    ERROR. Interrupted, Tune saves its state, then stops the running trials and marks them TERMINATED
+    in memory too: only the state it saved tells them from trials a scheduler stopped.
+    """
+    import ray.tune
+
+    saved = ray.tune.ExperimentAnalysis(results.experiment_path).trials
+    return sorted(t.trial_id for t in saved if t.status not in ("TERMINATED", "ERROR"))
 
 
 def outcomes_of(results, metric: str, space: dict[str, Dimension]) -> list[TrialOutcome]:
@@ -130,7 +151,7 @@ def trial_resources(job_config) -> dict[str, float]:
     stages, scaling = job_config.data.stages, job_config.scaling
     workers = max(scaling.num_workers, 1)
     data_cpus = stages.read_cpus + stages.tokenize_cpus * stages.tokenize_concurrency
-    return {"CPU": workers * scaling.cpus_per_worker + data_cpus + TRIAL_DRIVER_CPUS,
+    return {"CPU": workers * scaling.cpus_per_worker + data_cpus,
             "GPU": workers * scaling.gpus_per_worker if scaling.use_gpu else 0.0}
 
 
@@ -150,7 +171,7 @@ def run_sweep(config: SweepConfig) -> SweepOutcome:
     storage = config.storage_path if "://" in config.storage_path else str(Path(config.storage_path).resolve())
     target = prepare_tracking(config.tracking)
     require_shared(config.ray, {"storage_path": storage, **base.node_read_paths()}, target.tracking_uri)
-    init_ray(config.ray)
+    init_ray(config.ray, serve_state_api=True)  # a stopped trial's CPUs handed back (ray_runtime)
     concurrency = concurrent_trials(ray.cluster_resources(), trial_resources(base), config.max_concurrent)
     name = config.sweep_name()
     grid = any(d.kind == "grid" for d in config.space.values())
@@ -168,6 +189,11 @@ def run_sweep(config: SweepConfig) -> SweepOutcome:
                      parent_run_id=parent)
     results = tune_sweep(spec, param_space(config.space), metric, mode, config.num_samples, concurrency,
                          scheduler_for(config.scheduler, base.optim.epochs), config.seed)
+    unended = unended_trials(results)
+    if unended:
+        mark_interrupted(target, parent, unended)
+        raise SweepInterrupted(f"sweep {name} was interrupted before trial(s) {', '.join(unended)} ended: none "
+                               "recorded as ended, nothing registered; the same command resumes it")
     outcomes = outcomes_of(results, metric, config.space)
     outcomes = record_trials(target, parent, outcomes, {o.trial_id: spec.trial_run_name(o.trial_id) for o in outcomes})
     best = best_trial(outcomes, mode)

@@ -20,11 +20,13 @@ class EvalShardingDataConfig(ray.train.DataConfig):
     def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
         train = {k: v for k, v in datasets.items() if k not in self.eval_splits}
         if self.deterministic_train:
-            # Materialise, then split in block order: the same rows reach the same rank every run.
+            # Materialise, then split in block order: the same rows reach the same rank every run. Materialised
+            # first: split(equal=True) would count the rows by running the read and tokenize stages once more,
+            # through a count task asking a whole CPU that the job's CPU budget does not hold.
             output = [{} for _ in range(world_size)]
             for name, ds in train.items():
                 ds.context.execution_options.preserve_order = True
-                for rank, split in enumerate(ds.split(world_size, equal=True)):
+                for rank, split in enumerate(ds.materialize().split(world_size, equal=True)):
                     output[rank][name] = split.iterator()
         else:
             output = super().configure(train, world_size, worker_handles, worker_node_ids, **kwargs)

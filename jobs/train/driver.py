@@ -180,7 +180,11 @@ def run_training_job(config: ConfigT, prepare: Callable[[ConfigT, TrackingTarget
 
     init_ray(config.ray)
     scaling = config.scaling
-    check_cpu_budget({"training workers": scaling.num_workers * scaling.cpus_per_worker, **plan.stage_cpus})
+    workers_cpus = scaling.num_workers * scaling.cpus_per_worker
+    check_cpu_budget({"training workers": workers_cpus, **plan.stage_cpus})
+    if config.run.deterministic:  # Ray Data cuts the equal shards with tasks of 1 CPU, beside the placed workers
+        check_cpu_budget({"training workers": workers_cpus, "deterministic shard split task": 1.0},
+                         "lower scaling.cpus_per_worker, use fewer workers, or set run.deterministic=false")
     config_dict = config_lib.to_dict(config)
     datasets = [(summary, SPLIT_CONTEXTS.get(split, split)) for split, summary in plan.datasets.items()]
     tracker = RunTracker(target, config.tracking.outage_tolerance_s)

@@ -1,11 +1,15 @@
 """jobs.sweep on a real local Ray and a real MLflow store: a tiny sweep of four trials over the learning rate,
 one trial at a time so ASHA's decisions are fixed by the grid's order (a good rate, a diverging one, one
-that crashes, another good one), killed during its last trial and resumed with the same command.
+that crashes, another good one), killed during its last trial, resumed with the same command and
+stopped with Ctrl-C while that trial trains again, then resumed once more.
 
 Checked: the parent run and its four nested children; each child's history, every step once; the
 trial ASHA stopped is KILLED and tagged early_stopped, not FAILED; the crashed trial FAILED and the
 sweep went on; the finished trial with the best val_loss registered with the alias; the resumed sweep
-did not train its finished trial again.
+did not train its finished trial again; Ctrl-C ends a sweep with exit 130, its parent KILLED, nothing
+registered and the interrupted trial not called early-stopped. Each trial's 2 workers and data stages
+need 1.5 of the 2 CPUs: a trial ASHA stopped must hand its workers' CPUs back, or the next one waits
+for them forever.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -44,7 +49,7 @@ def sweep_config(tmp_path_factory, tiny_corpus: Path, tiny_model_dir: Path) -> t
         "job": "finetune_classifier", "job_config": str(TINY),
         "job_overrides": ["data.train=corpus/train.parquet", "data.val=corpus/val.parquet",
                           "data.test=corpus/test.parquet", "model.name_or_path=model",
-                          "run.max_failures=0", "scaling.num_workers=1"],
+                          "run.max_failures=0", "scaling.num_workers=2"],
         "space": {"optim.lr": {"kind": "grid", "values": LEARNING_RATES}},
         "metric": "val_loss", "mode": "min", "num_samples": 1, "max_concurrent": 1,
         "scheduler": {"kind": "asha", "grace_epochs": 1, "reduction_factor": 2.0},
@@ -81,9 +86,50 @@ def _children(uri: str, status: str | None = None) -> int:
     return sum(PARENT_RUN_TAG in r.data.tags and status in (None, r.info.status) for r in runs)
 
 
+@dataclass(frozen=True)
+class Interrupted:
+    returncode: int
+    log: str
+    parent: object  # mlflow Run
+    versions: int
+    last_child_tags: dict
+
+
+@dataclass(frozen=True)
+class Swept:
+    final: subprocess.CompletedProcess
+    uri: str
+    trained_before: dict
+    interrupted: Interrupted
+
+
+def _ctrl_c(config: Path, root: Path, uri: str) -> Interrupted:
+    """The resumed sweep, stopped as a terminal's Ctrl-C does (SIGINT to its process group) once its last
+    trial trains again."""
+    log = root / "interrupted.log"
+    sweep = _start(config, log)
+    try:
+        wait_for(lambda: "Started training worker group" in log.read_text(errors="replace") or sweep.poll() is not None,
+                 600, "the resumed trial's workers")
+        time.sleep(3)
+        assert sweep.poll() is None, log.read_text(errors="replace")[-3000:]
+        os.killpg(sweep.pid, signal.SIGINT)
+        returncode = sweep.wait(timeout=300)
+    finally:
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+            sweep.wait()
+    client, runs = _runs(uri)
+    parent = next(r for r in runs if r.data.tags.get(SWEEP_TAG) == "tiny-sweep" and PARENT_RUN_TAG not in r.data.tags)
+    last = next(r for r in runs if float(r.data.params.get("optim.lr", "nan")) == LEARNING_RATES[-1])
+    return Interrupted(returncode, log.read_text(errors="replace"), parent,
+                       len(client.search_model_versions(f"name = '{REGISTERED}'")), dict(last.data.tags))
+
+
 @pytest.fixture(scope="module")
-def swept(sweep_config):
-    """The sweep killed (SIGKILL, its whole process group: its Ray too) once a trial finished, then resumed."""
+def swept(sweep_config) -> Swept:
+    """The sweep killed (SIGKILL, its whole process group: its Ray too) once a trial finished, resumed and
+    stopped with Ctrl-C, then resumed to its end."""
     config, uri, root = sweep_config
     mlflow.MlflowClient(uri).search_experiments()  # the store's tables, before two processes race to make them
     first = _start(config, root / "first.log")
@@ -100,19 +146,29 @@ def swept(sweep_config):
         first.wait()
     client, runs = _runs(uri)
     trained_before = {r.info.run_id: r.info.end_time for r in runs if r.info.status == "FINISHED"}
-    second = subprocess.run([sys.executable, "-m", "jobs.sweep", "--config", str(config)], cwd=config.parent,
-                            capture_output=True, text=True, timeout=900, env=_sweep_env())
-    return second, uri, trained_before
+    interrupted = _ctrl_c(config, root, uri)
+    final = subprocess.run([sys.executable, "-m", "jobs.sweep", "--config", str(config)], cwd=config.parent,
+                           capture_output=True, text=True, timeout=900, env=_sweep_env())
+    return Swept(final, uri, trained_before, interrupted)
+
+
+def test_ctrl_c_ends_the_sweep_with_130_registering_nothing_and_calling_no_trial_stopped(swept):
+    stopped = swept.interrupted
+    assert stopped.returncode == 130, stopped.log[-4000:]
+    assert "the same command resumes it" in stopped.log
+    assert stopped.parent.info.status == "KILLED" and stopped.parent.data.tags["sweep_interrupted_trials"]
+    assert stopped.versions == 0
+    assert TRIAL_STATE_TAG not in stopped.last_child_tags  # neither early-stopped nor finished: not ended
 
 
 def test_the_resumed_sweep_finishes_and_exits_0(swept):
-    second, _, _ = swept
-    assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-3000:]
-    assert "(resumed)" in second.stdout
+    final = swept.final
+    assert final.returncode == 0, final.stdout[-4000:] + final.stderr[-3000:]
+    assert "(resumed)" in final.stdout
 
 
 def test_one_parent_four_children_each_ended_as_its_trial(swept):
-    _, uri, trained_before = swept
+    uri, trained_before = swept.uri, swept.trained_before
     client, runs = _runs(uri)
     parents = [r for r in runs if r.data.tags.get(SWEEP_TAG) == "tiny-sweep" and PARENT_RUN_TAG not in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
@@ -141,7 +197,7 @@ def test_one_parent_four_children_each_ended_as_its_trial(swept):
 
 
 def test_the_best_finished_trial_is_registered_with_the_alias_and_compared_on_the_parent(swept):
-    _, uri, _ = swept
+    uri = swept.uri
     client, runs = _runs(uri)
     parent = next(r for r in runs if r.data.tags.get(SWEEP_TAG) == "tiny-sweep" and PARENT_RUN_TAG not in r.data.tags)
     finished = [r for r in runs
