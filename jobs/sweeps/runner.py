@@ -56,14 +56,22 @@ def concurrent_trials(cluster: dict[str, float], trial: dict[str, float], config
 
 
 def scheduler_for(settings: SchedulerSettings, max_epochs: int):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    """ASHA over the epochs, never stopping a trial at its last one: that trial has trained all it will, and
+    stopped there it would lose what the job does after it (its test metrics, its model, its run FINISHED)."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
     if settings.kind == "fifo":
         return FIFOScheduler()
-    # max_t one past the last epoch: ASHA stops a trial that reaches max_t, and a trial at its last epoch
-    # must end as the job ends it (model logged, run FINISHED), not be killed by the scheduler.
-    return ASHAScheduler(time_attr=EPOCHS_DONE, max_t=max_epochs + 1, grace_period=settings.grace_epochs,
-                         reduction_factor=settings.reduction_factor)
+
+    class LastEpochRunsOut(ASHAScheduler):
+        def on_trial_result(self, tune_controller, trial, result):
+            if result.get(EPOCHS_DONE, 0) >= max_epochs:
+                return TrialScheduler.CONTINUE
+            return super().on_trial_result(tune_controller, trial, result)
+
+    # max_t one past the last epoch: ASHA stops a trial that reaches max_t
+    return LastEpochRunsOut(time_attr=EPOCHS_DONE, max_t=max_epochs + 1, grace_period=settings.grace_epochs,
+                            reduction_factor=settings.reduction_factor)
 
 
 def tune_sweep(spec: TrialSpec, param_space: dict[str, Any], metric: str, mode: str, num_samples: int,

@@ -9,9 +9,10 @@ from jobs.common.config import ConfigError, load
 from jobs.common.tracking import PARENT_RUN_TAG, TrackingConfig, prepare_tracking
 from jobs.sweeps.record import (EARLY_STOPPED, TRIAL_STATE_TAG, TrialOutcome, best_trial, comparison_rows,
                                 comparison_table, open_parent, plot_metric_by_param, record_trials)
-from jobs.sweeps.runner import concurrent_trials
-from jobs.sweeps.settings import Dimension
+from jobs.sweeps.runner import concurrent_trials, scheduler_for
+from jobs.sweeps.settings import Dimension, SchedulerSettings
 from jobs.sweeps.space import check_space_keys, overrides_for, param_space
+from jobs.sweeps.trial import EPOCHS_DONE
 
 
 def test_dimensions_refuse_what_they_cannot_sample():
@@ -94,3 +95,23 @@ def test_each_child_ends_as_its_trial_did(tmp_path):
     plot = tmp_path / "plot.png"
     plot_metric_by_param(recorded, {"optim.lr": Dimension(kind="loguniform", low=1e-4, high=1e-2)}, "val_loss", plot)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_asha_stops_a_trailing_trial_before_its_last_epoch_never_at_it():
+    """Rungs at epochs 1 and 2 of a 2-epoch job: stopped at epoch 2, a trial that has trained to its end would
+    lose its test metrics, its model and its FINISHED run for nothing saved (seen: 2 of 6 trials so cut)."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    scheduler = scheduler_for(SchedulerSettings(kind="asha", grace_epochs=1, reduction_factor=2.0), max_epochs=2)
+    scheduler.set_search_properties("val_loss", "min")
+    good, bad, worse = (SimpleNamespace(trial_id=name) for name in ("good", "bad", "worse"))
+    for trial in (good, bad, worse):
+        scheduler.on_trial_add(None, trial)
+    result = lambda epochs, loss: {EPOCHS_DONE: epochs, "val_loss": loss}  # noqa: E731
+    assert scheduler.on_trial_result(None, good, result(1, 0.5)) == TrialScheduler.CONTINUE
+    assert scheduler.on_trial_result(None, worse, result(1, 0.9)) == TrialScheduler.STOP  # trails at epoch 1
+    assert scheduler.on_trial_result(None, good, result(2, 0.3)) == TrialScheduler.CONTINUE
+    assert scheduler.on_trial_result(None, bad, result(1, 0.4)) == TrialScheduler.CONTINUE
+    assert scheduler.on_trial_result(None, bad, result(2, 0.8)) == TrialScheduler.CONTINUE  # trails, but done
