@@ -41,6 +41,7 @@ class TrialOutcome:
     epochs: int
     run_id: str | None
     error: str | None = None
+    reported_ms: int | None = None  # when the trial last reported to Tune: a stopped trial's end
 
 
 def open_parent(target: TrackingTarget, name: str, params: dict[str, Any], space: dict[str, Any]) -> tuple[str, bool]:
@@ -90,8 +91,8 @@ def record_trials(target: TrackingTarget, parent_run_id: str, outcomes: list[Tri
         for key, value in tags.items():
             client.set_tag(run_id, key, value)
         status = {"finished": "FINISHED", EARLY_STOPPED: "KILLED", "failed": "FAILED"}[outcome.state]
-        if run.info.status != status:
-            client.set_terminated(run_id, status=status, end_time=now)
+        if run.info.status != status:  # ended when it was stopped, not when the sweep got to record it
+            client.set_terminated(run_id, status=status, end_time=outcome.reported_ms or now)
         recorded.append(replace(outcome, run_id=run_id))
     return recorded
 

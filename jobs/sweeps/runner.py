@@ -133,13 +133,14 @@ def outcomes_of(results, metric: str, space: dict[str, Dimension]) -> list[Trial
     outcomes = []
     for trial, result in zip(trials, results):
         metrics = result.metrics or {}
-        value = metrics.get(metric)
+        value, reported = metrics.get(metric), metrics.get("timestamp")  # Tune's: seconds since the epoch
         params = {k: v.item() if hasattr(v, "item") else v for k, v in (trial.config or {}).items() if k in space}
         outcomes.append(TrialOutcome(
             trial_id=trial.trial_id, params=params, state="failed" if result.error is not None else "ended",
             metric=float(value) if isinstance(value, (int, float)) else None,
             epochs=int(metrics.get(EPOCHS_DONE, 0) or 0), run_id=None,
-            error=None if result.error is None else str(result.error)))
+            error=None if result.error is None else str(result.error),
+            reported_ms=int(reported * 1000) if isinstance(reported, (int, float)) else None))
     return sorted(outcomes, key=lambda o: o.trial_id)
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
+
 import mlflow
 import pytest
 
@@ -83,13 +86,16 @@ def test_each_child_ends_as_its_trial_did(tmp_path):
     finished = client.create_run(target.experiment_id, tags={PARENT_RUN_TAG: parent, "ray_run_name": "s1-a"})
     client.set_terminated(finished.info.run_id, "FINISHED")
     client.create_run(target.experiment_id, tags={PARENT_RUN_TAG: parent, "ray_run_name": "s1-b"})  # killed mid-run
-    outcomes = [_outcome("a", "ended", 0.4), _outcome("b", "ended", 0.9, epochs=1), _outcome("c", "failed", None)]
+    stopped_at = int(time.time() * 1000) - 600_000  # ten minutes before the sweep records it
+    outcomes = [_outcome("a", "ended", 0.4), replace(_outcome("b", "ended", 0.9, epochs=1), reported_ms=stopped_at),
+                _outcome("c", "failed", None)]
     recorded = record_trials(target, parent, outcomes, {t: f"s1-{t}" for t in "abc"})
     states = {o.trial_id: o.state for o in recorded}
     assert states == {"a": "finished", "b": EARLY_STOPPED, "c": "failed"}
     runs = {o.trial_id: client.get_run(o.run_id) for o in recorded}
     assert [runs[t].info.status for t in "abc"] == ["FINISHED", "KILLED", "FAILED"]
     assert runs["b"].data.tags[TRIAL_STATE_TAG] == EARLY_STOPPED and runs["b"].data.tags["sweep_epochs"] == "1"
+    assert runs["b"].info.end_time == stopped_at  # when ASHA stopped it, not when the sweep ended
     assert runs["c"].data.tags[PARENT_RUN_TAG] == parent  # a crash before the job's run: a FAILED child anyway
     assert runs["c"].data.params["optim.lr"] == "0.001"
     plot = tmp_path / "plot.png"
@@ -99,7 +105,7 @@ def test_each_child_ends_as_its_trial_did(tmp_path):
 
 def test_asha_stops_a_trailing_trial_before_its_last_epoch_never_at_it():
     """Rungs at epochs 1 and 2 of a 2-epoch job: stopped at epoch 2, a trial that has trained to its end would
-    lose its test metrics, its model and its FINISHED run for nothing saved (seen: 2 of 6 trials so cut)."""
+    lose its test metrics, its model and its FINISHED run for nothing saved (seen: 3 of 6 trials so cut)."""
     from types import SimpleNamespace
 
     from ray.tune.schedulers import TrialScheduler
