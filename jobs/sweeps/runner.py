@@ -63,14 +63,14 @@ def scheduler_for(settings: SchedulerSettings, max_epochs: int):
     if settings.kind == "fifo":
         return FIFOScheduler()
 
-    class LastEpochRunsOut(ASHAScheduler):
+    class ASHASparingLastEpoch(ASHAScheduler):
         def on_trial_result(self, tune_controller, trial, result):
             if result.get(EPOCHS_DONE, 0) >= max_epochs:
                 return TrialScheduler.CONTINUE
             return super().on_trial_result(tune_controller, trial, result)
 
     # max_t one past the last epoch: ASHA stops a trial that reaches max_t
-    return LastEpochRunsOut(time_attr=EPOCHS_DONE, max_t=max_epochs + 1, grace_period=settings.grace_epochs,
+    return ASHASparingLastEpoch(time_attr=EPOCHS_DONE, max_t=max_epochs + 1, grace_period=settings.grace_epochs,
                             reduction_factor=settings.reduction_factor)
 
 
@@ -166,6 +166,7 @@ def trial_resources(job_config) -> dict[str, float]:
 
 def run_sweep(config: SweepConfig) -> SweepOutcome:
     import ray
+    from ray.data import DataContext
 
     if not config.space:
         raise config_lib.ConfigError("space: name at least one key to search, e.g. "
@@ -195,7 +196,7 @@ def run_sweep(config: SweepConfig) -> SweepOutcome:
           flush=True)
     spec = TrialSpec(job=job, config_path=job_config_path, overrides=list(config.job_overrides), sweep_name=name,
                      storage_path=storage, tracking_uri=target.tracking_uri, experiment=config.tracking.experiment,
-                     parent_run_id=parent)
+                     parent_run_id=parent, ray_tqdm=DataContext.get_current().use_ray_tqdm)
     results = tune_sweep(spec, param_space(config.space), metric, mode, config.num_samples, concurrency,
                          scheduler_for(config.scheduler, base.optim.epochs), config.seed)
     unended = unended_trials(results)

@@ -29,6 +29,9 @@ class TrialSpec:
     tracking_uri: str
     experiment: str
     parent_run_id: str
+    # The sweep driver's Ray Data setting (off where its output is not a terminal): a trial's job runs in a
+    # Tune actor, whose output never is, and its datasets' bars would be redrawn into the sweep's log.
+    ray_tqdm: bool = True
 
     def trial_run_name(self, trial_id: str) -> str:
         return f"{self.sweep_name}-{trial_id}"
@@ -57,9 +60,11 @@ def tune_report_callback():
 def run_trial(params: dict[str, Any], spec: TrialSpec) -> None:
     """Tune's function trainable: train the job with ``params``; Tune sees each epoch's metrics."""
     import ray.tune
+    from ray.data import DataContext
 
     from jobs.train.driver import run_training_job
 
+    DataContext.get_current().use_ray_tqdm = spec.ray_tqdm  # carried by the job's datasets to their actors
     trial_id = ray.tune.get_context().get_trial_id()
     config = spec.job_config(trial_id, params)
     run_training_job(config, spec.job.prepare, callbacks=[tune_report_callback()])
