@@ -71,7 +71,7 @@ def scheduler_for(settings: SchedulerSettings, max_epochs: int):
 
     # max_t one past the last epoch: ASHA stops a trial that reaches max_t
     return ASHASparingLastEpoch(time_attr=EPOCHS_DONE, max_t=max_epochs + 1, grace_period=settings.grace_epochs,
-                            reduction_factor=settings.reduction_factor)
+                                reduction_factor=settings.reduction_factor)
 
 
 def tune_sweep(spec: TrialSpec, param_space: dict[str, Any], metric: str, mode: str, num_samples: int,
