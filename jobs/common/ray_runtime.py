@@ -32,6 +32,7 @@ import socket
 from dataclasses import dataclass
 
 from jobs.common import console
+from jobs.common.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -185,4 +186,5 @@ def check_cpu_budget(demands: dict[str, float], remedy: str = "lower scaling.cpu
     need = sum(demands.values())
     if need > total + 1e-9:
         parts = ", ".join(f"{name} {cpus:g}" for name, cpus in demands.items())
-        raise ValueError(f"the job reserves {need:g} CPUs ({parts}) but this Ray has {total:g}: {remedy}")
+        # a setting that cannot fit this Ray: exit 2 with this line, not a traceback
+        raise ConfigError(f"the job reserves {need:g} CPUs ({parts}) but this Ray has {total:g}: {remedy}")

@@ -7,6 +7,7 @@ assertions, since starting a Ray Train worker group costs ~20 s on two cores.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -18,6 +19,7 @@ from jobs.scoring.batch import run as run_scoring
 from data_pipeline.ray_stages import StageResources
 from jobs.train.classifier import ClassifierData, ClassifierModel, ClassifierOptim, FinetuneConfig
 from jobs.train.classifier import run as run_finetune
+from jobs.common.config import ConfigError
 from jobs.common.tracking import TrackingConfig
 from jobs.train.settings import RunSettings, ScalingSettings
 
@@ -123,3 +125,14 @@ def test_batch_scoring_keeps_every_row_with_lineage(finetuned, tiny_corpus: Path
     run = mlflow.MlflowClient().get_run(outcome.run_id)
     assert run.data.metrics["rows_in"] == run.data.metrics["rows_out"] == len(input_ids)
     assert run.data.params["model_version"] == trained.registered_version
+
+
+def test_a_deterministic_run_whose_workers_leave_no_whole_cpu_is_refused_before_training(finetuned):
+    """Ray Data cuts deterministic shards with 1-CPU tasks beside the placed workers: 2 x 0.75 of 2 CPUs
+    would wait for them forever; the job says so instead (exit 2), naming the way out."""
+    config, _ = finetuned
+    squeezed = replace(config, scaling=ScalingSettings(num_workers=2, cpus_per_worker=0.75),
+                       run=replace(config.run, deterministic=True),
+                       tracking=replace(config.tracking, registered_model=None))
+    with pytest.raises(ConfigError, match=r"deterministic shard split task 1.*run\.deterministic=false"):
+        run_finetune(squeezed)
