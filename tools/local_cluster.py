@@ -26,10 +26,11 @@ import contextlib
 import os
 import secrets
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass
+
+from jobs.common.ray_runtime import free_local_port as free_port
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,12 +43,6 @@ class ClusterSpec:
     health_check_period_ms: int = 500  # with 4 failures: a dead node is declared dead in about 2 s
     health_check_failure_threshold: int = 4
     auth: str = "disabled"  # "token": Ray's token authentication on every node (RAY_AUTH_MODE=token)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class LocalCluster:

@@ -89,6 +89,7 @@ def _environment(**values: str):
 
 
 def free_local_port() -> int:
+    """A port of 127.0.0.1 nothing listens on now (released: the caller's server binds it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]

@@ -69,7 +69,7 @@ def scheduler_for(settings: SchedulerSettings, max_epochs: int):
                 return TrialScheduler.CONTINUE
             return super().on_trial_result(tune_controller, trial, result)
 
-    # max_t one past the last epoch: ASHA stops a trial that reaches max_t
+    # max_t one past the last epoch: only bounds the rungs, as no result at the last epoch reaches ASHA
     return ASHASparingLastEpoch(time_attr=EPOCHS_DONE, max_t=max_epochs + 1, grace_period=settings.grace_epochs,
                                 reduction_factor=settings.reduction_factor)
 
