@@ -93,7 +93,7 @@ def open_training_run(target: TrackingTarget, run: RunSettings, prefix: str, tag
     tracker = tracker or RunTracker(target, 0.0)
     name, storage_path = run_name_and_storage(run, prefix)
     run_id, _ = tracker.open(name, {**environment_tags(), **tags}, config_dict, params, dicts, baselines,
-                             datasets or [])
+                             datasets or [], generated_name=run.name is None)
     return TrainingRun(name=name, storage_path=storage_path, mlflow_run_id=run_id)
 
 

@@ -15,6 +15,8 @@ the launcher waits ``SETTLE_S`` and reads again; if another run of the name is o
 launcher's tag replaced its own, it backs off (deleting the run it created). Two launchers racing
 within less than ``SETTLE_S`` of each other's writes are told apart this way; a launcher stalled
 for longer between its read and its write is not (a lock on shared storage would be needed).
+A name the launcher generated itself (``unique_run_name``: time stamp and random suffix) has no
+rival to wait for: its claim is verified at once, which spares every unnamed run the wait.
 """
 
 from __future__ import annotations

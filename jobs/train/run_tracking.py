@@ -42,7 +42,7 @@ from jobs.common.registry import (SOURCE_CHECKPOINT_TAG, RegisteredModel, descri
 from jobs.common.tracking import DESCRIPTION_TAG, TrackingTarget, client_for, log_params
 from jobs.common.tracking_retry import OutageRetry, TrackingUnavailable, first_line
 from jobs.train.checkpoint import EXPORT_DIR
-from jobs.train.run_claim import RunClaim, release_tags
+from jobs.train.run_claim import SETTLE_S, RunClaim, release_tags
 from jobs.train.run_record import model_card, registration_line
 
 log = logging.getLogger(__name__)
@@ -175,9 +175,11 @@ class RunTracker:
     # ------------------------------------------------------------ start
 
     def open(self, name: str, tags: dict[str, str], config_dict: dict[str, Any], params: dict[str, Any],
-             dicts: dict[str, Any], baselines: dict[str, float], datasets) -> tuple[str, bool]:
+             dicts: dict[str, Any], baselines: dict[str, float], datasets,
+             generated_name: bool = False) -> tuple[str, bool]:
         """Claim the run of ``name`` (new, or the one a rerun resumes); ``(run_id, resumed)``.
 
+        ``generated_name``: this launcher made the name up (no other launcher can race for it).
         MLflow answered ``prepare_tracking`` moments ago, so these calls are not retried: a job that
         cannot open its run fails before any compute. A new run gets the flattened config and
         ``params`` as params, ``dicts`` as JSON artifacts, the baselines as metrics and its input
@@ -185,7 +187,8 @@ class RunTracker:
         """
         from mlflow.entities import Metric
 
-        self.claim = RunClaim(self.client, self.target.experiment_id, name)
+        self.claim = RunClaim(self.client, self.target.experiment_id, name,
+                              settle_s=0.0 if generated_name else SETTLE_S)
         self.run_id, resumed = self.claim.acquire(tags)
         try:
             if not resumed:
