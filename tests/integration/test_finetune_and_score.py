@@ -136,3 +136,14 @@ def test_a_deterministic_run_whose_workers_leave_no_whole_cpu_is_refused_before_
                        tracking=replace(config.tracking, registered_model=None))
     with pytest.raises(ConfigError, match=r"deterministic shard split task 1.*run\.deterministic=false"):
         run_finetune(squeezed)
+
+
+def test_a_job_on_its_own_local_ray_starts_none_of_what_one_machine_does_not_use(finetuned):
+    """ray_runtime's local settings reach the run: no preemption watcher actor, no metrics export."""
+    import ray
+    from ray._private import state
+
+    started = {actor["ActorClassName"] for actor in state.actors().values()}
+    assert "TrainController" in started  # the listing holds this session's training runs
+    assert "PreemptionWatcher" not in started, sorted(started)
+    assert ray._private.worker._global_node._config.get("enable_metrics_collection") is False
