@@ -35,6 +35,7 @@ QUESTIONS = [
     ("3", "bench.model_flops", True),
     ("4", "bench.scoring_alternatives", True),
     ("5", "bench.decoding_cache", False),
+    ("6", "bench.fixed_costs", True),
 ]
 
 

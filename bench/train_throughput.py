@@ -377,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     ray_started = None
 
     measured: dict[str, tuple[EpochRates, float]] = {}
+    first_steps: dict[str, float] = {}
     for path in args.paths:
         log_dir = Path(tempfile.mkdtemp(prefix=f"{path}-", dir=work))
         if path in RAY_PATHS and ray_started is None:
@@ -408,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.time() - start
         rates = epoch_rates(log_dir)
         measured[path] = (rates, wall)
+        first_steps[path] = rates.first_step_at - start
         print(f"{path}: {statistics.median(rates.samples_per_s):.1f} samples/s, "
               f"{statistics.median(rates.tokens_per_s):.0f} tokens/s steady; wall {wall:.1f} s, "
               f"first step after {rates.first_step_at - start:.1f} s", flush=True)
@@ -445,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.paths:
         rates, wall = measured[path]
         result.figure(f"{labels[path]}: wall time of the run, start-up included", "s", [wall])
+    for path in args.paths:
+        result.figure(f"{labels[path]}: start of the run to its first training step", "s", [first_steps[path]])
     if ray_started is not None:
         result.figure("ray.init (once, before the Ray Train runs)", "s", [ray_started])
     equal = {("ray1", "plain1"), ("ray1x1", "plain1x1"), ("ray2", "plain2")}  # the aim's comparisons
