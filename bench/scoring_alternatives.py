@@ -91,7 +91,8 @@ def run_method(method: str, folder: Path, model_dir: Path, work: Path, repeats: 
         for i in range(repeats):
             out = work / "scores"
             config = config_lib.build(BatchInferConfig, {
-                **config_lib.to_dict(base), "input": str(folder), "output_dir": str(out), "model": str(model_dir),
+                **config_lib.to_dict(base), "input": {**config_lib.to_dict(base.input), "path": str(folder)},
+                "output_dir": str(out), "model": str(model_dir),
                 "max_length": max_length, "run_name": f"bench-{i}", "replace": True,
                 "predictor": {**config_lib.to_dict(base.predictor), **JOB_VARIANTS[method]},
                 "tracking": config_lib.to_dict(TrackingConfig(experiment="bench-scoring"))})

@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         folder = work / f"input-{rows}"
         write_corpus(texts, rows, folder, args.rows_per_file)
         config = config_lib.build(BatchInferConfig, {
-            **config_lib.to_dict(base), "input": str(folder), "output_dir": str(work / "scores"),
+            **config_lib.to_dict(base), "input": {**config_lib.to_dict(base.input), "path": str(folder)},
+            "output_dir": str(work / "scores"),
             "model": str(model_dir), "tracking": config_lib.to_dict(TrackingConfig(experiment="bench-scoring")),
             "run_name": f"bench-{rows}", "replace": True})
         with TreeMemory(os.getpid(), args.sample_s) as memory:
