@@ -216,13 +216,15 @@ class TrainingWorker:
         self.progress = Progress()
         # buffered like the metrics: a (re)started worker trains whether or not MLflow answers
         self.metrics_log.set_tags(device_tags(self.device, self.optim, ray.train.get_context().get_world_size()))
-        self.metrics_log.flush()
 
     def run(self) -> None:
         finished = False
         try:
             self.resume()
             self.metrics_log.set_tags(placement_tags(gather_objects(worker_placement()), self.progress.step))
+            # sent now, not at the first epoch's end: a group resized or lost before its first checkpoint is
+            # recorded still has its restart counted (nothing else would carry the event)
+            self.metrics_log.flush()
             self.model.train()
             for epoch in range(self.progress.next_epoch, self.optim.epochs):
                 counts = self.train_epoch(epoch)

@@ -81,11 +81,31 @@ def training_workers() -> list:
             if "RayTrainWorker" in " ".join(proc.cmdline() if proc.is_running() else [])]
 
 
+def _val_losses_when_the_restart_shows(name: str) -> list[int]:
+    """How many epochs' val_loss the run has when its ``restarts`` tag first reads 1 (empty: never).
+
+    The tag is read before the history: a batch carrying both cannot then pass for the tag alone.
+    """
+    client = mlflow.MlflowClient()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        experiment = client.get_experiment_by_name("finetune-tiny")
+        runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.ray_run_name = '{name}'") \
+            if experiment is not None else []
+        if runs and runs[0].data.tags.get("restarts") == "1":
+            return [len(client.get_metric_history(runs[0].info.run_id, "val_loss"))]
+        if runs and runs[0].info.status != "RUNNING":
+            return []
+        time.sleep(0.1)
+    return []
+
+
 def test_killed_worker_is_replaced_and_training_resumes(reference, slow_steps, tiny_corpus, tiny_model_dir,
                                                          session_dir):
     storage = session_dir / "ft-ray"
     config = load(FinetuneConfig, TINY, tiny_config(tiny_corpus, tiny_model_dir, storage, "worker-kill"))
     killed: list[int] = []
+    seen_at_restart: list[int] = []  # val_loss points in MLflow when the restart first shows
 
     def kill_a_worker_after_first_checkpoint() -> None:
         wait_for(lambda: registered_checkpoint(storage, "worker-kill"), 300, "the first recorded checkpoint")
@@ -94,6 +114,7 @@ def test_killed_worker_is_replaced_and_training_resumes(reference, slow_steps, t
         if workers:
             workers[-1].send_signal(signal.SIGKILL)
             killed.append((workers[-1].pid, len(checkpoints(storage, "worker-kill"))))
+            seen_at_restart.extend(_val_losses_when_the_restart_shows("worker-kill"))
 
     killer = threading.Thread(target=kill_a_worker_after_first_checkpoint, daemon=True)
     killer.start()
@@ -103,6 +124,9 @@ def test_killed_worker_is_replaced_and_training_resumes(reference, slow_steps, t
     assert killed[0][1] < 3, "the worker must die before the last checkpoint"
     run = mlflow.MlflowClient().get_run(outcome.run_id)
     assert run.data.tags["restarts"] == "1"
+    # the restart is in MLflow as soon as the group resumes, before its first epoch ends (a group lost
+    # or resized before then would otherwise take the event with it)
+    assert seen_at_restart == [killed[0][1]], "the restart reached MLflow only with a later epoch's metrics"
     steps_per_epoch = int(reference.metrics["step"]) // 3
     assert run.data.tags["resumed_from_steps"] == str(killed[0][1] * steps_per_epoch)
     assert_history_exactly_once(outcome.run_id, reference.run_id)

@@ -128,10 +128,16 @@ def _checkpoints(name: str) -> set[str]:
     return {info.base_name for info in Storage(fs).list(f"{BUCKET}/ray/{name}") if info.base_name.startswith("epoch-")}
 
 
-def _recorded_checkpoint(name: str) -> bool:
+def _latest_recorded_checkpoint(name: str) -> str | None:
+    """The folder of the checkpoint Ray Train has recorded last (a restart resumes from it), if any."""
     fs, _ = filesystem_for(f"s3://{BUCKET}")
     data = Storage(fs).read_bytes(f"{BUCKET}/ray/{name}/checkpoint_manager_snapshot.json")
-    return bool(data) and bool(json.loads(data).get("latest_checkpoint_result"))
+    latest = json.loads(data).get("latest_checkpoint_result") if data else None
+    return latest.get("checkpoint_dir_name") if latest else None
+
+
+def _recorded_checkpoint(name: str) -> bool:
+    return _latest_recorded_checkpoint(name) is not None
 
 
 # ------------------------------------------------------------------ the cluster a user starts (make cluster)
@@ -404,9 +410,14 @@ def test_elastic_training_goes_on_with_fewer_workers_and_grows_back(cluster, s3,
         shrunk = _train_worker_ids(cluster) - first
         shrunk_at = time.time()
         before = _checkpoints(name)
-        # the group of one goes on: it writes a checkpoint of its own before capacity returns
-        wait_for(lambda: len(_checkpoints(name) - before) >= 1 or process.poll() is not None, 300,
-                 "a checkpoint of the group of one")
+        # the group of one goes on: Ray records a checkpoint of its own before capacity returns (one only
+        # written to storage would be dropped by the resize, and the next group would resume from before)
+        def recorded_since_the_kill() -> bool:
+            latest = _latest_recorded_checkpoint(name)
+            return latest is not None and latest not in before
+
+        wait_for(lambda: recorded_since_the_kill() or process.poll() is not None, 300,
+                 "a recorded checkpoint of the group of one")
         cluster.add_worker(resources=slot)
         added_at = time.time()
         wait_for(lambda: len(_train_worker_ids(cluster) - first - shrunk) == 2 or process.poll() is not None, 300,
