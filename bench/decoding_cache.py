@@ -5,8 +5,8 @@
 
 Both paths decode the same sources with the same model and must produce the same tokens (checked);
 tokens/s counts generated tokens (eos included), each path the median of ``--repeats`` timings.
-``--json`` writes the figures for ``bench.run_all`` (question 5 of BENCHMARKS.md). With a random model the eos logit is suppressed
-so every row decodes ``--max-len`` tokens; a trained model stops at its own eos.
+``--json`` writes the figures for ``bench.run_all`` (question 5 of BENCHMARKS.md). With a random model
+the eos logit is suppressed so every row decodes ``--max-len`` tokens; a trained model stops at its own eos.
 """
 
 from __future__ import annotations

@@ -36,9 +36,9 @@ texts (with the model loaded beforehand they have no start-up to amortise), so e
 all ``--rows`` texts; a repetition of the job scores all of them (its actors start inside the
 timed pipeline). Three passes of 20,000 rows per path would take the bench past 40 minutes.
 Each path runs in a fresh process; its peak memory is sampled (``bench.scoring_memory.TreeMemory``)
-over that process and every process it started, Ray's included: RSS every 0.25 s (shared pages counted in every process mapping them,
-so Ray's object store is counted several times) and PSS every 2 s (shared pages split between
-them; reading it is expensive, see ``TreeMemory``).
+over that process and every process it started, Ray's included: RSS every 0.25 s (shared pages counted
+in every process mapping them, so Ray's object store is counted several times) and PSS every 2 s
+(shared pages split between them; reading it is expensive, see ``TreeMemory``).
 """
 
 from __future__ import annotations

@@ -225,7 +225,8 @@ class ResolvedModel:
 
 
 def resolve_model_ref(ref: str, target: TrackingTarget | None) -> ResolvedModel:
-    """``models:/<name>@<alias>``, ``models:/<name>/<version>``, ``runs:/<run_id>/model``, a run id, or a local directory."""
+    """``models:/<name>@<alias>``, ``models:/<name>/<version>``, ``runs:/<run_id>/model``, a run id, or a local
+    directory."""
     if os.path.isdir(ref):
         path = Path(ref).resolve()
         return ResolvedModel(load_uri=str(path), name=path.name, version=f"local-{directory_digest(path)[:16]}",

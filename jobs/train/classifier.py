@@ -265,8 +265,8 @@ def prepare(config: FinetuneConfig, target: TrackingTarget) -> TrainingPlan:
         stage_cpus={"read tasks": stages.read_cpus,
                     "tokenizer actors": stages.tokenize_concurrency * stages.tokenize_cpus},
         make_datasets=make_datasets, pyfunc_model=TextClassifierModel(),
-        input_example=pd.DataFrame({"text": ["质量很好，物流也快"], **({PAIR_COLUMN: ["包装完好"]} if pair_column
-                                                                   else {})}),
+        input_example=pd.DataFrame({"text": ["质量很好，物流也快"],
+                                    **({PAIR_COLUMN: ["包装完好"]} if pair_column else {})}),
         dicts={"labels.json": {"label_names": label_names},
                "label_counts.json": {split: dict(zip(label_names, n)) for split, n in counts.items()},
                **({"class_weights.json": dict(zip(label_names, class_weights))} if class_weights else {}),

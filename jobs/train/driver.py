@@ -25,8 +25,8 @@ from jobs.common.naming import unique_run_name
 from jobs.common.ray_runtime import check_cpu_budget, init_ray
 from jobs.common.shared_storage import require_shared
 from jobs.common.redaction import redact_text
-from jobs.common.tracking import (PARENT_RUN_TAG, TrackingTarget, environment_tags, prepare_tracking, start_system_metrics,
-                                  stop_system_metrics, tracking_env)
+from jobs.common.tracking import (PARENT_RUN_TAG, TrackingTarget, environment_tags, prepare_tracking,
+                                  start_system_metrics, stop_system_metrics, tracking_env)
 from jobs.train.callbacks import FAULT_ENVS
 from jobs.train.checkpoint import EXPORT_DIR
 from jobs.train.data_config import EvalShardingDataConfig

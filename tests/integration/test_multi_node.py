@@ -376,6 +376,7 @@ def test_a_lost_node_during_score_partitions_scores_every_partition_once(cluster
 # ------------------------------------------------------------------ elastic training (scaling.min_workers)
 
 SLOT = "train_slot"  # a custom resource: one per training node
+ELASTIC_EPOCHS = 5
 
 
 def _train_worker_ids(cluster) -> set[str]:
@@ -393,10 +394,15 @@ def test_elastic_training_goes_on_with_fewer_workers_and_grows_back(cluster, s3,
     for _ in range(2):
         cluster.add_worker(resources=slot)
     name, log = "elastic", session_dir / "multi-node-elastic.log"
+    # 5 epochs, not the reference's 3: after the group of one's recorded checkpoint (epoch 1) it trains
+    # on for ~45 s, which the added node must outrun (with 3 it had ~15 s, and once finished first)
     overrides = _training(name, tiny_model_dir, "run.max_failures=3", "scaling.min_workers=1",
-                          f"scaling.custom_resources.{SLOT}=1", "scaling.resize_check_s=5")
+                          f"scaling.custom_resources.{SLOT}=1", "scaling.resize_check_s=5",
+                          f"optim.epochs={ELASTIC_EPOCHS}")
     started = time.time()
-    env = _env(cluster, s3, tracking, **{STEP_DELAY_ENV: "1.0"})
+    # Ray Train waits this long for a group of two on its stale view before trying one (60 s by default);
+    # a group here starts in ~8 s
+    env = _env(cluster, s3, tracking, **{STEP_DELAY_ENV: "1.0", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "30"})
     process = _start("jobs.finetune_classifier", TINY, overrides, env, log)
     try:
         wait_for(lambda: _recorded_checkpoint(name) or process.poll() is not None, 600, "the first checkpoint")
@@ -430,12 +436,15 @@ def test_elastic_training_goes_on_with_fewer_workers_and_grows_back(cluster, s3,
     tags = run.data.tags
     assert run.info.status == "FINISHED" and tags["restarts"] == "2", tags.get("restarts")
     assert tags["resumed_with_workers"] == "1,2"  # shrank to one, grew back to two
-    # the global batch was kept: as many optimizer steps as the fixed two-worker run, each logged once
+    # the global batch was kept: as many optimizer steps an epoch as the fixed two-worker run (3 epochs),
+    # each logged once
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
-    reference = [m.step for m in mlflow.MlflowClient(mlflow_uri).get_metric_history(tiny_reference.run_id,
-                                                                                     "train_loss")]
-    assert sorted(steps) == sorted(reference), (sorted(steps), sorted(reference))
-    assert run.data.metrics["step"] == tiny_reference.metrics["step"]
+    reference = sorted(m.step for m in mlflow.MlflowClient(mlflow_uri).get_metric_history(tiny_reference.run_id,
+                                                                                            "train_loss"))
+    assert reference == list(range(reference[0], reference[0] + len(reference)))  # logged every step
+    expected = list(range(reference[0], reference[0] + len(reference) // 3 * ELASTIC_EPOCHS))
+    assert sorted(steps) == expected, (sorted(steps), expected)
+    assert run.data.metrics["step"] == tiny_reference.metrics["step"] // 3 * ELASTIC_EPOCHS
     assert _registered(client, run.info.run_id)
     print(f"\nelastic: node removed at {killed_at - started:.1f} s; a group of one ran "
           f"{shrunk_at - killed_at:.1f} s after the kill; a node added, two workers again "

@@ -63,9 +63,12 @@ def sweep_config(tmp_path_factory, tiny_corpus: Path, tiny_model_dir: Path) -> t
     return path, uri, root
 
 
+STATE_INTERVAL_S = 3  # Tune saves the sweep's state this often (the job's default: 10 s)
+
+
 def _sweep_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "MLFLOW_TRACKING"))}
-    return {**env, "PYTHONPATH": str(REPO)}
+    return {**env, "PYTHONPATH": str(REPO), "TUNE_GLOBAL_CHECKPOINT_S": str(STATE_INTERVAL_S)}
 
 
 def _start(config: Path, log: Path) -> subprocess.Popen:
@@ -135,10 +138,10 @@ def swept(sweep_config) -> Swept:
     first = _start(config, root / "first.log")
     try:
         # the last trial's run exists: Tune has ended the first three (finished, stopped by ASHA, crashed),
-        # which it records within the sweep's state interval (10 s). Killed later than ASHA's decision:
+        # which it records within the sweep's state interval. Killed later than ASHA's decision:
         # a restored sweep's scheduler starts with empty rungs (Tune does not keep its state).
         wait_for(lambda: _children(uri) >= len(LEARNING_RATES) or first.poll() is not None, 900, "the last trial")
-        time.sleep(12)
+        time.sleep(STATE_INTERVAL_S + 2)
         assert first.poll() is None, (root / "first.log").read_text()[-3000:]
     finally:
         if first.poll() is None:
