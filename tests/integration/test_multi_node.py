@@ -205,28 +205,19 @@ def test_node_local_paths_are_refused_before_any_work(cluster, s3, session_dir, 
 
 # ------------------------------------------------------------------ training on several nodes
 
-def test_training_spreads_over_nodes_and_matches_a_one_node_run(cluster, s3, tracking, session_dir, tiny_model_dir,
-                                                                tiny_reference, mlflow_uri):
-    log = session_dir / "multi-node-spread.log"
-    code, output = _finish(_start("jobs.finetune_classifier", TINY, _training("spread", tiny_model_dir),
-                                  _env(cluster, s3, tracking), log), log)
-    assert code == 0, output[-4000:]
-    client, run = _run_of(tracking, "spread")
-    placements = json.loads(run.data.tags["train_nodes"])
+def _assert_spread(placements: list[dict]) -> None:
+    """Two ranks, one per worker node (127.0.0.2, ...; the head keeps the machine's address)."""
     assert sorted(p["rank"] for p in placements) == [0, 1]
     assert len({p["node_id"] for p in placements}) == 2, placements  # one worker per node
     assert sorted(p["node_rank"] for p in placements) == [0, 1]
-    assert {p["node_ip"] for p in placements} <= {"127.0.0.2", "127.0.0.3", "127.0.0.4"}
-    assert run.data.tags["replicas_equal"] == "true"
-    print(f"\nspread: ranks on {[(p['rank'], p['node_ip'], p['node_id'][:12]) for p in placements]}")
-    # the same seed on one node (the session's reference run, a local Ray): the same curve, step for step
-    assert_history_exactly_once(client, run.info.run_id, mlflow.MlflowClient(mlflow_uri), tiny_reference.run_id)
-    assert abs(run.data.metrics["test_loss"] - tiny_reference.metrics["test_loss"]) < TOLERANCE
-    assert _registered(client, run.info.run_id)
+    assert all(p["node_ip"].startswith("127.0.0.") for p in placements), placements
 
 
-def test_a_lost_node_during_training_resumes_from_the_last_checkpoint(cluster, s3, tracking, session_dir,
-                                                                      tiny_model_dir, tiny_reference, mlflow_uri):
+def test_training_spreads_over_nodes_and_a_lost_node_resumes_from_the_last_checkpoint(
+        cluster, s3, tracking, session_dir, tiny_model_dir, tiny_reference, mlflow_uri):
+    """A run spread one rank per node, a node removed mid-run: it resumes on two live nodes and still matches the
+    session's one-node reference run (same seed, a local Ray) step for step. One run proves both: spreading
+    and resuming share their whole start-up."""
     name, log = "node-lost", session_dir / "multi-node-lost.log"
     started = time.time()
     process = _start("jobs.finetune_classifier", TINY, _training(name, tiny_model_dir, "run.max_failures=2"),
@@ -248,15 +239,20 @@ def test_a_lost_node_during_training_resumes_from_the_last_checkpoint(cluster, s
     assert tags["restarts"] == "1" and run.info.status == "FINISHED"
     resumed = int(tags["resumed_from_steps"].split(",")[-1])
     assert resumed > 0  # from the epoch-0 checkpoint, not from scratch
-    after = json.loads(tags[f"train_nodes_from_step_{resumed}"])
-    assert nodes[-1] not in {p["node_id"] for p in after} and len({p["node_id"] for p in after}) == 2
+    before, after = (json.loads(tags[f"train_nodes_from_step_{step}"]) for step in (0, resumed))
+    _assert_spread(before)
+    assert {p["node_ip"] for p in before} <= {"127.0.0.2", "127.0.0.3", "127.0.0.4"}  # the first worker nodes
+    _assert_spread(after)
+    assert json.loads(tags["train_nodes"]) == after  # the latest attempt's placement
+    assert nodes[-1] in {p["node_id"] for p in before}  # the removed node held a rank
+    assert nodes[-1] not in {p["node_id"] for p in after}
+    assert tags["replicas_equal"] == "true"
     assert_history_exactly_once(client, run.info.run_id, mlflow.MlflowClient(mlflow_uri), tiny_reference.run_id)
+    assert abs(run.data.metrics["test_loss"] - tiny_reference.metrics["test_loss"]) < TOLERANCE
     assert _registered(client, run.info.run_id)
     first_after = min(m.timestamp for m in client.get_metric_history(run.info.run_id, "train_loss")
                       if m.step > resumed)
     recovery_s = first_after / 1000 - killed_at
-    before = json.loads(tags["train_nodes_from_step_0"])
-    assert nodes[-1] in {p["node_id"] for p in before}  # the removed node held a rank
     print(f"\ntraining: ranks on {[(p['rank'], p['node_ip'], p['node_id'][:12]) for p in before]}; node "
           f"{nodes[-1][:12]} removed {killed_at - started:.1f} s after the start; first step after it "
           f"{recovery_s:.1f} s later (resumed from step {resumed}, restarts {tags['restarts']}); ranks now on "
