@@ -52,19 +52,24 @@ def checkpoints(storage: Path, name: str) -> list[Path]:
     return sorted((storage / name).glob("epoch-*/COMPLETE"))
 
 
-def registered_checkpoint(storage: Path, name: str) -> bool:
-    """Ray Train has recorded a checkpoint of the run (a restart resumes from it).
+def latest_recorded_checkpoint(storage: Path, name: str) -> str | None:
+    """The folder of the checkpoint Ray Train has recorded last (a restart resumes from it), if any.
 
     A checkpoint lands on disk before the controller records it; a kill in between restarts
-    from scratch, so the tests wait for the controller's snapshot to name one.
+    from the one before, so the tests wait for the controller's snapshot to name one.
     """
     import json
 
     try:
         snapshot = json.loads((storage / name / "checkpoint_manager_snapshot.json").read_text())
     except (OSError, ValueError):
-        return False
-    return bool(snapshot.get("latest_checkpoint_result"))
+        return None
+    latest = snapshot.get("latest_checkpoint_result")
+    return latest.get("checkpoint_dir_name") if latest else None
+
+
+def registered_checkpoint(storage: Path, name: str) -> bool:
+    return latest_recorded_checkpoint(storage, name) is not None
 
 
 @pytest.fixture(scope="module")
@@ -158,44 +163,37 @@ def _run_job(command, env, kill_when=None) -> int:
             os.killpg(process.pid, signal.SIGKILL)
 
 
-def test_killed_driver_rerun_with_same_name_resumes_same_mlflow_run(reference, mlflow_uri, tiny_corpus,
-                                                                     tiny_model_dir, session_dir):
-    storage = session_dir / "driver-ray"
+def test_killed_driver_rerun_with_same_name_resumes_same_mlflow_run_past_a_half_written_checkpoint(
+        reference, mlflow_uri, tiny_corpus, tiny_model_dir, session_dir):
+    """The driver (and the local Ray it started) killed in its third epoch, its latest checkpoint then left
+    half-written (as by a writer that died): the same command resumes the same MLflow run from the complete
+    checkpoint before it, not from the broken one Ray hands back, and logs every step once."""
+    storage, name = session_dir / "driver-ray", "driver-kill"
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
            STEP_DELAY_ENV: STEP_DELAY_S}
     env.pop("RAY_ADDRESS", None)  # the job starts its own local Ray, which dies with it
-    command = _job_command(tiny_corpus, tiny_model_dir, storage, "driver-kill", epochs=3)
-    _run_job(command, env, kill_when=lambda: registered_checkpoint(storage, "driver-kill"))
-    assert 1 <= len(checkpoints(storage, "driver-kill")) < 3, "the driver must die mid-run"
+    command = _job_command(tiny_corpus, tiny_model_dir, storage, name, epochs=3)
+    in_last_epoch = lambda: (latest_recorded_checkpoint(storage, name) or "").startswith("epoch-0001")  # noqa: E731
+    _run_job(command, env, kill_when=in_last_epoch)
+    assert len(checkpoints(storage, name)) == 2, "the driver must die in the last epoch"
+    latest = storage / name / latest_recorded_checkpoint(storage, name)
+    (latest / "COMPLETE").unlink()  # as if the writer died before finishing
+    (latest / "train_state.pt").write_bytes(b"truncated")
     rerun_env = {k: v for k, v in env.items() if k != STEP_DELAY_ENV}  # slowed only so that the kill lands mid-run
     assert _run_job(command, rerun_env) == 0
     client = mlflow.MlflowClient(mlflow_uri)
     runs = client.search_runs([client.get_experiment_by_name("finetune-tiny").experiment_id],
-                              filter_string="tags.ray_run_name = 'driver-kill'")
+                              filter_string=f"tags.ray_run_name = '{name}'")
     assert len(runs) == 1, "the rerun must continue the same MLflow run"
     run = runs[0]
     assert run.info.status == "FINISHED"
     assert int(run.data.tags["restarts"]) == 1
+    steps_per_epoch = int(reference.metrics["step"]) // 3
+    # resumed from the complete epoch-0 checkpoint, not the broken epoch-1 one
+    assert run.data.tags["resumed_from_steps"].split(",")[-1] == str(steps_per_epoch)
     assert_history_exactly_once(run.info.run_id, reference.run_id)
     assert abs(run.data.metrics["test_loss"] - reference.metrics["test_loss"]) < TOLERANCE
     assert run.data.metrics["step"] == reference.metrics["step"]
-
-
-def test_half_written_checkpoint_is_ignored(reference, tiny_corpus, tiny_model_dir, session_dir):
-    storage = session_dir / "ft-ray"
-    name = "half-written"
-    config = load(FinetuneConfig, TINY, tiny_config(tiny_corpus, tiny_model_dir, storage, name))
-    run_finetune(config)
-    latest = sorted((storage / name).glob("epoch-*"))[-1]
-    (latest / "COMPLETE").unlink()  # as if the writer died before finishing
-    (latest / "train_state.pt").write_bytes(b"truncated")
-    resumed = run_finetune(config)  # same name: Ray hands back the broken latest checkpoint
-    tags = mlflow.MlflowClient().get_run(resumed.run_id).data.tags
-    steps_per_epoch = int(reference.metrics["step"]) // 3
-    # resumed from the complete epoch-1 checkpoint, not the broken epoch-2 one
-    assert tags["resumed_from_steps"].split(",")[-1] == str(2 * steps_per_epoch)
-    assert_history_exactly_once(resumed.run_id, reference.run_id)
-    assert abs(resumed.metrics["test_loss"] - reference.metrics["test_loss"]) < TOLERANCE
 
 
 def test_early_stopping_keeps_the_best_checkpoint_and_the_latest(tiny_corpus, tiny_model_dir, session_dir):
