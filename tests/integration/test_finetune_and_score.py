@@ -139,7 +139,9 @@ def test_a_deterministic_run_whose_workers_leave_no_whole_cpu_is_refused_before_
 
 
 def test_a_job_on_its_own_local_ray_starts_none_of_what_one_machine_does_not_use(finetuned):
-    """ray_runtime's local settings reach the run: no preemption watcher actor, no metrics export."""
+    """ray_runtime's local settings reach the run: no preemption watcher actor, no metrics export, and a
+    Train controller that polls its workers every 0.5 s (its process's environment, from the raylet's)."""
+    import psutil
     import ray
     from ray._private import state
 
@@ -147,3 +149,6 @@ def test_a_job_on_its_own_local_ray_starts_none_of_what_one_machine_does_not_use
     assert "TrainController" in started  # the listing holds this session's training runs
     assert "PreemptionWatcher" not in started, sorted(started)
     assert ray._private.worker._global_node._config.get("enable_metrics_collection") is False
+    raylets = [p for p in psutil.Process().children(recursive=True) if p.name().startswith("raylet")]
+    assert raylets, "the session's Ray has no raylet under this process"
+    assert {p.environ().get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S") for p in raylets} == {"0.5"}
