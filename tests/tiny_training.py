@@ -22,6 +22,19 @@ def tiny_config(corpus: Path, model_dir: Path, storage: Path, name: str, **extra
     return overrides + [f"{k}={v}" for k, v in extra.items()]
 
 
+def latest_recorded_checkpoint(run_dir: str) -> str | None:
+    """The folder of the checkpoint Ray Train has recorded last for the run at ``run_dir`` (a local path or a
+    URI), if any: a restart resumes from it. A checkpoint lands in storage before the controller records it,
+    and a kill in between resumes from the one before, so the fault tests wait for the record."""
+    from data_pipeline.paths import filesystem_for
+    from data_pipeline.storage import Storage
+
+    fs, base = filesystem_for(run_dir)
+    snapshot = Storage(fs).read_json(f"{base}/checkpoint_manager_snapshot.json")
+    latest = snapshot.get("latest_checkpoint_result") if snapshot else None
+    return latest.get("checkpoint_dir_name") if latest else None
+
+
 def history_of(client, run_id: str, key: str) -> dict[int, float]:
     """``{step: value}`` of one metric, failing on a step logged twice."""
     history: dict[int, float] = {}

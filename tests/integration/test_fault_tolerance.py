@@ -24,7 +24,7 @@ from jobs.train.classifier import FinetuneConfig
 from jobs.train.classifier import run as run_finetune
 
 from jobs.train.callbacks import STEP_DELAY_ENV
-from tiny_training import TINY, TOLERANCE, tiny_config
+from tiny_training import TINY, TOLERANCE, latest_recorded_checkpoint, tiny_config
 from tiny_training import assert_history_exactly_once as check_history
 from waiting import wait_for
 
@@ -52,24 +52,8 @@ def checkpoints(storage: Path, name: str) -> list[Path]:
     return sorted((storage / name).glob("epoch-*/COMPLETE"))
 
 
-def latest_recorded_checkpoint(storage: Path, name: str) -> str | None:
-    """The folder of the checkpoint Ray Train has recorded last (a restart resumes from it), if any.
-
-    A checkpoint lands on disk before the controller records it; a kill in between restarts
-    from the one before, so the tests wait for the controller's snapshot to name one.
-    """
-    import json
-
-    try:
-        snapshot = json.loads((storage / name / "checkpoint_manager_snapshot.json").read_text())
-    except (OSError, ValueError):
-        return None
-    latest = snapshot.get("latest_checkpoint_result")
-    return latest.get("checkpoint_dir_name") if latest else None
-
-
 def registered_checkpoint(storage: Path, name: str) -> bool:
-    return latest_recorded_checkpoint(storage, name) is not None
+    return latest_recorded_checkpoint(str(storage / name)) is not None
 
 
 @pytest.fixture(scope="module")
@@ -173,10 +157,13 @@ def test_killed_driver_rerun_with_same_name_resumes_same_mlflow_run_past_a_half_
            STEP_DELAY_ENV: STEP_DELAY_S}
     env.pop("RAY_ADDRESS", None)  # the job starts its own local Ray, which dies with it
     command = _job_command(tiny_corpus, tiny_model_dir, storage, name, epochs=3)
-    in_last_epoch = lambda: (latest_recorded_checkpoint(storage, name) or "").startswith("epoch-0001")  # noqa: E731
+
+    def in_last_epoch() -> bool:
+        return (latest_recorded_checkpoint(str(storage / name)) or "").startswith("epoch-0001")
+
     _run_job(command, env, kill_when=in_last_epoch)
     assert len(checkpoints(storage, name)) == 2, "the driver must die in the last epoch"
-    latest = storage / name / latest_recorded_checkpoint(storage, name)
+    latest = storage / name / latest_recorded_checkpoint(str(storage / name))
     (latest / "COMPLETE").unlink()  # as if the writer died before finishing
     (latest / "train_state.pt").write_bytes(b"truncated")
     rerun_env = {k: v for k, v in env.items() if k != STEP_DELAY_ENV}  # slowed only so that the kill lands mid-run

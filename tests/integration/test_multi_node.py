@@ -30,7 +30,7 @@ from jobs.scoring.publish import MANIFEST
 from jobs.scoring.sink import read_manifest
 from jobs.train.callbacks import STEP_DELAY_ENV
 from s3_faults import faulty_s3
-from tiny_training import TINY, TOLERANCE, assert_history_exactly_once
+from tiny_training import TINY, TOLERANCE, assert_history_exactly_once, latest_recorded_checkpoint
 from waiting import wait_for
 
 pytestmark = pytest.mark.slow
@@ -129,11 +129,7 @@ def _checkpoints(name: str) -> set[str]:
 
 
 def _latest_recorded_checkpoint(name: str) -> str | None:
-    """The folder of the checkpoint Ray Train has recorded last (a restart resumes from it), if any."""
-    fs, _ = filesystem_for(f"s3://{BUCKET}")
-    data = Storage(fs).read_bytes(f"{BUCKET}/ray/{name}/checkpoint_manager_snapshot.json")
-    latest = json.loads(data).get("latest_checkpoint_result") if data else None
-    return latest.get("checkpoint_dir_name") if latest else None
+    return latest_recorded_checkpoint(f"s3://{BUCKET}/ray/{name}")
 
 
 def _recorded_checkpoint(name: str) -> bool:
