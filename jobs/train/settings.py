@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -84,10 +85,23 @@ class OptimSettings:
     compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"
 
     def __post_init__(self) -> None:
+        # Checked here, not left to AdamW: a bad value fails the job (or a sweep's trial) as it loads, before
+        # a Ray worker starts, where AdamW would refuse it only in every worker, tens of seconds later.
         if self.epochs < 1 or self.batch_size < 1 or self.grad_accum_steps < 1:
             raise ValueError("epochs, batch_size and grad_accum_steps must be >= 1")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError("warmup_ratio must be in [0, 1)")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"lr must be a positive learning rate, got {self.lr}")
+        for name in ("weight_decay", "grad_clip"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 or null, got {self.max_steps}")
+        if self.log_every_steps < 1 or self.shuffle_buffer_rows < 0 or self.length_grouping < 0:
+            raise ValueError("log_every_steps must be >= 1, shuffle_buffer_rows and length_grouping >= 0")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise ValueError(f"early_stopping_patience must be >= 1 or null, got {self.early_stopping_patience}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -35,7 +35,8 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 REGISTERED = "sweep-tiny"
-LEARNING_RATES = [3e-3, 1.0, -1.0, 2e-3]  # 1.0 diverges: ASHA stops it; -1: AdamW refuses it, the trial crashes
+# 1.0 diverges: ASHA stops it; -1: the job's config refuses it, and the trial crashes before its run exists
+LEARNING_RATES = [3e-3, 1.0, -1.0, 2e-3]
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +85,9 @@ def _runs(uri: str):
     return client, (client.search_runs([experiment.experiment_id], max_results=100) if experiment else [])
 
 
-def _children(uri: str, status: str | None = None) -> int:
+def _child_exists(uri: str, lr: float) -> bool:
     _, runs = _runs(uri)
-    return sum(PARENT_RUN_TAG in r.data.tags and status in (None, r.info.status) for r in runs)
+    return any(PARENT_RUN_TAG in r.data.tags and float(r.data.params.get("optim.lr", "nan")) == lr for r in runs)
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ def swept(sweep_config) -> Swept:
         # the last trial's run exists: Tune has ended the first three (finished, stopped by ASHA, crashed),
         # which it records within the sweep's state interval. Killed later than ASHA's decision:
         # a restored sweep's scheduler starts with empty rungs (Tune does not keep its state).
-        wait_for(lambda: _children(uri) >= len(LEARNING_RATES) or first.poll() is not None, 900, "the last trial")
+        wait_for(lambda: _child_exists(uri, LEARNING_RATES[-1]) or first.poll() is not None, 900, "the last trial")
         time.sleep(STATE_INTERVAL_S + 2)
         assert first.poll() is None, (root / "first.log").read_text()[-3000:]
     finally:
@@ -182,6 +183,8 @@ def test_one_parent_four_children_each_ended_as_its_trial(swept):
     assert set(by_lr) == set(LEARNING_RATES)
     crashed, useless = by_lr[-1.0], by_lr[1.0]
     assert crashed.info.status == "FAILED" and crashed.data.tags[TRIAL_STATE_TAG] == "failed"
+    assert "optim" in crashed.data.tags["sweep_trial_error"]  # why, naming the key: the run never started
+    assert "lr must be a positive learning rate" in crashed.data.tags["sweep_trial_error"]
     assert useless.info.status == "KILLED" and useless.data.tags[TRIAL_STATE_TAG] == EARLY_STOPPED
     first = by_lr[3e-3]  # alone at each of ASHA's rungs: never stopped
     assert first.info.status == "FINISHED" and first.data.tags[TRIAL_STATE_TAG] == "finished"

@@ -386,3 +386,21 @@ def test_a_section_given_in_part_keeps_the_jobs_defaults_for_the_rest():
     assert (config.run.checkpoint_metric, config.run.checkpoint_mode) == ("val_accuracy", "max")
     assert config.optim.lr == FinetuneConfig().optim.lr and config.optim.epochs == 1
     assert config.tracking.registered_model == FinetuneConfig().tracking.registered_model == "review-sentiment"
+
+
+@pytest.mark.parametrize("override, named", [
+    ("optim.lr=-1", "lr must be a positive learning rate, got -1"),  # AdamW would refuse it only in the workers
+    ("optim.lr=0", "lr must be a positive"),
+    ("optim.lr=.inf", "lr must be a positive"),
+    ("optim.weight_decay=-0.01", "weight_decay must be >= 0"),
+    ("optim.grad_clip=-1", "grad_clip must be >= 0"),
+    ("optim.max_steps=0", "max_steps must be >= 1"),
+    ("optim.log_every_steps=0", "log_every_steps must be >= 1"),
+    ("optim.early_stopping_patience=0", "early_stopping_patience must be >= 1"),
+])
+def test_a_training_jobs_optimiser_settings_are_refused_as_the_config_loads(override, named):
+    from jobs.train.classifier import FinetuneConfig
+
+    with pytest.raises(ConfigError) as info:
+        load(FinetuneConfig, None, ["data.train=t.parquet", "data.val=v.parquet", override])
+    assert "optim" in str(info.value) and named in str(info.value)
