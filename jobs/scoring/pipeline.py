@@ -78,12 +78,11 @@ def output_location(output_dir: str, name: str) -> str:
 
 def _test_env() -> dict:
     """The predictors' fault-injection delay, for actors of a cluster that do not see the driver's environment."""
-    import os
-
+    from jobs.common.injected_delay import delay_env
     from jobs.scoring.predictors import PREDICT_DELAY_ENV
 
-    delay = os.environ.get(PREDICT_DELAY_ENV)
-    return {"runtime_env": {"env_vars": {PREDICT_DELAY_ENV: delay}}} if delay else {}
+    env = delay_env(PREDICT_DELAY_ENV)
+    return {"runtime_env": {"env_vars": env}} if PREDICT_DELAY_ENV in env else {}
 
 
 def score_groups(groups: list[ScoringGroup], outputs: dict[str, str], model: ScoringModel,

@@ -8,8 +8,6 @@ passed through unscored, so the sink can write them to ``_rejected/``.
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -21,6 +19,7 @@ import torch
 from data_pipeline.quarantine import GROUP, REJECT_REASON, SCORABLE, SOURCE_FILE
 from data_pipeline.text_limits import cut_texts, max_chars
 from data_pipeline.tokenization import TokenizeBatch, pad_batch
+from jobs.common.injected_delay import InjectedDelay
 from jobs.common.precision import autocast_for
 from jobs.common.registry import ResolvedModel, materialize_model, model_kind
 
@@ -127,12 +126,6 @@ def prepare_classifier(model: torch.nn.Module, settings: PredictorSettings, devi
 PREDICT_DELAY_ENV = "TEXT_JOBS_TEST_PREDICT_DELAY_S"
 
 
-def _test_delay() -> None:
-    delay = float(os.environ.get(PREDICT_DELAY_ENV) or 0)
-    if delay:
-        time.sleep(delay)
-
-
 class ClassifierPredictor:
     def __init__(self, resolved: ResolvedModel, tracking_uri: str | None, settings: PredictorSettings,
                  local_model_dir: str | None = None):
@@ -148,11 +141,13 @@ class ClassifierPredictor:
         self.forward_batch_tokens = settings.forward_batch_tokens
         self.lineage = {"model_name": resolved.name, "model_version": resolved.version,
                         "model_run_id": resolved.run_id}
+        self.test_delay = InjectedDelay.from_env(PREDICT_DELAY_ENV)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from model.classifier import class_probabilities
 
-        _test_delay()
+        if self.test_delay is not None:
+            self.test_delay.sleep()
         n = len(batch["input_ids"])
         scorable = batch["scorable"] if "scorable" in batch else np.ones(n, dtype=bool)
         todo = np.flatnonzero(scorable)

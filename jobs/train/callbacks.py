@@ -1,7 +1,7 @@
 """Hooks around the training loop that tests and audits use; none of them runs unless asked for.
 
 ``StepDelay`` slows each optimiser step so that a fault-injection test's SIGKILL lands mid-epoch
-on a seconds-long tiny run. ``DieAfterSend`` ends rank 0's process once an epoch's metrics have
+on a seconds-long tiny run (until the test's end file exists: ``jobs.common.injected_delay``). ``DieAfterSend`` ends rank 0's process once an epoch's metrics have
 reached MLflow and before that epoch's checkpoint exists (the window where a restart used to log
 an epoch twice), once per listed epoch. ``ShardAudit`` writes the row ids each rank trained on per
 epoch and the final parameter digest (determinism and sharding tests).
@@ -19,11 +19,12 @@ from typing import Any
 
 import torch
 
+from jobs.common.injected_delay import DELAY_END_ENV, InjectedDelay
 from jobs.train.distributed import unwrap
 
 STEP_DELAY_ENV = "TEXT_JOBS_TEST_STEP_DELAY_S"
 DIE_AFTER_SEND_ENV = "TEXT_JOBS_TEST_DIE_AFTER_SEND"  # "<marker dir>:<epoch>,<epoch>..."
-FAULT_ENVS = (STEP_DELAY_ENV, DIE_AFTER_SEND_ENV)  # shipped to workers (jobs.train.driver.worker_env)
+FAULT_ENVS = (STEP_DELAY_ENV, DELAY_END_ENV, DIE_AFTER_SEND_ENV)  # shipped to workers (driver.worker_env)
 
 
 class LoopCallback:
@@ -71,11 +72,11 @@ class Callbacks(LoopCallback):
 
 
 class StepDelay(LoopCallback):
-    def __init__(self, seconds: float):
-        self.seconds = seconds
+    def __init__(self, delay: InjectedDelay):
+        self.delay = delay
 
     def after_step(self, step: int) -> None:
-        time.sleep(self.seconds)
+        self.delay.sleep()
 
 
 class DieAfterSend(LoopCallback):
@@ -142,8 +143,8 @@ class ShardAudit(LoopCallback):
 def callbacks_for(rank: int, audit_dir: str | None) -> Callbacks:
     """The callbacks a run asked for: the step delay from its environment, the audit from its config."""
     callbacks: list[LoopCallback] = []
-    delay = float(os.environ.get(STEP_DELAY_ENV) or 0)
-    if delay:
+    delay = InjectedDelay.from_env(STEP_DELAY_ENV)
+    if delay is not None:
         callbacks.append(StepDelay(delay))
     if os.environ.get(DIE_AFTER_SEND_ENV) and rank == 0:
         callbacks.append(DieAfterSend.from_env(os.environ[DIE_AFTER_SEND_ENV]))

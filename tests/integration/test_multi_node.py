@@ -26,6 +26,8 @@ import pytest
 
 from data_pipeline.paths import filesystem_for
 from data_pipeline.storage import Storage
+from jobs.common.injected_delay import DELAY_END_ENV
+from jobs.scoring.predictors import PREDICT_DELAY_ENV
 from jobs.scoring.publish import MANIFEST
 from jobs.scoring.sink import read_manifest
 from jobs.train.callbacks import STEP_DELAY_ENV
@@ -215,9 +217,10 @@ def test_training_spreads_over_nodes_and_a_lost_node_resumes_from_the_last_check
     session's one-node reference run (same seed, a local Ray) step for step. One run proves both: spreading
     and resuming share their whole start-up."""
     name, log = "node-lost", session_dir / "multi-node-lost.log"
+    node_gone = session_dir / "node-lost.removed"  # the slowed steps end there: the rest goes at full speed
     started = time.time()
     process = _start("jobs.finetune_classifier", TINY, _training(name, tiny_model_dir, "run.max_failures=2"),
-                     _env(cluster, s3, tracking, **{STEP_DELAY_ENV: "0.5"}), log)
+                     _env(cluster, s3, tracking, **{STEP_DELAY_ENV: "0.5", DELAY_END_ENV: str(node_gone)}), log)
     try:
         wait_for(lambda: _recorded_checkpoint(name) or process.poll() is not None, 600, "the first checkpoint")
         assert process.poll() is None, log.read_text()[-3000:]
@@ -226,6 +229,7 @@ def test_training_spreads_over_nodes_and_a_lost_node_resumes_from_the_last_check
         assert len(nodes) == 2, nodes
         lost = cluster.node(nodes[-1])
         killed_at = cluster.remove(lost)
+        node_gone.touch()
         cluster.add_worker()  # a replacement, as an autoscaler would bring
     finally:
         code, output = _finish(process, log)
@@ -295,9 +299,11 @@ SCORING = ["max_length=32", "stages.min_blocks=6", "predictor.concurrency=2", "p
 
 def _score_losing_a_node(cluster, module: str, config: Path, overrides: list[str], env: dict, log: Path,
                          output_prefix: str) -> tuple[int, str]:
-    """Run a scoring job; once its two actors are on two nodes and a part file is out, kill one actor's node
-    (and add a replacement). The job's exit status and log."""
+    """Run a scoring job, its predictor calls slowed; once its two actors are on two nodes and a part file is
+    out, kill one actor's node (and add a replacement), and end the slowing. The job's exit status and log."""
     fs, _ = filesystem_for(f"s3://{BUCKET}")
+    node_gone = log.with_suffix(".removed")
+    env = {**env, PREDICT_DELAY_ENV: "0.5", DELAY_END_ENV: str(node_gone)}
 
     def written() -> list[str]:
         return [p for p in Storage(fs).files(f"{BUCKET}/{output_prefix}") if "part-" in p]
@@ -311,6 +317,7 @@ def _score_losing_a_node(cluster, module: str, config: Path, overrides: list[str
         wait_for(lambda: written() or process.poll() is not None, 300, "the first scored rows")
         files_out = len(written())
         cluster.remove(cluster.node(nodes[-1]))
+        node_gone.touch()
         cluster.add_worker()
     finally:
         code, output = _finish(process, log)
@@ -328,7 +335,7 @@ def test_a_lost_node_during_batch_infer_scores_every_row_once(cluster, s3, track
                            "run_name=nightly", "tracking.experiment=multi-node-scoring"]
     config = REPO / "configs/batch_infer.local-cpu.yaml"
     log = session_dir / "multi-node-scoring.log"
-    env = _env(cluster, s3, tracking, TEXT_JOBS_TEST_PREDICT_DELAY_S="0.5")
+    env = _env(cluster, s3, tracking)
     code, output = _score_losing_a_node(cluster, "jobs.batch_infer", config, overrides, env, log, "scores/nightly")
     if code != 0:  # the run said it failed: its rerun of the same name finishes it, every row once
         assert "rerun with run_name=nightly" in output, output[-3000:]
@@ -352,7 +359,7 @@ def test_a_lost_node_during_score_partitions_scores_every_partition_once(cluster
                            "lease.heartbeat_s=0.5", "lease.ttl_s=60", "tracking.experiment=multi-node-partitions"]
     config = REPO / "configs/score_partitions.local-cpu.yaml"
     log = session_dir / "multi-node-partitions.log"
-    env = _env(cluster, s3, tracking, TEXT_JOBS_TEST_PREDICT_DELAY_S="0.5")
+    env = _env(cluster, s3, tracking)
     code, output = _score_losing_a_node(cluster, "jobs.score_partitions", config, overrides, env, log, "scored")
     if code != 0:  # failed partitions are named, and the next scheduled run scores them
         assert "failed" in output, output[-3000:]
@@ -394,7 +401,9 @@ def test_elastic_training_goes_on_with_fewer_workers_and_grows_back(cluster, s3,
     started = time.time()
     # Ray Train waits this long for a group of two on its stale view before trying one (60 s by default);
     # a group here starts in ~8 s
-    env = _env(cluster, s3, tracking, **{STEP_DELAY_ENV: "1.0", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "30"})
+    grown = session_dir / "elastic.grown"  # the slowed steps end once the group is two again
+    env = _env(cluster, s3, tracking, **{STEP_DELAY_ENV: "1.0", DELAY_END_ENV: str(grown),
+                                         "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "30"})
     process = _start("jobs.finetune_classifier", TINY, overrides, env, log)
     try:
         wait_for(lambda: _recorded_checkpoint(name) or process.poll() is not None, 600, "the first checkpoint")
@@ -421,6 +430,7 @@ def test_elastic_training_goes_on_with_fewer_workers_and_grows_back(cluster, s3,
         wait_for(lambda: len(_train_worker_ids(cluster) - first - shrunk) == 2 or process.poll() is not None, 300,
               "a group of two again")
         grown_at = time.time()
+        grown.touch()
     finally:
         code, output = _finish(process, log)
     assert code == 0, output[-4000:]

@@ -19,6 +19,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from jobs.common.injected_delay import DELAY_END_ENV
 from jobs.train.callbacks import STEP_DELAY_ENV
 from waiting import wait_for
 
@@ -60,7 +61,8 @@ def test_a_second_ray_with_a_dashboard_does_not_kill_a_training_job(mlflow_uri, 
         pytest.skip(f"port {DEFAULT_DASHBOARD_PORT} is already served here: the second Ray's dashboard "
                     "could not take the default address")
     storage, name = session_dir / "isolation-ray", "beside-a-second-ray"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, STEP_DELAY_ENV: "1.0"}
+    exposed = session_dir / "isolation.exposed"  # the slowed steps end once the job trained EXPOSURE_S beside it
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, STEP_DELAY_ENV: "1.0", DELAY_END_ENV: str(exposed)}
     env.pop("RAY_ADDRESS", None)
     command = [sys.executable, "-m", "jobs.finetune_classifier", "--config", str(TINY)]
     for item in (f"data.train={tiny_corpus / 'train.parquet'}", f"data.val={tiny_corpus / 'val.parquet'}",
@@ -80,6 +82,8 @@ def test_a_second_ray_with_a_dashboard_does_not_kill_a_training_job(mlflow_uri, 
         wait_for(lambda: _port_open(DEFAULT_DASHBOARD_PORT) or job.poll() is not None, 120,
               "the second Ray's dashboard on the default port")
         dashboard_up = time.time()
+        time.sleep(EXPOSURE_S)
+        exposed.touch()
         code = job.wait(timeout=600)
     finally:
         for process in (job, second):

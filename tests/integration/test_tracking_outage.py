@@ -36,6 +36,7 @@ import pytest
 import yaml
 
 from jobs.common.config import load
+from jobs.common.injected_delay import DELAY_END_ENV
 from jobs.train.classifier import FinetuneConfig
 from jobs.train.classifier import run as run_finetune
 from jobs.train.callbacks import STEP_DELAY_ENV
@@ -113,9 +114,10 @@ def training(tiny_corpus, tiny_model_dir, storage: Path, name: str, url: str, **
 
 
 def stop_after_first_step(server: StoppableServer, url: str, name: str, storage: Path, restart: bool,
-                          events: dict) -> threading.Thread:
+                          events: dict, end_delays: Path | None = None) -> threading.Thread:
     """Stop the server once the run's first steps are in it (sent at epoch 0's end); with ``restart``, start
-    it again after a checkpoint was written while it was down, and at least ``OUTAGE_S`` after the stop."""
+    it again after a checkpoint was written while it was down, and at least ``OUTAGE_S`` after the stop,
+    then create ``end_delays`` (the run's slowed steps, no longer needed, end)."""
     def outage() -> None:
         wait_for(lambda: logged_a_step(url, name), 300, "the first logged step")
         server.stop()
@@ -129,6 +131,8 @@ def stop_after_first_step(server: StoppableServer, url: str, name: str, storage:
                 time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - events["stopped"])))
                 server.start()
                 events["started"] = time.monotonic()
+                if end_delays is not None:
+                    end_delays.touch()
 
     thread = threading.Thread(target=outage, daemon=True)
     thread.start()
@@ -138,9 +142,11 @@ def stop_after_first_step(server: StoppableServer, url: str, name: str, storage:
 def test_server_stopped_during_training_run_finishes_with_every_step_once(
         up, tiny_reference, mlflow_uri, tiny_corpus, tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv(STEP_DELAY_ENV, "1.0")  # ~12 s an epoch: back for the last epoch's end, replayed there
+    monkeypatch.setenv(DELAY_END_ENV, str(tmp_path / "server-back"))
     storage, name = tmp_path / "ray", "outage-mid-training"
     events: dict = {}
-    thread = stop_after_first_step(up, up.url, name, storage, restart=True, events=events)
+    thread = stop_after_first_step(up, up.url, name, storage, restart=True, events=events,
+                                   end_delays=tmp_path / "server-back")
     try:
         outcome = run_finetune(training(tiny_corpus, tiny_model_dir, storage, name, up.url))
     finally:
