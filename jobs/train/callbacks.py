@@ -1,10 +1,11 @@
 """Hooks around the training loop that tests and audits use; none of them runs unless asked for.
 
 ``StepDelay`` slows each optimiser step so that a fault-injection test's SIGKILL lands mid-epoch
-on a seconds-long tiny run (until the test's end file exists: ``jobs.common.injected_delay``). ``DieAfterSend`` ends rank 0's process once an epoch's metrics have
-reached MLflow and before that epoch's checkpoint exists (the window where a restart used to log
-an epoch twice), once per listed epoch. ``ShardAudit`` writes the row ids each rank trained on per
-epoch and the final parameter digest (determinism and sharding tests).
+on a seconds-long tiny run (until the test's end file exists: ``jobs.common.injected_delay``).
+``DieAfterSend`` ends rank 0's process once an epoch's metrics have reached MLflow and before that
+epoch's checkpoint exists (the window where a restart used to log an epoch twice), once per listed epoch.
+``ShardAudit`` writes the row ids each rank trained on per epoch and the final parameter digest
+(determinism and sharding tests).
 """
 
 from __future__ import annotations
