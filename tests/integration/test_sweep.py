@@ -85,9 +85,10 @@ def _runs(uri: str):
     return client, (client.search_runs([experiment.experiment_id], max_results=100) if experiment else [])
 
 
-def _child_exists(uri: str, lr: float) -> bool:
-    _, runs = _runs(uri)
-    return any(PARENT_RUN_TAG in r.data.tags and float(r.data.params.get("optim.lr", "nan")) == lr for r in runs)
+def _child_of_rate(runs, lr: float):
+    """The trial's child run with learning rate ``lr``; None before it exists."""
+    return next((r for r in runs if PARENT_RUN_TAG in r.data.tags
+                 and float(r.data.params.get("optim.lr", "nan")) == lr), None)
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ def _ctrl_c(config: Path, root: Path, uri: str) -> Interrupted:
             sweep.wait()
     client, runs = _runs(uri)
     parent = next(r for r in runs if r.data.tags.get(SWEEP_TAG) == "tiny-sweep" and PARENT_RUN_TAG not in r.data.tags)
-    last = next(r for r in runs if float(r.data.params.get("optim.lr", "nan")) == LEARNING_RATES[-1])
+    last = _child_of_rate(runs, LEARNING_RATES[-1])
     return Interrupted(returncode, log.read_text(errors="replace"), parent,
                        len(client.search_model_versions(f"name = '{REGISTERED}'")), dict(last.data.tags))
 
@@ -141,7 +142,8 @@ def swept(sweep_config) -> Swept:
         # the last trial's run exists: Tune has ended the first three (finished, stopped by ASHA, crashed),
         # which it records within the sweep's state interval. Killed later than ASHA's decision:
         # a restored sweep's scheduler starts with empty rungs (Tune does not keep its state).
-        wait_for(lambda: _child_exists(uri, LEARNING_RATES[-1]) or first.poll() is not None, 900, "the last trial")
+        wait_for(lambda: _child_of_rate(_runs(uri)[1], LEARNING_RATES[-1]) is not None or first.poll() is not None,
+                 900, "the last trial")
         time.sleep(STATE_INTERVAL_S + 2)
         assert first.poll() is None, (root / "first.log").read_text()[-3000:]
     finally:

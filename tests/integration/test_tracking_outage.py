@@ -142,11 +142,11 @@ def stop_after_first_step(server: StoppableServer, url: str, name: str, storage:
 def test_server_stopped_during_training_run_finishes_with_every_step_once(
         up, tiny_reference, mlflow_uri, tiny_corpus, tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv(STEP_DELAY_ENV, "1.0")  # ~12 s an epoch: back for the last epoch's end, replayed there
-    monkeypatch.setenv(DELAY_END_ENV, str(tmp_path / "server-back"))
+    server_back = tmp_path / "server-back"  # the slowed steps end once the server is back
+    monkeypatch.setenv(DELAY_END_ENV, str(server_back))
     storage, name = tmp_path / "ray", "outage-mid-training"
     events: dict = {}
-    thread = stop_after_first_step(up, up.url, name, storage, restart=True, events=events,
-                                   end_delays=tmp_path / "server-back")
+    thread = stop_after_first_step(up, up.url, name, storage, restart=True, events=events, end_delays=server_back)
     try:
         outcome = run_finetune(training(tiny_corpus, tiny_model_dir, storage, name, up.url))
     finally:
