@@ -1,7 +1,7 @@
 """Batch scoring's run: a Parquet corpus through a streaming Ray Data pipeline (``jobs.batch_infer``).
 
 read + tag bad rows (``ScoringSource`` tasks) -> tokenize (CPU tasks) -> predict (actor pool,
-model loaded once per actor, tagged rows skipped) -> ``SplitScoredSink`` (scored rows to
+model loaded once per actor, tagged rows skipped) -> ``SplitScoredWriter`` (scored rows to
 ``<output>/``, rejected rows to ``<output>/_rejected/``) -> ``_SUCCESS`` manifest. One pass over
 the data, streaming: nothing is materialised. Each scored row keeps the input id and adds the
 predicted label, its name and its probability (a seq2seq model: the ``generated`` text, decoded
@@ -10,8 +10,9 @@ the model name, version and run id that scored it; each rejected row has ``id``,
 ``source_file``. Rows out + rows rejected = rows in, checked before the manifest is written.
 
 Nothing is visible at ``<output_dir>/<run_name>/`` until the run is complete: the input is
-scored in chunks of whole files (``chunk_rows``), each committed to the run's staging area
-``<output_dir>/_staging/<run_name>/``, and the output is published atomically at the end
+scored in chunks of whole files (``chunk_rows``), all in one pipeline (its actors load the model
+once), each committed to the run's staging area ``<output_dir>/_staging/<run_name>/`` as soon as
+its rows are written, and the output is published atomically at the end
 (``jobs.scoring.run_staging`` has the layout and the protocol). A run that crashed resumes when
 started again with the same ``run_name``: it scores only the files no committed chunk covers.
 A target that already holds output is refused unless ``replace`` is set.
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from data_pipeline.paths import ParquetFiles
-from data_pipeline.quarantine import UnreadableFile, inspect_inputs
+from data_pipeline.quarantine import ScoringGroup, UnreadableFile, inspect_inputs
 from jobs.common import config as config_lib
 from jobs.common.naming import unique_run_name
 from jobs.common.ray_runtime import RayConfig, check_cpu_budget, init_ray
@@ -43,7 +44,7 @@ from jobs.common.tracking import (TrackingConfig, client_for, environment_tags, 
                                   resolve_tracking_uri, start_system_metrics, stop_system_metrics)
 from jobs.kinds import kind_spec
 from jobs.scoring.inputs import needs_staging, scoring_input, source_fingerprints
-from jobs.scoring.pipeline import PipelineCounts, ScoringError, ScoringModel, manifest_for, score_files
+from jobs.scoring.pipeline import PipelineCounts, ScoringError, ScoringModel, manifest_for, score_groups
 from jobs.scoring.recording import record_published
 from jobs.scoring.run_staging import Chunk, RunStaging, plan_chunks
 from jobs.scoring.settings import RENAMED_COLUMNS, PipelineSettings, ScoringInput
@@ -76,7 +77,7 @@ class BatchInferConfig(PipelineSettings):
     # with the same run_name after a crash, it scores only the files no committed chunk covers
     replace: bool = False  # replace an existing non-empty <output_dir>/<run_name>/ (atomically); else refuse it
     chunk_rows: int = 1_000_000  # the unit of resume: input files are scored in chunks of about this many
-    # rows (whole files; a bigger file is a chunk alone), one pipeline each, committed to staging when done
+    # rows (whole files; a bigger file is a chunk alone), all in one pipeline, each committed to staging when done
 
 
 @dataclass(frozen=True)
@@ -186,14 +187,9 @@ def _run(config: BatchInferConfig, run_name: str, staging: RunStaging) -> Scorin
                      client=client, run_id=run_id)
         chunks = list(resumed)
         attempt = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        pause = float(os.environ.get(PAUSE_AFTER_CHUNK_ENV, "0") or 0)
-        for number, chunk in enumerate(plan):
-            chunks.append(_score_chunk(f"{attempt}-{number:05d}", [infos[i] for i in chunk],
-                                       [sources[i] for i in chunk], files, staging, model, config, run_id))
-            print(f"chunk {number + 1}/{len(plan)} committed: {len(chunk)} file(s), "
-                  f"{chunks[-1].record['rows_in']} rows", flush=True)
-            if pause > 0:
-                time.sleep(pause)
+        chunks += _score_chunks([[infos[i] for i in chunk] for chunk in plan],
+                                [[sources[i] for i in chunk] for chunk in plan],
+                                attempt, files, staging, model, config, run_id)
         counts = _total(chunks, infos, unreadable)
         manifest = manifest_for(counts, infos, model, config.predictor, mlflow_run_id=run_id,
                                 source=data.path, inputs=sources, chunks=[_chunk_summary(c) for c in chunks])
@@ -222,18 +218,40 @@ def _end_failed(client, run_id: str) -> None:
               file=sys.stderr, flush=True)
 
 
-def _score_chunk(name: str, infos: list, sources: list[dict], files: ParquetFiles, staging: RunStaging,
-                 model: ScoringModel, config: BatchInferConfig, mlflow_run_id: str) -> Chunk:
-    """Score some whole files into the staging area and commit them as one chunk."""
-    if sum(info.num_rows for info in infos):
-        counts = score_files(_readable(files, infos), infos, staging.write_uri, model, config, config.input.columns)
-    else:  # nothing to read: no pipeline
-        counts = PipelineCounts(rows_in=0, rows_out=0, rows_rejected=0, rejected_by_reason={}, files=[], seconds=0.0)
-    return staging.commit_chunk(name, {
-        "inputs": sources, "files": counts.files, "rows_in": counts.rows_in, "rows_out": counts.rows_out,
-        "rows_rejected": counts.rows_rejected, "rejected_by_reason": counts.rejected_by_reason,
-        "unreadable": list(counts.unreadable),
-        "seconds": round(counts.seconds, 3), "scored_by": mlflow_run_id})
+def _score_chunks(plan: list[list], sources: list[list[dict]], attempt: str, files: ParquetFiles,
+                  staging: RunStaging, model: ScoringModel, config: BatchInferConfig, mlflow_run_id: str) -> list[Chunk]:
+    """Score the planned chunks of whole files in one pipeline, committing each to staging as it completes.
+
+    One pipeline, so its actors load the model once for the whole run, not once per chunk; a chunk
+    is committed the moment all its rows are written, while the others go on.
+    """
+    names = [f"{attempt}-{number:05d}" for number in range(len(plan))]
+    groups = [ScoringGroup(name, _readable(files, infos), tuple(infos)) for name, infos in zip(names, plan)]
+    index = {name: number for number, name in enumerate(names)}
+    committed: list[Chunk] = []
+    pause = float(os.environ.get(PAUSE_AFTER_CHUNK_ENV, "0") or 0)
+    last = [0.0]  # seconds into the pipeline of the previous commit: each chunk's record gets its own share
+
+    def commit(name: str, counts: PipelineCounts | str) -> None:
+        if isinstance(counts, str):
+            raise ScoringError(counts)
+        committed.append(staging.commit_chunk(name, {
+            "inputs": sources[index[name]], "files": counts.files, "rows_in": counts.rows_in,
+            "rows_out": counts.rows_out, "rows_rejected": counts.rows_rejected,
+            "rejected_by_reason": counts.rejected_by_reason, "unreadable": list(counts.unreadable),
+            "seconds": round(counts.seconds - last[0], 3), "scored_by": mlflow_run_id}))
+        last[0] = counts.seconds
+        print(f"chunk {len(committed)}/{len(plan)} committed: {len(plan[index[name]])} file(s), "
+              f"{counts.rows_in} rows", flush=True)
+        if pause > 0:
+            time.sleep(pause)
+
+    results = score_groups(groups, {name: staging.write_uri for name in names}, model, config,
+                           config.input.columns, on_group_done=commit)
+    for name in names:  # a chunk short of rows or with late (duplicated) ones fails the run; none is published
+        if isinstance(results[name], str):
+            raise ScoringError(results[name])
+    return committed
 
 
 def _readable(files: ParquetFiles, infos: list) -> ParquetFiles:

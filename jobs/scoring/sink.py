@@ -1,17 +1,21 @@
 """Where scored rows go: one streaming write to two locations, and the manifest that commits them.
 
-``SplitScoredSink`` is a Ray Data ``Datasink``: each write task splits its blocks by scoring
-group (a partition) and by the ``scorable`` tag into scored rows (``<dir>/part-*.parquet``) and
-rejected rows (``<dir>/_rejected/part-*.parquet``, columns ``id``, ``reason``, ``source_file``),
-one Parquet file of each kind per group and write task, with fixed schemas. The data is read, scored and written in
-one pass; nothing is materialised and no second job re-reads the output to split it.
+``SplitScoredWriter`` is the pipeline's last stage (a Ray Data map task after the predictor):
+each call splits one block by scoring group (a partition, a chunk of a batch run) and by the
+``scorable`` tag into scored rows (``<dir>/part-*.parquet``) and rejected rows
+(``<dir>/_rejected/part-*.parquet``, columns ``id``, ``reason``, ``source_file``), one Parquet
+file of each kind per group and block, with fixed schemas, and returns what it wrote as a small
+table (``STATS_SCHEMA``: one row per group) that streams back to the driver. The driver adds them
+up per group (``merge_written``) and commits a group as soon as all of its rows are accounted
+for, while the pipeline goes on with the rest. The data is read, scored and written in one pass;
+nothing is materialised and no second job re-reads the output to split it.
 
 Each file is written whole in one retried call (``data_pipeline.storage``): a write that fails
 with a transient error (503, a reset connection) writes that file again under the same name, and
 the task, its other files and the pipeline go on. On local and POSIX-shared filesystems each
-write task fsyncs the files it wrote, on the node that wrote them (on some shared filesystems
-only the writing client can flush its data); the commit syncs the whole directory again from the
-driver before publishing it.
+write fsyncs the files it wrote, on the node that wrote them (on some shared filesystems only the
+writing client can flush its data); the commit syncs the whole directory again from the driver
+before publishing it.
 
 An output directory is complete only when its ``_SUCCESS`` manifest exists (``jobs.scoring.publish``
 has the protocol); the manifest lists every data file with its row count, so a reader on an object
@@ -21,6 +25,7 @@ listed files.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections import Counter
 from collections.abc import Iterable
@@ -48,24 +53,37 @@ GENERATED_SCHEMA = pa.schema([pa.field("id", pa.string()), pa.field("generated",
 REJECTED_SCHEMA = pa.schema([pa.field("id", pa.string()), pa.field("reason", pa.string()),
                              pa.field("source_file", pa.string())])
 
-try:
-    from ray.data import Datasink as _Datasink
-except ImportError:  # pragma: no cover
-    _Datasink = object
+STATS_SCHEMA = pa.schema([pa.field("group", pa.string()), pa.field("written", pa.string())])  # JSON per group
 
 
-class SplitScoredSink(_Datasink):
-    """Write each group's scored and rejected rows to two Parquet files per write task.
+def empty_written() -> dict[str, Any]:
+    """What a group has written before any block of it: nothing."""
+    return {"files": [], "rows_out": 0, "rows_rejected": 0, "rejected_by_reason": {}, "unreadable": []}
 
-    ``outputs`` maps a scoring group (a partition; ``""`` for a single input) to the directory
-    its rows go to. A file whose read failed part-way (an in-band ``FILE_ERROR`` row) is reported
-    in the group's ``unreadable`` list; the caller fails the group (its files are then never
-    committed) or quarantines the file, as ``on_unreadable_file`` says.
+
+def merge_written(entry: dict[str, Any], part: dict[str, Any]) -> None:
+    """Add one block's report for a group to the group's running total (in place)."""
+    entry["files"] = sorted(entry["files"] + part["files"], key=lambda f: f["path"])
+    entry["rows_out"] += part["rows_out"]
+    entry["rows_rejected"] += part["rows_rejected"]
+    reasons = Counter(entry["rejected_by_reason"])
+    reasons.update(part["rejected_by_reason"])
+    entry["rejected_by_reason"] = dict(sorted(reasons.items()))
+    unreadable = entry["unreadable"] + [u for u in part["unreadable"] if u not in entry["unreadable"]]
+    entry["unreadable"] = sorted(unreadable, key=lambda u: (u["file"], u["row_groups"] or []))
+
+
+class SplitScoredWriter:
+    """Write each group's scored and rejected rows of a block to two Parquet files; report them.
+
+    ``outputs`` maps a scoring group (a partition, a chunk; ``""`` for a single input) to the
+    directory its rows go to. A file whose read failed part-way (an in-band ``FILE_ERROR`` row) is
+    reported in the group's ``unreadable`` list; the caller fails the group (its files are then
+    never committed) or quarantines the file, as ``on_unreadable_file`` says.
     """
 
     def __init__(self, outputs: dict[str, str], compression: str = "zstd", scored_schema: pa.Schema = SCORED_SCHEMA,
                  retry: StorageRetry = DEFAULT_RETRY):
-        super().__init__()
         self.outputs = dict(outputs)
         self.scored_schema = scored_schema
         self.compression = compression
@@ -73,28 +91,33 @@ class SplitScoredSink(_Datasink):
         # Resolved here, on the driver, and pickled into the write tasks: workers need not see the
         # driver's storage settings (AWS_ENDPOINT_URL) to write where the driver meant.
         self.locations = {group: filesystem_for(output) for group, output in self.outputs.items()}
-        self.result: dict[str, dict[str, Any]] | None = None
 
-    def on_write_start(self, schema=None) -> None:
-        for fs, base in self.locations.values():
+    def create_dirs(self) -> None:
+        """On the driver, before the pipeline: every output's folders."""
+        for base, fs in {base: fs for fs, base in self.locations.values()}.items():  # chunks share one folder
             Storage(fs, self.retry).create_dir(join_path(base, REJECTED_DIR))
 
-    def write(self, blocks: Iterable, ctx) -> dict[str, dict[str, Any]]:
-        from ray.data.block import BlockAccessor
+    def __call__(self, block: pa.Table) -> pa.Table:
+        """The map task: write one block, return its report (``STATS_SCHEMA``)."""
+        written = self.write([block])
+        return pa.table({"group": list(written), "written": [json.dumps(w) for w in written.values()]},
+                        schema=STATS_SCHEMA)
 
-        name = f"part-{ctx.task_idx:05d}-{uuid.uuid4().hex[:8]}.parquet"
+    def write(self, blocks: Iterable[pa.Table]) -> dict[str, dict[str, Any]]:
+        """Write the blocks' rows, one scored and one rejected file per group; each group's report."""
         parts: dict[tuple[str, str], list[pa.Table]] = {}
         stats: dict[str, dict[str, Any]] = {}
-        for block in blocks:
-            table = BlockAccessor.for_block(block).to_arrow()
+        for table in blocks:
             if table.num_rows == 0:
                 continue
             groups = table.column(GROUP).unique().to_pylist()
             for group in groups:
                 part = table if len(groups) == 1 else table.filter(pc.equal(table.column(GROUP), group))
                 self._split_group(group, part, parts, stats)
+        # a name per group: groups (a batch run's chunks) may share one folder
+        names = {group: f"part-{uuid.uuid4().hex[:16]}.parquet" for group in stats}
         for (group, kind), tables in parts.items():
-            relative = name if kind == "scored" else f"{REJECTED_DIR}/{name}"
+            relative = names[group] if kind == "scored" else f"{REJECTED_DIR}/{names[group]}"
             schema = self.scored_schema if kind == "scored" else REJECTED_SCHEMA
             self._write_file(group, relative, pa.concat_tables(tables).cast(schema))
             entry = stats[group]
@@ -116,8 +139,7 @@ class SplitScoredSink(_Datasink):
         """One group's rows of a block: scored rows and rejected rows kept for its two files; counts."""
         if group not in self.outputs:
             raise KeyError(f"rows of unknown scoring group {group!r}")
-        entry = stats.setdefault(group, {"files": [], "rows_out": 0, "rows_rejected": 0, "rejected_by_reason": {},
-                                         "unreadable": []})
+        entry = stats.setdefault(group, empty_written())
         reason = table.column(REJECT_REASON).cast(pa.string())  # all-null batches arrive typed null
         table = table.set_column(table.schema.get_field_index(REJECT_REASON), REJECT_REASON, reason)
         is_error = pc.fill_null(pc.starts_with(reason, FILE_ERROR), False)
@@ -136,26 +158,6 @@ class SplitScoredSink(_Datasink):
             reasons = entry["rejected_by_reason"]
             for item in pc.value_counts(rejected.column("reason")).to_pylist():
                 reasons[item["values"]] = reasons.get(item["values"], 0) + item["counts"]
-
-    def on_write_complete(self, write_result) -> None:
-        merged: dict[str, dict[str, Any]] = {}
-        for task_stats in write_result.write_returns:
-            for group, part in task_stats.items():
-                entry = merged.setdefault(group, {"files": [], "rows_out": 0, "rows_rejected": 0,
-                                                  "rejected_by_reason": Counter(), "unreadable": []})
-                entry["files"].extend(part["files"])
-                entry["rows_out"] += part["rows_out"]
-                entry["rows_rejected"] += part["rows_rejected"]
-                entry["rejected_by_reason"].update(part["rejected_by_reason"])
-                entry["unreadable"].extend(u for u in part["unreadable"] if u not in entry["unreadable"])
-        for entry in merged.values():
-            entry["files"].sort(key=lambda f: f["path"])
-            entry["rejected_by_reason"] = dict(sorted(entry["rejected_by_reason"].items()))
-            entry["unreadable"].sort(key=lambda u: (u["file"], u["row_groups"] or []))
-        self.result = merged
-
-    def get_name(self) -> str:
-        return "SplitScored"
 
 
 def read_manifest(output: str, retry: StorageRetry = DEFAULT_RETRY) -> dict | None:

@@ -2,8 +2,8 @@
 
 The job runs as ``python -m jobs.batch_infer`` attached to the session's Ray, one input file
 per chunk, pausing after each chunk's commit; it is SIGKILLed after the first of three chunks.
-The rerun packs the two files left into one chunk (``chunk_rows`` is not part of what a resume
-must match): each chunk is a pipeline, and an actor start is most of a tiny pipeline's time.
+The rerun scores the two files left with another ``chunk_rows`` (not part of what a resume must
+match), one chunk each, in one pipeline: its one scoring actor loads the model once for both.
 """
 
 from __future__ import annotations
@@ -32,6 +32,14 @@ def job_config(folder: Path, output_dir: Path, model_dir: Path) -> dict:
             "chunk_rows": 12, "max_length": 32, "stages": {"min_blocks": 1, "tokenize_batch_rows": 64},
             "predictor": {"concurrency": 1, "num_cpus": 0.5, "rows_per_call": 32, "tokenize_in_actor": True},
             "tracking": {"experiment": "test-batch-infer-resume"}}
+
+
+def _scoring_actors() -> set[str]:
+    """Ids of every scoring actor this Ray has started, alive or not (Ray Data names them after the stage)."""
+    from ray._private import state
+
+    return {actor_id for actor_id, info in state.actors().items()
+            if info["ActorClassName"].startswith("MapWorker(") and "Predictor" in info["ActorClassName"]}
 
 
 @pytest.mark.slow
@@ -72,9 +80,12 @@ def test_killed_run_resumes_scoring_only_the_rest_and_publishes_every_row_once(
     # A write task killed mid-chunk leaves a file no chunk lists: it must never be published.
     pq.write_table(pa.table({"id": ["ghost"]}), scores / "_staging" / RUN / "output" / "part-99999-ghost.parquet")
 
-    outcome = run(config_lib.load(BatchInferConfig, config_path, ["chunk_rows=100"]))
+    actors_before = _scoring_actors()
+    outcome = run(config_lib.load(BatchInferConfig, config_path, ["chunk_rows=13"]))
 
-    assert (outcome.chunks_resumed, outcome.chunks_scored, outcome.rows_resumed) == (1, 1, 12)
+    assert (outcome.chunks_resumed, outcome.chunks_scored, outcome.rows_resumed) == (1, 2, 12)
+    # before: each chunk a pipeline of its own, and each started its actor pool (here 1 actor) again
+    assert len(_scoring_actors() - actors_before) == 1
     manifest = read_manifest(outcome.output_path)
     assert manifest["rows_in"] == len(ids) == manifest["rows_out"] + manifest["rows_rejected"]
     assert manifest["rows_rejected"] == 1

@@ -10,7 +10,6 @@ GetObject 503 on a small object not at all: the error body overflows the object-
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,7 +21,7 @@ from data_pipeline.storage import Storage, StorageError, StorageRetry
 from jobs.scoring.ledger import Attempt, Lease, LeaseSettings, Store, committed_versions
 from jobs.scoring.publish import MANIFEST
 from jobs.scoring.run_staging import RunStaging
-from jobs.scoring.sink import SplitScoredSink
+from jobs.scoring.sink import SplitScoredWriter
 from s3_faults import Fault, faulty_s3
 
 BUCKET = "faults"
@@ -122,10 +121,10 @@ def _tagged(group: str, n: int = 5) -> pa.Table:
 
 def test_a_failed_part_file_write_is_written_again_and_counted_once(faults):
     output = f"s3://{BUCKET}/sink-out/run"
-    sink = SplitScoredSink({"": output}, retry=FAST)
-    sink.on_write_start()
+    sink = SplitScoredWriter({"": output}, retry=FAST)
+    sink.create_dirs()
     faults.add(Fault(key="sink-out/run/part-", method="PUT", times=4))  # beyond the SDK's three attempts
-    stats = sink.write([_tagged("")], SimpleNamespace(task_idx=0))
+    stats = sink.write([_tagged("")])
     assert len(faults.faults[0].hits) == 4
     entry = stats[""]
     assert entry["rows_out"] == 5 and [f["rows"] for f in entry["files"]] == [5]

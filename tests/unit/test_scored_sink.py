@@ -1,14 +1,13 @@
-"""SplitScoredSink's write task, run in-process on real files (no Ray cluster): durable files when it returns."""
+"""SplitScoredWriter's write, run in-process on real files (no Ray cluster): durable files when it returns."""
 
 from __future__ import annotations
 
 import os
-from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.scoring.sink import SplitScoredSink
+from jobs.scoring.sink import SplitScoredWriter
 
 
 def tagged_rows(group: str) -> pa.Table:
@@ -28,8 +27,8 @@ def test_write_task_fsyncs_each_file_it_wrote(tmp_path, monkeypatch):
     a commit never publishes data that is only in that node's page cache.
     """
     outputs = {"date=1": str(tmp_path / "date=1"), "date=2": str(tmp_path / "date=2")}
-    sink = SplitScoredSink(outputs)
-    sink.on_write_start()
+    sink = SplitScoredWriter(outputs)
+    sink.create_dirs()
     synced: list[str] = []
     real_fsync = os.fsync
 
@@ -38,9 +37,22 @@ def test_write_task_fsyncs_each_file_it_wrote(tmp_path, monkeypatch):
         return real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
-    stats = sink.write([tagged_rows("date=1"), tagged_rows("date=2")], SimpleNamespace(task_idx=3))
+    stats = sink.write([tagged_rows("date=1"), tagged_rows("date=2")])
 
     written = sorted(f"{outputs[group]}/{f['path']}" for group, entry in stats.items() for f in entry["files"])
     assert len(written) == 4  # scored and rejected, for each group
     assert sorted(synced) == written
     assert sum(pq.read_table(p).num_rows for p in written) == 6
+
+
+def test_groups_sharing_one_folder_get_files_of_their_own(tmp_path):
+    """A batch run's chunks write to one staging folder; a block holding rows of two chunks wrote both
+    chunks' rows to the same file name before, the second overwriting the first."""
+    sink = SplitScoredWriter({"chunk-0": str(tmp_path), "chunk-1": str(tmp_path)})
+    sink.create_dirs()
+    stats = sink.write([pa.concat_tables([tagged_rows("chunk-0"), tagged_rows("chunk-1")])])
+
+    paths = [f["path"] for entry in stats.values() for f in entry["files"]]
+    assert len(set(paths)) == len(paths) == 4
+    for group, entry in stats.items():
+        assert sum(pq.read_table(tmp_path / f["path"]).num_rows for f in entry["files"]) == 3
