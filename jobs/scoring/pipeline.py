@@ -119,20 +119,26 @@ def score_groups(groups: list[ScoringGroup], outputs: dict[str, str], model: Sco
         writer = SplitScoredWriter(outputs, compression=settings.sink.compression, scored_schema=spec.scored_schema,
                                    retry=settings.storage)
         writer.create_dirs()
-        batches = iter(_pipeline([g for g in groups if g.rows], writer, model, settings, columns, spec))
+        reports = _reports([g for g in groups if g.rows], writer, model, settings, columns, spec)
         try:
-            while True:
-                try:
-                    batch = next(batches)
-                except StopIteration:
-                    break
-                except Exception as exc:  # Ray wraps worker errors; surface the file that caused them
-                    raise ScoringError(describe_failure(exc)) from exc
+            for batch in reports:
                 for name, result in progress.add(batch):
                     report(name, result)
         finally:
-            getattr(batches, "close", lambda: None)()  # an early exit stops the pipeline's tasks
+            reports.close()  # an early exit (the caller's error) stops the pipeline's tasks
     return progress.results()
+
+
+def _reports(*pipeline_args):
+    """The writer's reports as the pipeline streams them; a pipeline failure as a ``ScoringError``."""
+    batches = None
+    try:
+        batches = iter(_pipeline(*pipeline_args))
+        yield from batches
+    except Exception as exc:  # Ray wraps worker errors; surface the file that caused them
+        raise ScoringError(describe_failure(exc)) from exc
+    finally:
+        getattr(batches, "close", lambda: None)()
 
 
 def _pipeline(groups: list[ScoringGroup], writer: SplitScoredWriter, model: ScoringModel,
