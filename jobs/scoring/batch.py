@@ -219,7 +219,8 @@ def _end_failed(client, run_id: str) -> None:
 
 
 def _score_chunks(plan: list[list], sources: list[list[dict]], attempt: str, files: ParquetFiles,
-                  staging: RunStaging, model: ScoringModel, config: BatchInferConfig, mlflow_run_id: str) -> list[Chunk]:
+                  staging: RunStaging, model: ScoringModel, config: BatchInferConfig,
+                  mlflow_run_id: str) -> list[Chunk]:
     """Score the planned chunks of whole files in one pipeline, committing each to staging as it completes.
 
     One pipeline, so its actors load the model once for the whole run, not once per chunk; a chunk
