@@ -231,17 +231,18 @@ def _score_chunks(plan: list[list], sources: list[list[dict]], attempt: str, fil
     index = {name: number for number, name in enumerate(names)}
     committed: list[Chunk] = []
     pause = float(os.environ.get(PAUSE_AFTER_CHUNK_ENV, "0") or 0)
-    last = [0.0]  # seconds into the pipeline of the previous commit: each chunk's record gets its own share
+    last = 0.0  # seconds into the pipeline of the previous commit: each chunk's record gets its own share
 
     def commit(name: str, counts: PipelineCounts | str) -> None:
+        nonlocal last
         if isinstance(counts, str):
             raise ScoringError(counts)
         committed.append(staging.commit_chunk(name, {
             "inputs": sources[index[name]], "files": counts.files, "rows_in": counts.rows_in,
             "rows_out": counts.rows_out, "rows_rejected": counts.rows_rejected,
             "rejected_by_reason": counts.rejected_by_reason, "unreadable": list(counts.unreadable),
-            "seconds": round(counts.seconds - last[0], 3), "scored_by": mlflow_run_id}))
-        last[0] = counts.seconds
+            "seconds": round(counts.seconds - last, 3), "scored_by": mlflow_run_id}))
+        last = counts.seconds
         print(f"chunk {len(committed)}/{len(plan)} committed: {len(plan[index[name]])} file(s), "
               f"{counts.rows_in} rows", flush=True)
         if pause > 0:

@@ -23,7 +23,7 @@ from jobs.common.registry import ModelKind, ResolvedModel, materialize_model, mo
 from jobs.kinds import kind_spec
 from jobs.scoring.predictors import PredictorSettings
 from jobs.scoring.settings import PipelineSettings
-from jobs.scoring.sink import SplitScoredWriter, empty_written, merge_written
+from jobs.scoring.sink import SplitScoredWriter, empty_written, merge_written, sorted_written
 
 
 @dataclass(frozen=True)
@@ -212,15 +212,16 @@ class _GroupProgress:
         self.done[name] = self._result(name)
         return self.done[name]
 
-    def _counts(self, name: str) -> PipelineCounts:
-        group, written = self.groups[name], self.written[name]
+    def _counts(self, name: str, written: dict | None = None) -> PipelineCounts:
+        group, written = self.groups[name], written or self.written[name]
         return PipelineCounts(rows_in=group.rows, rows_out=written["rows_out"], rows_rejected=written["rows_rejected"],
                               rejected_by_reason=written["rejected_by_reason"], files=written["files"],
                               seconds=time.perf_counter() - self.start,
                               unreadable=tuple(u.as_dict() for u in group.unreadable) + tuple(written["unreadable"]))
 
     def _result(self, name: str) -> GroupResult:
-        written, counts = self.written[name], self._counts(name)
+        written = sorted_written(self.written[name])  # once per group, not on every report
+        counts = self._counts(name, written)
         if written["unreadable"] and self.on_unreadable_file == "fail":
             return "; ".join(f"{u['file']}: {u['reason']}" for u in written["unreadable"])
         if not counts.balanced():

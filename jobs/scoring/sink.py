@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -62,15 +61,21 @@ def empty_written() -> dict[str, Any]:
 
 
 def merge_written(entry: dict[str, Any], part: dict[str, Any]) -> None:
-    """Add one block's report for a group to the group's running total (in place)."""
-    entry["files"] = sorted(entry["files"] + part["files"], key=lambda f: f["path"])
+    """Add one block's report for a group to the group's running total (in place; ``sorted_written`` orders it)."""
+    entry["files"].extend(part["files"])
     entry["rows_out"] += part["rows_out"]
     entry["rows_rejected"] += part["rows_rejected"]
-    reasons = Counter(entry["rejected_by_reason"])
-    reasons.update(part["rejected_by_reason"])
-    entry["rejected_by_reason"] = dict(sorted(reasons.items()))
-    unreadable = entry["unreadable"] + [u for u in part["unreadable"] if u not in entry["unreadable"]]
-    entry["unreadable"] = sorted(unreadable, key=lambda u: (u["file"], u["row_groups"] or []))
+    reasons = entry["rejected_by_reason"]
+    for reason, n in part["rejected_by_reason"].items():
+        reasons[reason] = reasons.get(reason, 0) + n
+    entry["unreadable"].extend(u for u in part["unreadable"] if u not in entry["unreadable"])
+
+
+def sorted_written(entry: dict[str, Any]) -> dict[str, Any]:
+    """A group's total in a stable order, once it is complete: files by path, reasons by name."""
+    return {**entry, "files": sorted(entry["files"], key=lambda f: f["path"]),
+            "rejected_by_reason": dict(sorted(entry["rejected_by_reason"].items())),
+            "unreadable": sorted(entry["unreadable"], key=lambda u: (u["file"], u["row_groups"] or []))}
 
 
 class SplitScoredWriter:
