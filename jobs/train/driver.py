@@ -3,7 +3,8 @@
 ``run_training_job(config, prepare)``: tracking -> the job's ``prepare`` (inputs validated, baselines
 measured, nothing trained yet) -> Ray -> CPU budget -> the MLflow run, claimed for this launcher
 (new, or found again when a run of the same name resumes) -> ``TorchTrainer`` over
-``jobs.train.loop.train_worker`` -> fit -> the end-of-run steps (buffered metrics replayed, the
+``jobs.train.loop.train_worker`` -> the claim verified (its settle wait spent building the trainer) -> fit
+-> the end-of-run steps (buffered metrics replayed, the
 final checkpoint's model logged, registered and aliased, the run FINISHED) -> a ``TrainingOutcome``.
 ``jobs.train.run_tracking.RunTracker`` is the run's one owner of MLflow on the driver, and says
 what happens when MLflow does not answer.
@@ -198,13 +199,16 @@ def run_training_job(config: ConfigT, prepare: Callable[[ConfigT, TrackingTarget
     try:
         spec = WorkerSpec(task=plan.task, optim=config.optim, scaling=scaling, config_dict=config_dict,
                           context=training_run.loop_context(target, config.run, plan.micro_batches_per_epoch))
+        trainer = make_trainer(spec, scaling, config.run, training_run, plan.make_datasets(), callbacks)
+        tracker.confirm_claim()  # a named run's settle wait has run while the datasets were planned
         monitor = start_system_metrics(target, training_run.mlflow_run_id, node_id="driver")
         try:
-            result = make_trainer(spec, scaling, config.run, training_run, plan.make_datasets(), callbacks).fit()
+            result = trainer.fit()
         finally:
             stop_system_metrics(monitor)
     except BaseException as exc:
-        tracker.end_failed(quick=not isinstance(exc, Exception))  # Ctrl-C: one try, no waiting
+        # Ctrl-C: one try, no waiting; a run a rival launcher claimed meanwhile is left to it
+        tracker.end_failed(quick=not isinstance(exc, Exception))
         raise
     # The model of the last epoch (the one the test metrics measure) goes to the registry.
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}

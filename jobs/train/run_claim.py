@@ -10,13 +10,16 @@ run ends. Another launcher of the same name refuses to start while the claim is 
 - the holder is not a process of this host that has died (a crashed driver on this host is seen
   at once; one on another host once its heartbeat is ``CLAIM_TTL_S`` old).
 
-MLflow has no compare-and-set, so a claim is verified: after writing it (or creating the run)
-the launcher waits ``SETTLE_S`` and reads again; if another run of the name is older, or another
-launcher's tag replaced its own, it backs off (deleting the run it created). Two launchers racing
-within less than ``SETTLE_S`` of each other's writes are told apart this way; a launcher stalled
-for longer between its read and its write is not (a lock on shared storage would be needed).
-A name the launcher generated itself (``unique_run_name``: time stamp and random suffix) has no
-rival to wait for: its claim is verified at once, which spares every unnamed run the wait.
+MLflow has no compare-and-set, so a claim is verified: ``SETTLE_S`` after writing it (or creating
+the run) the launcher reads again; if another run of the name is older, or another launcher's tag
+replaced its own, it backs off (deleting the run it created). Two launchers racing within less
+than ``SETTLE_S`` of each other's writes are told apart this way; a launcher stalled for longer
+between its read and its write is not (a lock on shared storage would be needed). The settle time
+need not be idle: ``acquire(confirm=False)`` writes the claim and returns, the launcher goes on
+with work that starts nothing (a training driver plans its datasets and builds its trainer), and
+``confirm()`` then waits only what is left of ``SETTLE_S`` before it reads. A name the launcher
+generated itself (``unique_run_name``: time stamp and random suffix) has no rival to wait for: its
+claim is verified at once, which spares every unnamed run the wait.
 """
 
 from __future__ import annotations
@@ -115,6 +118,8 @@ class RunClaim:
         self.me = Launcher.this_process()
         self.settle_s = settle_s
         self.run_id: str | None = None
+        self._unconfirmed: tuple[str, bool, float] | None = None  # (run id, created, monotonic time written)
+        self._lost: RunNameTaken | None = None  # a rival won: every later confirm() says so again
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -126,10 +131,11 @@ class RunClaim:
     def _claim_tags(self) -> dict[str, str]:
         return {LAUNCHER_TAG: self.me.to_tag(), HEARTBEAT_TAG: f"{time.time():.0f}"}
 
-    def acquire(self, tags: dict[str, str]) -> tuple[str, bool]:
+    def acquire(self, tags: dict[str, str], confirm: bool = True) -> tuple[str, bool]:
         """``(run_id, resumed)``: the run of this name, claimed; a new one when there is none yet.
 
-        Raises ``RunNameTaken`` when another live launcher holds it.
+        Raises ``RunNameTaken`` when another live launcher holds it. ``confirm=False``: the claim is
+        written and not yet verified; ``confirm()`` must follow before the run is trained.
         """
         runs = [r for r in self._runs() if r.data.tags.get(RUN_NAME_TAG) == self.name]
         if runs:
@@ -145,12 +151,32 @@ class RunClaim:
             run = self.client.create_run(self.experiment_id, run_name=self.name,
                                          tags={**tags, RUN_NAME_TAG: self.name, **self._claim_tags()})
             run_id, resumed = run.info.run_id, False
-        self._verify(run_id, created=not resumed)
         self.run_id = run_id
+        self._unconfirmed = (run_id, not resumed, time.monotonic())
+        if confirm:
+            self.confirm()
         return run_id, resumed
 
+    def confirm(self) -> None:
+        """Verify the claim ``acquire`` wrote, ``settle_s`` after writing it (at once when that has passed).
+
+        Raises ``RunNameTaken`` (having deleted the run this launcher created) when a rival won.
+        """
+        if self._lost is not None:
+            raise self._lost
+        if self._unconfirmed is None:
+            return
+        run_id, created, written = self._unconfirmed
+        # let a concurrent launcher's create or tag land before reading
+        time.sleep(max(0.0, self.settle_s - (time.monotonic() - written)))
+        self._unconfirmed = None
+        try:
+            self._verify(run_id, created)
+        except RunNameTaken as lost:
+            self._lost = lost
+            raise
+
     def _verify(self, run_id: str, created: bool) -> None:
-        time.sleep(self.settle_s)  # let a concurrent launcher's create or tag land before reading
         runs = [r for r in self._runs() if r.data.tags.get(RUN_NAME_TAG) == self.name]
         oldest = runs[0] if runs else None
         holder = Launcher.from_tag(oldest.data.tags.get(LAUNCHER_TAG)) if oldest else None

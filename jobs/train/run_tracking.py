@@ -42,7 +42,7 @@ from jobs.common.registry import (SOURCE_CHECKPOINT_TAG, RegisteredModel, descri
 from jobs.common.tracking import DESCRIPTION_TAG, TrackingTarget, client_for, log_params
 from jobs.common.tracking_retry import OutageRetry, TrackingUnavailable, first_line
 from jobs.train.checkpoint import EXPORT_DIR
-from jobs.train.run_claim import SETTLE_S, RunClaim, release_tags
+from jobs.train.run_claim import SETTLE_S, RunClaim, RunNameTaken, release_tags
 from jobs.train.run_record import model_card, registration_line
 
 log = logging.getLogger(__name__)
@@ -179,6 +179,8 @@ class RunTracker:
              generated_name: bool = False) -> tuple[str, bool]:
         """Claim the run of ``name`` (new, or the one a rerun resumes); ``(run_id, resumed)``.
 
+        The claim is written, not yet verified: ``confirm_claim()`` does that before the run is
+        trained, so that the settle wait of a named run overlaps the driver's work in between.
         ``generated_name``: this launcher made the name up (no other launcher can race for it).
         MLflow answered ``prepare_tracking`` moments ago, so these calls are not retried: a job that
         cannot open its run fails before any compute. A new run gets the flattened config and
@@ -189,7 +191,7 @@ class RunTracker:
 
         self.claim = RunClaim(self.client, self.target.experiment_id, name,
                               settle_s=0.0 if generated_name else SETTLE_S)
-        self.run_id, resumed = self.claim.acquire(tags)
+        self.run_id, resumed = self.claim.acquire(tags, confirm=False)
         try:
             if not resumed:
                 log_params(self.client, self.run_id, redact_mapping({**config_lib.flatten(config_dict), **params}))
@@ -201,16 +203,24 @@ class RunTracker:
         except BaseException:
             self.end_failed(quick=True)
             raise
-        self.claim.start_heartbeat()
         return self.run_id, resumed
+
+    def confirm_claim(self) -> None:
+        """Verify the claim ``open`` wrote (raises ``RunNameTaken`` when a rival won), then keep it live."""
+        self.claim.confirm()
+        self.claim.start_heartbeat()
 
     # ------------------------------------------------------------ failure
 
     def end_failed(self, quick: bool = False) -> None:
         """The run FAILED and its claim released; ``quick``: one try (an interrupt, or before any work).
 
-        Never raises: the training error that brought us here is the one to report.
+        Never raises: the training error that brought us here is the one to report. A claim not yet
+        confirmed is confirmed first (not on ``quick``): a run a rival launcher won is not this launcher's to end.
         """
+        if not quick and not self._claim_is_ours():
+            self._stop_claim()
+            return
         retry = OutageRetry(0.0) if quick else self.retry
         try:
             retry.call("marking the run FAILED", lambda: self._terminate("FAILED"))
@@ -220,6 +230,17 @@ class RunTracker:
                   "same run.name resumes the run and ends it", file=sys.stderr, flush=True)
         finally:
             self._stop_claim()
+
+    def _claim_is_ours(self) -> bool:
+        if self.claim is None:
+            return True
+        try:
+            self.claim.confirm()  # at once when verified already
+        except RunNameTaken:
+            return False
+        except Exception as exc:  # noqa: BLE001 -- MLflow not answering: ended as this launcher's, as before
+            log.debug("claim not verified before ending the run: %s", redact_text(str(exc)))
+        return True
 
     def _stop_claim(self) -> None:
         if self.claim is not None:
