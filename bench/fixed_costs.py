@@ -10,6 +10,8 @@ Measured in one run of this script, each part in fresh processes, on an otherwis
   cores) and two workers (one thread each), then both plain paths again beside the idle Ray the
   job left: the idle-Ray tax. Steady samples/s, wall time, and the time from a run's start to its
   first optimiser step (for the job: its ``run()`` in an already started Ray; ``ray.init`` apart).
+* the first step, taken apart (``bench.first_step``): the demo's fine-tune from launch to its first
+  optimiser step, the seconds of each phase and the CPU seconds of every process by role.
 * scoring (``bench.scoring_alternatives``' job and hand loop, each in a fresh process): the
   batch_infer job (its local Ray started beforehand, timed apart) and the hand-written
   ``classify_texts`` loop (model load included) on the same rows at two sizes. The fixed cost is
@@ -36,6 +38,13 @@ def training(work: Path, rows: int, epochs: int) -> Result:
     out = work / "fixed-costs-training.json"
     subprocess.run([sys.executable, "-m", "bench.train_throughput", "--paths", *TRAIN_PATHS, "--rows", str(rows),
                     "--repeats", str(epochs), "--work-dir", str(work), "--json", str(out)], check=True, cwd=REPO)
+    return load_result(out)
+
+
+def first_step(work: Path, repeats: int) -> Result:
+    out = work / "fixed-costs-first-step.json"
+    subprocess.run([sys.executable, "-m", "bench.first_step", "--repeats", str(repeats), "--work-dir", str(work),
+                    "--json", str(out)], check=True, cwd=REPO)
     return load_result(out)
 
 
@@ -79,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
                    and "idle" not in name), None)
     if ray2 and plain2:
         result.ratio("2 Ray Train workers / plain DDP, start to first step (lower is better)", ray2, plain2)
+
+    taken_apart = first_step(work, args.repeats)
+    for figure in taken_apart.figures:
+        figure.name = f"demo fine-tune, first step taken apart: {figure.name}"
+    result.figures += taken_apart.figures
+    result.notes += taken_apart.notes
 
     walls: dict[str, list[tuple[int, float]]] = {}
     for rows in (small, large):
