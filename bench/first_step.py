@@ -130,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     bench_env(work)
     runs = [one_run(work, index, args.named) for index in range(args.repeats)]
     result = Result(question="Time to the first training step, by phase and by process",
-                    setup=(f"jobs.finetune_classifier, configs/finetune_classifier.local-cpu.yaml (2 workers x 0.5 CPU, "
-                           f"the whole train split), {'named' if args.named else 'unnamed'} run, one step, "
+                    setup=(f"jobs.finetune_classifier, configs/finetune_classifier.local-cpu.yaml (2 workers x "
+                           f"0.5 CPU, the whole train split), {'named' if args.named else 'unnamed'} run, one step, "
                            f"{args.repeats} run(s), each a fresh process"))
     previous = [0.0] * len(runs)
     for phase, _ in PHASES:

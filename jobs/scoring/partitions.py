@@ -14,11 +14,13 @@ Kubernetes CronJob that creates KubeRay RayJobs) runs it. Each run:
    one's lease (skipping it when another live instance holds it; a store error fails only that
    partition) and decides again under the lease; scores the group with one streaming Ray Data
    pipeline (the one ``jobs.batch_infer`` uses; actors start once per group, not once per
-   partition), each partition written to its own staging location; then, partition by
-   partition, verifies rows out + rows rejected = rows in, checks the lease is still its own,
-   commits atomically and durably (fsynced) as output version ``v<k>`` and records it in the
-   ledger (``jobs.scoring.ledger`` documents the layout, the commit protocol and the reader
-   contract). A corrupt file, or a commit that fails, fails only its own partition;
+   partition), each partition written to its own staging location; as soon as all of a
+   partition's rows are written, while the others are still scored, verifies rows out + rows
+   rejected = rows in, checks the lease is still its own, commits atomically and durably (fsynced)
+   as output version ``v<k>``, records it in the ledger (``jobs.scoring.ledger`` documents the
+   layout, the commit protocol and the reader contract) and releases its lease. A corrupt file, or
+   a commit that fails, fails only its own partition; a pipeline that fails midway fails only the
+   partitions it had not finished;
 4. logs one MLflow run (partitions scored / skipped / failed, rows, model version) and exits
    non-zero naming the failed partitions; a failed partition does not stop the others. The summary
    comes after the commits: when MLflow does not answer within ``tracking.outage_tolerance_s`` it is
@@ -197,30 +199,53 @@ def commit(claimed: Claimed, result: PipelineCounts | str, store: Store, ledger:
 def score_chunk(partitions: list[Partition], store: Store, ledger: Ledger, model: ScoringModel,
                 config: ScorePartitionsConfig, scheduled_run_id: str,
                 owner: dict) -> list[PartitionOutcome]:
-    """Claim, score in one streaming pipeline, and commit each of a few partitions independently."""
+    """Claim, score in one streaming pipeline, and commit each of a few partitions independently.
+
+    A partition is committed (and its lease released) the moment all of its rows are written, while
+    the pipeline goes on with the others: a run killed or failing midway keeps what it committed.
+    """
     outcomes: list[PartitionOutcome] = []
-    claimed: list[Claimed] = []
+    claimed: dict[str, Claimed] = {}
+    committed: dict[str, PartitionOutcome] = {}
+    pause = float(os.environ.get(PAUSE_BEFORE_COMMIT_ENV, "0") or 0)
+
+    def commit_done(name: str, result: PipelineCounts | str) -> None:
+        if pause > 0:
+            time.sleep(pause)
+        committed[name] = commit(claimed[name], result, store, ledger, model, config.predictor, scheduled_run_id)
+        release(claimed.pop(name).lease)
+
     try:
         for partition in partitions:
             got = claim(partition, store, model.resolved, config, owner)
-            (claimed if isinstance(got, Claimed) else outcomes).append(got)
+            if isinstance(got, Claimed):
+                claimed[partition.name] = got
+            else:
+                outcomes.append(got)
         if not claimed:
             return outcomes
-        print(f"scoring {', '.join(c.partition.name for c in claimed)} ...", flush=True)
+        groups = [c.group for c in claimed.values()]
+        print(f"scoring {', '.join(claimed)} ...", flush=True)
+        failure = None
         try:
-            results = score_groups([c.group for c in claimed], {c.partition.name: c.attempt.write_uri for c in claimed},
-                                   model, config, config.input.columns)
-        except ScoringError as exc:  # the pipeline itself failed: every partition in it failed
-            results = {c.partition.name: str(exc) for c in claimed}
-        pause = float(os.environ.get(PAUSE_BEFORE_COMMIT_ENV, "0") or 0)
-        for c in claimed:
-            if pause > 0:
-                time.sleep(pause)
-            outcomes.append(commit(c, results[c.partition.name], store, ledger, model, config.predictor,
-                                    scheduled_run_id))
+            results = score_groups(groups, {name: c.attempt.write_uri for name, c in claimed.items()}, model, config,
+                                   config.input.columns, on_group_done=commit_done)
+        except ScoringError as exc:  # the pipeline itself failed: every partition not committed yet failed
+            results, failure = {}, str(exc)
+        for group in groups:
+            name = group.name
+            if name not in committed:  # short of rows at the end, or the pipeline failed first: its attempt abandoned
+                outcomes.append(commit(claimed[name], results.get(name, failure), store, ledger, model,
+                                       config.predictor, scheduled_run_id))
+                continue
+            outcomes.append(committed[name])
+            late = results.get(name)
+            if isinstance(late, str) and committed[name].status == "scored":
+                print(f"  {name}: rows arrived after its commit ({late}); its committed version lists only the "
+                      "files counted before", flush=True)
         return outcomes
     finally:
-        for c in claimed:
+        for c in claimed.values():
             release(c.lease)
 
 

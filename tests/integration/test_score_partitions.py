@@ -274,6 +274,23 @@ def wait_for(predicate, timeout_s: float, proc: subprocess.Popen, log: Path) -> 
 
 
 @pytest.mark.slow
+def test_a_partition_is_committed_while_the_others_in_its_pipeline_are_still_scored(
+        ray_local, registry, texts, tmp_path: Path, monkeypatch):
+    from jobs.scoring.predictors import PREDICT_DELAY_ENV
+
+    incoming, scored = tmp_path / "incoming", tmp_path / "scored"
+    first = write_partition(incoming, "2026-11-26", texts, 32, files=1)  # one block of 32 rows: one predictor call
+    later = write_partition(incoming, "2026-11-27", texts, 320, files=1)  # ten blocks, ten calls
+    monkeypatch.setenv(PREDICT_DELAY_ENV, "1")  # each call sleeps 1 s: the later partition scores for 10 s or more
+    # both partitions in one pipeline (partitions_per_pipeline 8), blocks of one predictor call each
+    result = run_job(job_config(incoming, scored, read={"batch_rows": 32}))
+    assert statuses(result) == {"date=2026-11-26": "scored:new", "date=2026-11-27": "scored:new"}
+    assert sorted(all_committed_ids(scored)) == sorted(first + later)
+    first_committed = (scored / "date=2026-11-26" / "v1" / "_SUCCESS").stat().st_mtime
+    later_written = max(Path(p).stat().st_mtime for p in committed_outputs(str(scored))["date=2026-11-27"])
+    assert first_committed < later_written - 5  # committed seconds before the later partition's last rows
+
+
 def test_run_killed_mid_run_then_rerun_yields_every_row_once(ray_local, registry, texts, tmp_path: Path, mlflow_uri):
     incoming, scored = tmp_path / "incoming", tmp_path / "scored"
     ids = []
