@@ -106,16 +106,19 @@ def one_run(work: Path, index: int, named: bool) -> tuple[dict[str, float], dict
     sampler = CpuSampler(start, job.pid)
     ended: dict[str, float] = {}
     cpu: dict[str, float] = {}
-    log = (work / f"first-step-{index}.log").open("w")
-    for line in job.stdout:
-        log.write(line)
-        for phase, pattern in PHASES:
-            if phase not in ended and re.search(pattern, line):
-                ended[phase] = time.time() - start
-        if not cpu and re.search(FIRST_STEP, line):
-            cpu = sampler.stop()
-    if job.wait() != 0:
-        raise SystemExit(f"the fine-tune exited {job.returncode}: see {log.name}")
+    log_path = work / f"first-step-{index}.log"
+    with log_path.open("w") as log:
+        for line in job.stdout:
+            log.write(line)
+            for phase, pattern in PHASES:
+                if phase not in ended and re.search(pattern, line):
+                    ended[phase] = time.time() - start
+            if not cpu and re.search(FIRST_STEP, line):
+                cpu = sampler.stop()
+    if job.wait() != 0 or not cpu:
+        sampler.stop()
+        raise SystemExit(f"the fine-tune exited {job.returncode}{'' if cpu else ' before its first step'}: "
+                         f"see {log_path}")
     return ended, cpu
 
 

@@ -3,9 +3,9 @@
 ``run_training_job(config, prepare)``: tracking -> the job's ``prepare`` (inputs validated, baselines
 measured, nothing trained yet) -> Ray -> CPU budget -> the MLflow run, claimed for this launcher
 (new, or found again when a run of the same name resumes) -> ``TorchTrainer`` over
-``jobs.train.loop.train_worker`` -> the claim verified (its settle wait spent building the trainer) -> fit
--> the end-of-run steps (buffered metrics replayed, the
-final checkpoint's model logged, registered and aliased, the run FINISHED) -> a ``TrainingOutcome``.
+``jobs.train.loop.train_worker`` -> the claim verified (its settle wait spent building the trainer)
+-> fit -> the end-of-run steps (buffered metrics replayed, the final checkpoint's model logged,
+registered and aliased, the run FINISHED) -> a ``TrainingOutcome``.
 ``jobs.train.run_tracking.RunTracker`` is the run's one owner of MLflow on the driver, and says
 what happens when MLflow does not answer.
 """
