@@ -118,7 +118,7 @@ class RunClaim:
         self.me = Launcher.this_process()
         self.settle_s = settle_s
         self.run_id: str | None = None
-        self._unconfirmed: tuple[str, bool, float] | None = None  # (run id, created, monotonic time written)
+        self._unconfirmed: tuple[bool, float] | None = None  # (created the run, monotonic time the claim was written)
         self._lost: RunNameTaken | None = None  # a rival won: every later confirm() says so again
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -152,7 +152,7 @@ class RunClaim:
                                          tags={**tags, RUN_NAME_TAG: self.name, **self._claim_tags()})
             run_id, resumed = run.info.run_id, False
         self.run_id = run_id
-        self._unconfirmed = (run_id, not resumed, time.monotonic())
+        self._unconfirmed = (not resumed, time.monotonic())
         if confirm:
             self.confirm()
         return run_id, resumed
@@ -166,12 +166,12 @@ class RunClaim:
             raise self._lost
         if self._unconfirmed is None:
             return
-        run_id, created, written = self._unconfirmed
+        created, written = self._unconfirmed
         # let a concurrent launcher's create or tag land before reading
         time.sleep(max(0.0, self.settle_s - (time.monotonic() - written)))
         self._unconfirmed = None
         try:
-            self._verify(run_id, created)
+            self._verify(self.run_id, created)
         except RunNameTaken as lost:
             self._lost = lost
             raise
