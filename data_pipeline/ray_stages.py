@@ -53,11 +53,15 @@ def tokenized(dataset, tokenizer_path: str, text_column: str, max_length: int, k
               resources: StageResources, pair_column: str | None = None):
     import ray.data
 
+    fused = resources.read_in_tokenize_tasks
+    # Ray Data (2.60) fuses no read into a map_batches that asks for a batch size (a read may change the row
+    # count): the fused stage takes whole blocks and cuts them into tokenizer calls itself.
     return dataset.map_batches(
         tokenize_texts, fn_kwargs={"tokenizer_path": tokenizer_path, "text_column": text_column,
                                    "max_length": max_length, "keep_columns": keep_columns,
-                                   "pair_column": pair_column, "serialized": tokenizer_json(tokenizer_path)},
-        batch_format="pyarrow", batch_size=resources.tokenize_batch_rows,
+                                   "pair_column": pair_column, "serialized": tokenizer_json(tokenizer_path),
+                                   "batch_rows": resources.tokenize_batch_rows if fused else None},
+        batch_format="pyarrow", batch_size=None if fused else resources.tokenize_batch_rows,
         compute=ray.data.TaskPoolStrategy(size=resources.tokenize_concurrency), num_cpus=resources.tokenize_cpus)
 
 

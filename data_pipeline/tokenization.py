@@ -143,18 +143,22 @@ _STAGES: dict[tuple, TokenizeBatch] = {}
 
 def tokenize_texts(batch: pa.Table, tokenizer_path: str, text_column: str, max_length: int,
                    keep_columns: Sequence[str] = (), pair_column: str | None = None,
-                   serialized: str | None = None) -> pa.Table:
-    """``TokenizeBatch`` as a function for task-based ``map_batches``.
+                   serialized: str | None = None, batch_rows: int | None = None) -> pa.Table:
+    """``TokenizeBatch`` as a function for task-based ``map_batches``, ``batch_rows`` rows per tokenizer call.
 
     Ray reuses warm worker processes for tasks, whereas an actor pool is started again for every
     dataset execution (each epoch and each evaluation); the tokenizer is loaded once per process.
+    ``batch_rows`` cuts a whole block here, for a stage that Ray Data must not batch itself (it fuses a read
+    into the next map only when that map asks for no batch size).
     """
     key = (tokenizer_path, text_column, max_length, tuple(keep_columns), pair_column)
     stage = _STAGES.get(key)
     if stage is None:
         _STAGES.clear()
         stage = _STAGES[key] = TokenizeBatch(*key, serialized=serialized)
-    return stage(batch)
+    if batch_rows is None or batch.num_rows <= batch_rows:
+        return stage(batch)
+    return pa.concat_tables([stage(batch.slice(start, batch_rows)) for start in range(0, batch.num_rows, batch_rows)])
 
 
 def pad_batch(batch: dict[str, np.ndarray], pad_id: int = 0,

@@ -208,6 +208,24 @@ print(sorted(name for name in ("torch", "transformers") if name in sys.modules))
     assert done.stdout.strip() == "[]"
 
 
+def test_tokenize_texts_cuts_a_block_into_calls_of_batch_rows(tokenizer_dir, monkeypatch):
+    """A fused read hands the stage whole blocks: no tokenizer call sees more than batch_rows rows."""
+    import data_pipeline.tokenization as tokenization
+
+    texts = [f"第{i}条很好" + "快" * i for i in range(7)]
+    block = pa.table({"id": list(range(7)), "text": texts})
+    serialized = tokenizer_json(tokenizer_dir)
+    whole = tokenization.tokenize_texts(block, tokenizer_dir, "text", MAX_LEN, ["id"], serialized=serialized)
+    calls = []
+    real_call = TokenizeBatch.__call__
+    monkeypatch.setattr(TokenizeBatch, "__call__", lambda self, batch: calls.append(batch.num_rows)
+                        or real_call(self, batch))
+    cut = tokenization.tokenize_texts(block, tokenizer_dir, "text", MAX_LEN, ["id"], serialized=serialized,
+                                      batch_rows=3)
+    assert calls == [3, 3, 1]
+    assert cut.equals(whole)  # the same rows, in order
+
+
 def test_the_stage_cuts_on_the_tokenizers_truncation_side(tokenizer_dir):
     left = load_tokenizer(tokenizer_dir)
     left.truncation_side = "left"
