@@ -36,3 +36,13 @@ def test_a_submitted_jobs_own_ray_address_is_not_overridden(monkeypatch):
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR",
                        json.dumps({"runtime_env": {"env_vars": {"RAY_ADDRESS": "10.0.0.9:6379"}}}))
     assert ray_runtime._pinned_cluster_env("10.0.0.5:6379") == {}  # Ray would refuse two values (a conflict)
+
+
+def test_a_local_ray_keeps_twice_its_cpus_of_idle_workers_unless_the_user_exported_a_setting(monkeypatch):
+    for name in ("RAY_num_workers_soft_limit", "RAY_enable_metrics_collection"):
+        monkeypatch.delenv(name, raising=False)
+    assert ray_runtime.local_system_config(2, {}) == {"enable_metrics_collection": False,
+                                                      "num_workers_soft_limit": 4}
+    monkeypatch.setenv("RAY_num_workers_soft_limit", "-1")  # Ray's own default: as many as free CPUs
+    assert ray_runtime.local_system_config(2, {"object_spilling_threshold": 0.9}) == {
+        "enable_metrics_collection": False, "object_spilling_threshold": 0.9}
