@@ -27,8 +27,9 @@ per worker. It also keeps more idle worker processes warm: Ray keeps as many as 
 and ends the rest after a second idle, so with training workers holding CPUs, or fractional-CPU read
 and tokenize tasks running beside each other, every dataset execution (each epoch, each evaluation)
 started some of its task processes cold again (Python, pyarrow, the tokenizer: ~3 s each on 2 cores).
-It keeps twice its CPUs (``idle_workers_kept``): the tokenize stage over 200,000 rows with read tasks
-beside, 2 CPUs, 8,300-8,900 -> 10,900-11,000 rows/s, no process started during a warm pass (2026-12-04).
+It keeps twice its CPUs (``idle_workers_kept``): profiling the tokenize stage over 200,000 rows with
+read tasks beside on 2 CPUs, no process started during a warm pass any more, 8,300-8,900 -> 10,900-11,000
+rows/s over 2 passes each (2026-12-04; within the spread of ``bench.tokenization``'s medians).
 A cluster the job connects to keeps all of these as its operator set them; a variable the user sets
 keeps its value.
 
