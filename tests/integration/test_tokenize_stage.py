@@ -1,4 +1,5 @@
-"""The Ray Data read and tokenize stages on a real local Ray: the layout each setting runs, and its rows."""
+"""The Ray Data read and tokenize stages on a real local Ray: the layout each setting runs, its rows, and the
+local Ray keeping their task processes warm from one execution to the next."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""How StageResources turns into Ray Data's read options (the fusion itself: tests/integration/test_tokenize_stage.py)."""
+"""How StageResources turns into Ray Data's read options (the fusion: tests/integration/test_tokenize_stage.py)."""
 
 from __future__ import annotations
 
