@@ -21,9 +21,8 @@ class StageResources:
     min_blocks: int = 4  # small files are read as one block; split them so stages overlap
     # Read each file inside the tokenize tasks (Ray Data fuses ReadParquet into the tokenize stage): no read tasks
     # beside them, so no worker processes beyond tokenize_concurrency, which Ray starts cold (Python, the tokenizer)
-    # and, by its default, trims to one per free CPU once idle, in every execution again (a local Ray the job starts
-    # keeps twice its CPUs). One block per file, so the first rows wait for a whole file to be tokenized and
-    # min_blocks does not apply: for throughput over many files.
+    # and trims to one per free CPU once idle, in every execution again. One block per file, so the first rows wait
+    # for a whole file to be tokenized and min_blocks does not apply: for throughput over many files.
     read_in_tokenize_tasks: bool = False
 
 

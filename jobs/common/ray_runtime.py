@@ -23,15 +23,13 @@ polls the workers every 0.5 s, not 2 s (``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``): 
 in a queue of one until the next poll takes it, and the end of a run is seen at a poll, so a short
 run spent seconds waiting on a controller that had nothing else to do (a tiny 3-epoch fine-tune on
 2 cores: 12.3 -> 9.3 s from its first step to the driver's summary, 5 runs each). A poll is one call
-per worker. It also keeps more idle worker processes warm: Ray keeps as many as there are *free* CPUs
-and ends the rest after a second idle, so with training workers holding CPUs, or fractional-CPU read
-and tokenize tasks running beside each other, every dataset execution (each epoch, each evaluation)
-started some of its task processes cold again (Python, pyarrow, the tokenizer: ~3 s each on 2 cores).
-It keeps twice its CPUs (``idle_workers_kept``): profiling the tokenize stage over 200,000 rows with
-read tasks beside on 2 CPUs, no process started during a warm pass any more, 8,300-8,900 -> 10,900-11,000
-rows/s over 2 passes each (2026-12-04; within the spread of ``bench.tokenization``'s medians).
-A cluster the job connects to keeps all of these as its operator set them; a variable the user sets
-keeps its value.
+per worker. A cluster the job connects to keeps all three as its operator set them; a variable the
+user sets keeps its value (``RAY_<setting>`` for the system config, which Ray would otherwise override).
+
+Left as Ray has it: how many idle worker processes a local Ray keeps (``num_workers_soft_limit``: as many
+as it has free CPUs; the rest end after a second idle). Keeping twice the CPUs stopped the tokenize
+stage from starting processes cold in each execution, but showed no gain beyond the noise on 2 cores
+and the demo's first step came 1.0-1.5 s later (2026-12-04, docs/results.md).
 
 A sweep's local Ray serves its State API (its dashboard, on a free port): there the driver outlives
 its trials, and a trial Tune stops ends its Train controller, whose workers' placement group (by Ray's
@@ -116,16 +114,11 @@ def free_local_port() -> int:
         return probe.getsockname()[1]
 
 
-def idle_workers_kept(num_cpus: int | None) -> int:
-    """Idle worker processes a local Ray keeps warm: twice its CPUs, as its data stages run fractional-CPU tasks."""
-    return 2 * (num_cpus or os.cpu_count() or 1)
-
-
-def local_system_config(num_cpus: int | None, overrides: dict) -> dict:
+def local_system_config(overrides: dict) -> dict:
     """The ``_system_config`` of a Ray the job starts: ours, less what the user exported, then ``overrides``."""
-    ours = {**LOCAL_SYSTEM_CONFIG, "num_workers_soft_limit": idle_workers_kept(num_cpus)}
     # Ray reads RAY_<setting> too, but a _system_config entry wins over it: an exported setting stays the user's
-    return {**{key: value for key, value in ours.items() if f"RAY_{key}" not in os.environ}, **overrides}
+    return {**{key: value for key, value in LOCAL_SYSTEM_CONFIG.items() if f"RAY_{key}" not in os.environ},
+            **overrides}
 
 
 def start_local_ray(num_cpus: int | None, num_gpus: int | None = None, runtime_env: dict | None = None,
@@ -145,7 +138,7 @@ def start_local_ray(num_cpus: int | None, num_gpus: int | None = None, runtime_e
         port = free_local_port()
         dashboard = {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port}
         state_api = f"http://127.0.0.1:{port}"
-    system_config = local_system_config(num_cpus, init_kwargs.pop("_system_config", {}))
+    system_config = local_system_config(init_kwargs.pop("_system_config", {}))
     process_env = {key: value for key, value in LOCAL_PROCESS_ENV.items() if key not in os.environ}
     with _environment(**{STATE_API_ENV: state_api or unserved_local_address()}, **process_env):
         # "local": a new instance even where `ray start` (or a test's simulated cluster) left its address

@@ -1,9 +1,7 @@
-"""The Ray Data read and tokenize stages on a real local Ray: the layout each setting runs, its rows, and the
-local Ray keeping their task processes warm from one execution to the next."""
+"""The Ray Data read and tokenize stages on a real local Ray: the layout each setting runs, and its rows."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -55,28 +53,3 @@ def test_each_layout_tokenizes_every_row_as_one_process_does(ray_local, reviews,
     assert any("ReadParquet->MapBatches(tokenize_texts)" in line for line in operators) == read_in_tokenize_tasks, \
         operators
 
-
-def test_a_local_ray_keeps_the_task_processes_of_one_execution_warm_for_the_next(ray_local, tmp_path):
-    """Four 0.25-CPU tasks at once (as read and tokenize tasks run) on the 2-CPU Ray: the next burst, after the
-    idle processes' grace second, finds the same processes warm instead of starting new ones (~3 s each)."""
-    import psutil
-
-    @ray_local.remote(num_cpus=0.25)
-    def meet(folder: str, burst: int, tasks: int) -> int:
-        import os
-        import time
-        from pathlib import Path
-
-        (Path(folder) / f"{burst}-{os.getpid()}").touch()
-        deadline = time.monotonic() + 60
-        while len(list(Path(folder).glob(f"{burst}-*"))) < tasks and time.monotonic() < deadline:
-            time.sleep(0.05)  # every task holds its process until all of them run at once
-        return os.getpid()
-
-    first = set(ray_local.get([meet.remote(str(tmp_path), 1, 4) for _ in range(4)], timeout=120))
-    assert len(first) == 4
-    first_ended = time.time()
-    time.sleep(3)  # Ray ends idle workers beyond its limit after 1 s idle
-    second = ray_local.get([meet.remote(str(tmp_path), 2, 4) for _ in range(4)], timeout=120)
-    started_meanwhile = [pid for pid in second if psutil.Process(pid).create_time() > first_ended]
-    assert not started_meanwhile, f"the second burst started {len(started_meanwhile)} worker processes again"

@@ -38,11 +38,8 @@ def test_a_submitted_jobs_own_ray_address_is_not_overridden(monkeypatch):
     assert ray_runtime._pinned_cluster_env("10.0.0.5:6379") == {}  # Ray would refuse two values (a conflict)
 
 
-def test_a_local_ray_keeps_twice_its_cpus_of_idle_workers_unless_the_user_exported_a_setting(monkeypatch):
-    for name in ("RAY_num_workers_soft_limit", "RAY_enable_metrics_collection"):
-        monkeypatch.delenv(name, raising=False)
-    assert ray_runtime.local_system_config(2, {}) == {"enable_metrics_collection": False,
-                                                      "num_workers_soft_limit": 4}
-    monkeypatch.setenv("RAY_num_workers_soft_limit", "-1")  # Ray's own default: as many as free CPUs
-    assert ray_runtime.local_system_config(2, {"object_spilling_threshold": 0.9}) == {
-        "enable_metrics_collection": False, "object_spilling_threshold": 0.9}
+def test_a_local_rays_system_settings_leave_what_the_user_exported_to_ray(monkeypatch):
+    monkeypatch.delenv("RAY_enable_metrics_collection", raising=False)
+    assert ray_runtime.local_system_config({}) == {"enable_metrics_collection": False}
+    monkeypatch.setenv("RAY_enable_metrics_collection", "1")  # a _system_config entry would override it
+    assert ray_runtime.local_system_config({"object_spilling_threshold": 0.9}) == {"object_spilling_threshold": 0.9}
