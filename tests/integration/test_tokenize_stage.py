@@ -52,4 +52,3 @@ def test_each_layout_tokenizes_every_row_as_one_process_does(ray_local, reviews,
     # fused, no read task needs a worker process of its own beside the tokenize tasks
     assert any("ReadParquet->MapBatches(tokenize_texts)" in line for line in operators) == read_in_tokenize_tasks, \
         operators
-

@@ -218,8 +218,12 @@ def test_tokenize_texts_cuts_a_block_into_calls_of_batch_rows(tokenizer_dir, mon
     whole = tokenization.tokenize_texts(block, tokenizer_dir, "text", MAX_LEN, ["id"], serialized=serialized)
     calls = []
     real_call = TokenizeBatch.__call__
-    monkeypatch.setattr(TokenizeBatch, "__call__", lambda self, batch: calls.append(batch.num_rows)
-                        or real_call(self, batch))
+
+    def counted_call(self, batch):
+        calls.append(batch.num_rows)
+        return real_call(self, batch)
+
+    monkeypatch.setattr(TokenizeBatch, "__call__", counted_call)
     cut = tokenization.tokenize_texts(block, tokenizer_dir, "text", MAX_LEN, ["id"], serialized=serialized,
                                       batch_rows=3)
     assert calls == [3, 3, 1]
